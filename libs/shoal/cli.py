@@ -1,0 +1,205 @@
+"""The ``shoal`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TERMINAL = {"succeeded", "failed", "stopped"}
+
+
+def _api() -> str:
+    host = os.environ.get("SHOAL_API_HOST", "127.0.0.1")
+    port = os.environ.get("SHOAL_API_PORT", "8460")
+    return os.environ.get("SHOAL_API_URL", f"http://{host}:{port}")
+
+
+def _request(method: str, path: str, **kw: Any) -> Any:
+    import httpx
+
+    try:
+        r = httpx.request(method, _api() + path, timeout=30, **kw)
+    except httpx.HTTPError as exc:
+        sys.exit(f"shoal: cannot reach the API at {_api()}: {exc}")
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text
+        if isinstance(detail, dict):
+            lines = [detail.get("message", "")]
+            lines += [f"  {p['path']}: {p['message']}" for p in detail.get("problems", [])]
+            detail = "\n".join(lines)
+        sys.exit(f"shoal: {method} {path} -> {r.status_code}\n{detail}")
+    return r.json()
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    ctype = "application/json" if path.suffix == ".json" else "application/yaml"
+    out = _request("POST", "/api/v1/workflows", content=path.read_bytes(),
+                   headers={"content-type": ctype})
+    state = "published" if out.get("changed") else "unchanged"
+    print(f"{out['name']} version {out['version']} ({state})")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    params = {}
+    for p in args.param or []:
+        if "=" not in p:
+            sys.exit(f"shoal: --param expects k=v, got {p!r}")
+        k, v = p.split("=", 1)
+        params[k] = v
+    body: dict[str, Any] = {"params": params}
+    if args.version:
+        body["version"] = args.version
+    out = _request("POST", f"/api/v1/workflows/{args.workflow}/runs", json=body)
+    iid = out["instance_id"]
+    print(iid)
+    if args.wait:
+        run = _wait(iid, args.timeout)
+        _print(run)
+        if run["state"] != "succeeded":
+            sys.exit(1)
+
+
+def _wait(iid: str, timeout: float) -> Any:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{_api()}/api/v1/runs/{iid}", timeout=10)
+        if r.status_code == 200 and r.json()["state"] in TERMINAL:
+            return r.json()
+        time.sleep(0.3)
+    sys.exit(f"shoal: run {iid} not finished after {timeout}s")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    _print(_request("GET", f"/api/v1/runs/{args.id}"))
+
+
+def cmd_events(args: argparse.Namespace) -> None:
+    for e in _request("GET", f"/api/v1/runs/{args.id}/events"):
+        print(f"{e['seq']:>4} {e['recorded_at']} {e['type']:<18} "
+              f"{json.dumps({k: v for k, v in e['data'].items() if k != 'definition'})}")
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    """Rebuild the state from the log step by step (reads the event store directly)."""
+    import asyncio
+
+    from shoal.core.model import event_from_data
+    from shoal.core.workflow import evolve
+    from shoal.infra.settings import Settings
+
+    async def go() -> None:
+        import asyncpg
+
+        from shoal.infra.store import EventStore
+
+        pool = await asyncpg.create_pool(Settings().database_url, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            run = None
+            for e in await EventStore(pool).events_of(args.id):
+                if args.until and e.seq > args.until:
+                    break
+                run = evolve(run, event_from_data(e.type, e.data), instance_id=args.id)
+                tasks = " ".join(f"{t.name}={t.state.value}" for t in run.tasks.values())
+                print(f"{e.seq:>4} {e.type:<18} run={run.state.value} {tasks}")
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+def cmd_projections(args: argparse.Namespace) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from shoal.infra.settings import Settings
+    from shoal.infra.readmodels import rebuild
+
+    async def go() -> None:
+        pool = await asyncpg.create_pool(Settings().database_url, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            await rebuild(pool)
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+    print("read models emptied; the running projector refills them from the event log")
+
+
+def cmd_service(args: argparse.Namespace) -> None:
+    name = args.name
+    if name == "api":
+        from shoal_api.app import run
+    elif name == "orchestrator":
+        from shoal_orchestrator.main import run
+    elif name == "worker":
+        from shoal_worker.main import run
+    elif name == "projector":
+        from shoal_projector.main import run
+    else:
+        sys.exit(f"shoal: unknown service {name!r} (api, orchestrator, worker, projector)")
+    run()
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from shoal.devstack import run_dev
+
+    run_dev(examples=Path(args.examples), workers=args.workers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="shoal", description="Shoal workflow scheduler")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("dev", help="run the whole stack locally (embedded broker/Postgres)")
+    s.add_argument("--examples", default="examples")
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(fn=cmd_dev)
+    s = sub.add_parser("service", help="run one service in the foreground")
+    s.add_argument("name", choices=["api", "orchestrator", "worker", "projector"])
+    s.set_defaults(fn=cmd_service)
+    s = sub.add_parser("apply", help="publish a workflow definition (YAML or JSON)")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_apply)
+    s = sub.add_parser("run", help="start a run")
+    s.add_argument("workflow")
+    s.add_argument("--param", action="append", metavar="K=V")
+    s.add_argument("--version", type=int)
+    s.add_argument("--wait", action="store_true", help="wait until the run finishes")
+    s.add_argument("--timeout", type=float, default=3600)
+    s.set_defaults(fn=cmd_run)
+    s = sub.add_parser("status", help="a run with its tasks")
+    s.add_argument("id")
+    s.set_defaults(fn=cmd_status)
+    s = sub.add_parser("events", help="a run's event history")
+    s.add_argument("id")
+    s.set_defaults(fn=cmd_events)
+    s = sub.add_parser("replay", help="rebuild a run's state from its log, step by step")
+    s.add_argument("id")
+    s.add_argument("--until", type=int)
+    s.set_defaults(fn=cmd_replay)
+    s = sub.add_parser("projections", help="read-model maintenance")
+    s.add_argument("action", choices=["rebuild"])
+    s.set_defaults(fn=cmd_projections)
+    args = p.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Bytes <-> typed messages, with JSON-schema validation. The only place that parses wire data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+
+from shoal.core.definition import Priority
+from shoal.core.errors import MessageInvalid
+from shoal.core.model import (
+    Command,
+    StartWorkflow,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+)
+
+
+def schemas_dir() -> Path:
+    """``schemas/`` of the source tree, or ``SHOAL_SCHEMAS_DIR``."""
+    env = os.environ.get("SHOAL_SCHEMAS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "schemas"
+
+
+@cache
+def validator(kind: str, name: str) -> Draft202012Validator:
+    path = schemas_dir() / kind / f"{name}.json"
+    schema = orjson.loads(path.read_bytes())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def validate(kind: str, name: str, obj: Mapping[str, Any]) -> None:
+    """Raise :class:`MessageInvalid` naming the first schema violation."""
+    try:
+        v = validator(kind, name)
+    except FileNotFoundError:
+        raise MessageInvalid(f"unknown {kind} type {name!r}") from None
+    err = next(iter(v.iter_errors(obj)), None)
+    if err is not None:
+        where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+        raise MessageInvalid(f"{name}: {where}: {err.message}")
+
+
+_COMMAND_TYPES = ("StartWorkflow", "TaskStarted", "TaskSucceeded", "TaskFailed")
+
+
+def decode_command(value: bytes | None) -> Command:
+    """Parse one value of the commands topic into a typed command."""
+    if value is None:
+        raise MessageInvalid("empty message (tombstone) on the commands topic")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise MessageInvalid(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MessageInvalid("a command must be a JSON object")
+    kind = obj.get("type")
+    if kind not in _COMMAND_TYPES:
+        raise MessageInvalid(f"unknown command type {kind!r} "
+                             f"(one of: {', '.join(_COMMAND_TYPES)})")
+    validate("commands", kind, obj)
+    common = {k: obj[k] for k in ("message_id", "instance_id", "sent_at")}
+    if kind == "StartWorkflow":
+        if obj.get("start_from") or obj.get("dry_run"):
+            raise MessageInvalid("StartWorkflow: start_from and dry_run are not supported "
+                                 "yet by this release")
+        params = {k: _param(v) for k, v in (obj.get("params") or {}).items()}
+        return StartWorkflow(
+            **common, workflow=obj["workflow"], version=obj.get("version"), params=params,
+            priority=Priority(obj["priority"]) if obj.get("priority") else None,
+            schedule_time=obj.get("schedule_time"), parent=obj.get("parent"),
+        )
+    report = {**common, "task": obj["task"], "attempt": obj["attempt"],
+              "dispatch_id": obj["dispatch_id"], "worker_id": obj["worker_id"]}
+    if kind == "TaskStarted":
+        return TaskStarted(**report)
+    if kind == "TaskSucceeded":
+        return TaskSucceeded(**report, exit_code=obj["exit_code"],
+                             outputs=dict(obj.get("outputs") or {}))
+    return TaskFailed(**report, exit_code=obj.get("exit_code"), error=obj.get("error", ""))
+
+
+def _param(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def encode_command(cmd: Command) -> bytes:
+    """The wire form of a command (what the API, CLI and workers publish)."""
+    obj: dict[str, Any] = {"type": cmd.type, "message_id": cmd.message_id,
+                           "instance_id": cmd.instance_id, "sent_at": cmd.sent_at}
+    if isinstance(cmd, StartWorkflow):
+        obj.update(workflow=cmd.workflow, version=cmd.version, params=dict(cmd.params),
+                   priority=cmd.priority.value if cmd.priority else None,
+                   schedule_time=cmd.schedule_time, parent=cmd.parent)
+    else:
+        obj.update(task=cmd.task, attempt=cmd.attempt, dispatch_id=cmd.dispatch_id,
+                   worker_id=cmd.worker_id)
+        if isinstance(cmd, TaskSucceeded):
+            obj.update(exit_code=cmd.exit_code, outputs=dict(cmd.outputs))
+        elif isinstance(cmd, TaskFailed):
+            obj.update(exit_code=cmd.exit_code, error=cmd.error)
+    return dumps(obj)

@@ -1,0 +1,61 @@
+"""aiokafka wiring: producers, consumers, topic creation. Standard Kafka protocol only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shoal.infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INSTANCE_TOPICS = ("commands", "events", "task-logs", "dead-letters")
+
+
+def producer(settings: Settings) -> AIOKafkaProducer:
+    """acks=all; idempotence only where the broker supports it (real Kafka)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        linger_ms=2,
+        max_request_size=4 * 1024 * 1024,
+    )
+
+
+def consumer(settings: Settings, *topics: str, group_id: str | None,
+             **kwargs: object) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Create the topics that do not exist yet (same partition count for all)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in dict.fromkeys(names) if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, settings.partitions, 1) for n in missing])
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another service: what we wanted
+            log.info("created topics %s", missing)
+    finally:
+        await admin.close()
+
+
+def base_topics(settings: Settings) -> list[str]:
+    return [settings.topic(t) for t in INSTANCE_TOPICS] + [settings.tasks_topic("default")]

@@ -1,0 +1,61 @@
+"""One lifecycle for every service: start components, stop on SIGTERM or first failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+
+def utcnow_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def setup_logging(level: str, service: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+async def run_service(
+    name: str,
+    components: Sequence[Callable[[asyncio.Event], Awaitable[None]]],
+    *,
+    grace: float = 30.0,
+) -> None:
+    """Run each component as a task until SIGTERM/SIGINT or the first one fails.
+
+    Each component receives the shared ``stop`` event and must return promptly once it is
+    set (draining what it holds). Components still running after ``grace`` seconds are
+    cancelled. A component failing stops the others: a half-running service is worse
+    than a restarted one.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(c(stop), name=f"{name}:{i}") for i, c in enumerate(components)]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    failure: BaseException | None = None
+    for t in done:
+        if t is not stopper and not t.cancelled() and t.exception() is not None:
+            failure = t.exception()
+            log.error("%s component failed: %r", name, failure, exc_info=failure)
+    stop.set()
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for t in pending:
+        t.cancel()
+    for t in pending:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    stopper.cancel()
+    if failure is not None:
+        raise SystemExit(1)

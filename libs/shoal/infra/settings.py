@@ -1,0 +1,47 @@
+"""Settings from ``SHOAL_*`` environment variables (CONTRACT §6). Built per service, never global."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOAL_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    topic_prefix: str = "shoal"
+    partitions: int = 12
+    api_host: str = "127.0.0.1"
+    api_port: int = 8460
+    worker_group: str = "default"
+    worker_slots: int = 8
+    worker_id: str | None = None
+    data_dir: Path = Path(".shoal")
+    # Idempotent producers need broker support the embedded broker lacks; on for real Kafka.
+    kafka_idempotence: bool = False
+    outbox_relay_interval: float = 1.0
+    projector_batch: int = 1000
+    log_level: str = "INFO"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def commands_topic(self) -> str:
+        return self.topic("commands")
+
+    @property
+    def events_topic(self) -> str:
+        return self.topic("events")
+
+    @property
+    def dead_letters_topic(self) -> str:
+        return self.topic("dead-letters")
+
+    def tasks_topic(self, group: str) -> str:
+        return self.topic(f"tasks.{group}")

@@ -1,0 +1,167 @@
+"""The event store: append-only events with optimistic concurrency, dedupe, outbox.
+
+Appends are serialized by ``LOCK TABLE shoal.events IN EXCLUSIVE MODE`` taken once per
+batch transaction. Why: ``global_position`` comes from a sequence at insert time but
+becomes visible at commit, so two unserialized writers could commit 101 before 100 and a
+reader of ``position > last_seen`` would skip 100 forever. With the lock, commit order is
+position order. EXCLUSIVE still admits plain SELECTs, so readers are never blocked; the
+lock costs one round trip per batch, not per event (group commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from shoal.core.errors import StreamConflict
+from shoal.core.model import AnyEvent, event_data, event_from_data
+from shoal.infra import codec
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Events one input caused in one stream, starting at ``first_seq``."""
+
+    instance_id: str
+    first_seq: int
+    events: Sequence[AnyEvent]
+    message_id: str
+    partition: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    global_position: int
+    instance_id: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+    causation_id: str | None
+    recorded_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"global_position": self.global_position, "instance_id": self.instance_id,
+                "seq": self.seq, "type": self.type, "data": self.data,
+                "causation_id": self.causation_id, "recorded_at": self.recorded_at}
+
+
+def _row_event(r: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        global_position=r["global_position"], instance_id=str(r["instance_id"]), seq=r["seq"],
+        type=r["type"], data=codec.loads(r["data"]),
+        causation_id=str(r["causation_id"]) if r["causation_id"] else None,
+        recorded_at=r["recorded_at"].isoformat(),
+    )
+
+
+_EVENT_COLS = "global_position, instance_id, seq, type, data::text AS data, causation_id, recorded_at"
+
+
+class EventStore:
+    """The orchestrator's port onto Postgres."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def load(self, instance_ids: Iterable[str]) -> dict[str, list[AnyEvent]]:
+        """The full history of each instance (absent ids have no stream)."""
+        ids = list(set(instance_ids))
+        out: dict[str, list[AnyEvent]] = {}
+        if not ids:
+            return out
+        rows = await self.pool.fetch(
+            "SELECT instance_id, type, data::text AS data FROM shoal.events "
+            "WHERE instance_id = ANY($1::uuid[]) ORDER BY instance_id, seq", ids)
+        for r in rows:
+            out.setdefault(str(r["instance_id"]), []).append(
+                event_from_data(r["type"], codec.loads(r["data"])))
+        return out
+
+    async def processed(self, message_ids: Iterable[str]) -> set[str]:
+        ids = list(set(message_ids))
+        if not ids:
+            return set()
+        rows = await self.pool.fetch(
+            "SELECT message_id FROM shoal.processed_messages WHERE message_id = ANY($1::uuid[])",
+            ids)
+        return {str(r["message_id"]) for r in rows}
+
+    async def commit(self, appends: Sequence[Append], outbox: Sequence[OutboxRow]) -> None:
+        """Append every stream's events, the done-markers and the outbox in one transaction.
+
+        Raises :class:`StreamConflict` when any ``(instance_id, seq)`` already exists:
+        another orchestrator wrote that stream, so the caller must reload and re-decide.
+        """
+        if not appends and not outbox:
+            return
+        event_rows = [
+            (a.instance_id, a.first_seq + i, e.type, codec.dumps(event_data(e)).decode(),
+             a.message_id)
+            for a in appends for i, e in enumerate(a.events)
+        ]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if event_rows:
+                await conn.execute("LOCK TABLE shoal.events IN EXCLUSIVE MODE")
+                try:
+                    await conn.executemany(
+                        "INSERT INTO shoal.events (instance_id, seq, type, data, causation_id) "
+                        "VALUES ($1, $2, $3, $4::jsonb, $5)", event_rows)
+                except asyncpg.UniqueViolationError as exc:
+                    raise StreamConflict(str(exc)) from exc
+                await conn.executemany(
+                    "INSERT INTO shoal.processed_messages (message_id, instance_id) "
+                    "VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    [(a.message_id, a.instance_id) for a in appends])
+                last: dict[str, Append] = {}
+                for a in appends:
+                    last[a.instance_id] = a
+                await conn.executemany(
+                    "INSERT INTO shoal.streams (instance_id, partition, last_seq, state) "
+                    "VALUES ($1, $2, $3, $4) ON CONFLICT (instance_id) DO UPDATE SET "
+                    "partition = EXCLUDED.partition, last_seq = EXCLUDED.last_seq, "
+                    "state = EXCLUDED.state, updated_at = now()",
+                    [(a.instance_id, a.partition, a.first_seq + len(a.events) - 1, a.state)
+                     for a in last.values()])
+                await conn.execute("SELECT pg_notify('shoal_events', '')")
+            if outbox:
+                await conn.executemany(
+                    "INSERT INTO shoal.outbox (topic, key, value) VALUES ($1, $2, $3)",
+                    [(o.topic, o.key, o.value) for o in outbox])
+
+    async def events_of(self, instance_id: str) -> list[StoredEvent]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EVENT_COLS} FROM shoal.events WHERE instance_id = $1 ORDER BY seq",
+            instance_id)
+        return [_row_event(r) for r in rows]
+
+    async def definition(self, name: str, version: int | None) -> tuple[int, Mapping[str, Any]] | None:
+        if version is None:
+            row = await self.pool.fetchrow(
+                "SELECT version, definition::text AS d FROM shoal.workflow_definitions "
+                "WHERE name = $1 ORDER BY version DESC LIMIT 1", name)
+        else:
+            row = await self.pool.fetchrow(
+                "SELECT version, definition::text AS d FROM shoal.workflow_definitions "
+                "WHERE name = $1 AND version = $2", name, version)
+        if row is None:
+            return None
+        return row["version"], codec.loads(row["d"])
+
+
+async def read_from(conn: asyncpg.Connection, after: int, limit: int) -> list[StoredEvent]:
+    """Events with ``global_position > after`` in order (gap-free; see module docstring)."""
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLS} FROM shoal.events WHERE global_position > $1 "
+        "ORDER BY global_position LIMIT $2", after, limit)
+    return [_row_event(r) for r in rows]

@@ -1,0 +1,49 @@
+"""The FastAPI application; resources are opened in ``lifespan``, never at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from shoal.infra import kafka
+from shoal.infra.db import connect_pool, migrate
+from shoal.infra.settings import Settings
+from shoal.infra.store import EventStore
+from shoal_api.deps import Resources
+from shoal_api.routes import runs, workflows
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await migrate(settings.database_url)
+        await kafka.ensure_topics(settings, kafka.base_topics(settings))
+        pool = await connect_pool(settings.database_url)
+        producer = kafka.producer(settings)
+        await producer.start()
+        app.state.resources = Resources(settings, pool, producer, EventStore(pool))
+        try:
+            yield
+        finally:
+            await producer.stop()
+            await pool.close()
+
+    app = FastAPI(title="Shoal", version="0.1.0", lifespan=lifespan)
+    app.include_router(workflows.router)
+    app.include_router(runs.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def run() -> None:
+    import uvicorn
+
+    settings = Settings()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
+                log_level=settings.log_level.lower())

@@ -1,0 +1,115 @@
+"""Runs: start (a StartWorkflow command on Kafka), read models, history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from shoal.core.definition import Priority
+from shoal.core.model import StartWorkflow
+from shoal.infra import codec
+from shoal.infra.lifecycle import utcnow_iso
+from shoal_api.deps import Res
+
+router = APIRouter(prefix="/api/v1", tags=["runs"])
+
+
+class RunCreate(BaseModel):
+    """Body of ``POST /workflows/{name}/runs`` (the StartWorkflow fields)."""
+
+    model_config = {"extra": "forbid"}
+
+    instance_id: uuid.UUID | None = Field(
+        None, description="choose the id to make the start idempotent across retries")
+    version: int | None = Field(None, ge=1)
+    params: dict[str, str | int | float | bool | None] = {}
+    priority: Literal["highest", "high", "medium", "low", "lowest"] | None = None
+    schedule_time: datetime | None = None
+
+
+@router.post("/workflows/{name}/runs", status_code=202)
+async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[str, str]:
+    body = body or RunCreate()
+    found = await res.store.definition(name, body.version)
+    if found is None:
+        which = f" version {body.version}" if body.version else ""
+        raise HTTPException(404, {"message": f"no workflow named '{name}'{which}"})
+    instance_id = str(body.instance_id or uuid.uuid4())
+    cmd = StartWorkflow(
+        message_id=str(uuid.uuid4()), instance_id=instance_id, sent_at=utcnow_iso(),
+        workflow=name, version=body.version,
+        params={k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
+                for k, v in body.params.items()},
+        priority=Priority(body.priority) if body.priority else None,
+        schedule_time=body.schedule_time.isoformat() if body.schedule_time else None,
+    )
+    await res.producer.send_and_wait(res.settings.commands_topic, codec.encode_command(cmd),
+                                     key=instance_id.encode())
+    return {"instance_id": instance_id}
+
+
+def _iso(v: datetime | None) -> str | None:
+    return v.isoformat() if v else None
+
+
+def _run_row(r: Any) -> dict[str, Any]:
+    return {
+        "instance_id": str(r["instance_id"]), "workflow": r["workflow"],
+        "version": r["version"], "state": r["state"], "attempt": r["attempt"],
+        "priority": r["priority"], "params": codec.loads(r["params"]),
+        "schedule_time": _iso(r["schedule_time"]), "submitted_at": _iso(r["submitted_at"]),
+        "started_at": _iso(r["started_at"]), "finished_at": _iso(r["finished_at"]),
+        "duration_ms": r["duration_ms"], "failure": r["failure"],
+        "parent_instance_id": str(r["parent_instance_id"]) if r["parent_instance_id"] else None,
+    }
+
+
+_RUN_COLS = ("instance_id, workflow, version, state, attempt, priority, params::text AS params, "
+             "schedule_time, submitted_at, started_at, finished_at, duration_ms, failure, "
+             "parent_instance_id")
+
+
+@router.get("/runs")
+async def list_runs(res: Res, workflow: str | None = None, state: str | None = None,
+                    since: datetime | None = None, limit: int = Query(50, ge=1, le=500),
+                    cursor: datetime | None = None) -> dict[str, Any]:
+    rows = await res.pool.fetch(
+        f"SELECT {_RUN_COLS} FROM shoal_read.workflow_runs WHERE ($1::text IS NULL OR "
+        "workflow = $1) AND ($2::text IS NULL OR state = $2) AND ($3::timestamptz IS NULL OR "
+        "submitted_at >= $3) AND ($4::timestamptz IS NULL OR submitted_at < $4) "
+        "ORDER BY submitted_at DESC LIMIT $5", workflow, state, since, cursor, limit)
+    runs = [_run_row(r) for r in rows]
+    return {"runs": runs,
+            "next_cursor": runs[-1]["submitted_at"] if len(runs) == limit else None}
+
+
+@router.get("/runs/{instance_id}")
+async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
+    row = await res.pool.fetchrow(
+        f"SELECT {_RUN_COLS} FROM shoal_read.workflow_runs WHERE instance_id = $1", instance_id)
+    if row is None:
+        raise HTTPException(404, {"message": f"no run {instance_id} (yet: a run appears once "
+                                             "the orchestrator accepted it)"})
+    tasks = await res.pool.fetch(
+        "SELECT task, attempt, state, worker_id, started_at, finished_at, duration_ms, "
+        "exit_code, outputs::text AS outputs, error FROM shoal_read.task_runs "
+        "WHERE instance_id = $1 ORDER BY coalesce(started_at, finished_at), task, attempt",
+        instance_id)
+    return {**_run_row(row), "tasks": [
+        {"task": t["task"], "attempt": t["attempt"], "state": t["state"],
+         "worker_id": t["worker_id"], "started_at": _iso(t["started_at"]),
+         "finished_at": _iso(t["finished_at"]), "duration_ms": t["duration_ms"],
+         "exit_code": t["exit_code"], "outputs": codec.loads(t["outputs"]), "error": t["error"]}
+        for t in tasks]}
+
+
+@router.get("/runs/{instance_id}/events")
+async def get_events(instance_id: uuid.UUID, res: Res) -> list[dict[str, Any]]:
+    events = await res.store.events_of(str(instance_id))
+    if not events:
+        raise HTTPException(404, {"message": f"no events for {instance_id}"})
+    return [e.as_dict() for e in events]

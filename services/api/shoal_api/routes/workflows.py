@@ -1,0 +1,87 @@
+"""Workflow definitions: immutable versions, a new version only when the content changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from shoal.core.definition import parse_definition
+from shoal.core.errors import DefinitionInvalid
+from shoal.infra import codec
+from shoal_api.deps import Res
+
+router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
+
+
+def parse_body(body: bytes, content_type: str) -> Any:
+    """JSON or YAML (YAML is a superset of JSON, so it is the fallback)."""
+    if "json" in content_type:
+        try:
+            return codec.loads(body)
+        except ValueError as exc:
+            raise HTTPException(422, {"message": f"body is not valid JSON: {exc}"}) from None
+    try:
+        return yaml.safe_load(body)
+    except yaml.YAMLError as exc:
+        raise HTTPException(422, {"message": f"body is not valid YAML: {exc}"}) from None
+
+
+@router.post("", status_code=201)
+async def create(request: Request, response: Response, res: Res) -> dict[str, Any]:
+    raw = parse_body(await request.body(), request.headers.get("content-type", ""))
+    try:
+        definition = parse_definition(raw)
+    except DefinitionInvalid as exc:
+        raise HTTPException(422, {"message": str(exc),
+                                  "problems": [p.as_dict() for p in exc.problems]}) from None
+    normalized = definition.to_dict()
+    async with res.pool.acquire() as conn, conn.transaction():
+        # Serialize publishers of one name so versions are dense and never collide.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", definition.name)
+        latest = await conn.fetchrow(
+            "SELECT version, definition::text AS d FROM shoal.workflow_definitions "
+            "WHERE name = $1 ORDER BY version DESC LIMIT 1", definition.name)
+        if latest is not None and codec.loads(latest["d"]) == normalized:
+            response.status_code = 200
+            return {"name": definition.name, "version": latest["version"], "changed": False}
+        version = (latest["version"] if latest else 0) + 1
+        await conn.execute(
+            "INSERT INTO shoal.workflow_definitions (name, version, definition, source) "
+            "VALUES ($1, $2, $3::jsonb, $4)", definition.name, version,
+            codec.dumps(normalized).decode(), (await request.body()).decode("utf-8", "replace"))
+    return {"name": definition.name, "version": version, "changed": True}
+
+
+@router.get("")
+async def list_workflows(res: Res) -> list[dict[str, Any]]:
+    rows = await res.pool.fetch(
+        "SELECT DISTINCT ON (name) name, version, definition->>'description' AS description, "
+        "created_at FROM shoal.workflow_definitions ORDER BY name, version DESC")
+    return [{"name": r["name"], "latest_version": r["version"],
+             "description": r["description"], "updated_at": r["created_at"].isoformat()}
+            for r in rows]
+
+
+@router.get("/{name}")
+async def get_workflow(name: str, res: Res) -> dict[str, Any]:
+    rows = await res.pool.fetch(
+        "SELECT version, definition::text AS d, created_at FROM shoal.workflow_definitions "
+        "WHERE name = $1 ORDER BY version DESC", name)
+    if not rows:
+        raise HTTPException(404, {"message": f"no workflow named '{name}'"})
+    return {"name": name, "version": rows[0]["version"], "definition": codec.loads(rows[0]["d"]),
+            "versions": [{"version": r["version"], "created_at": r["created_at"].isoformat()}
+                         for r in rows]}
+
+
+@router.get("/{name}/versions/{version}")
+async def get_version(name: str, version: int, res: Res) -> dict[str, Any]:
+    row = await res.pool.fetchrow(
+        "SELECT definition::text AS d, created_at FROM shoal.workflow_definitions "
+        "WHERE name = $1 AND version = $2", name, version)
+    if row is None:
+        raise HTTPException(404, {"message": f"workflow '{name}' has no version {version}"})
+    return {"name": name, "version": version, "definition": codec.loads(row["d"]),
+            "created_at": row["created_at"].isoformat()}

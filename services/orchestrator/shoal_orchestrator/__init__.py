@@ -1,0 +1,1 @@
+"""The orchestrator: commands in, events appended, effects out through the outbox."""

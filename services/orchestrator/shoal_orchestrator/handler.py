@@ -1,0 +1,212 @@
+"""Turns one Kafka poll batch into one store transaction.
+
+Guarantees (effect, done-marker, then offset): an input's events, its message_id marker
+and its outbox rows commit together; the Kafka offset is committed only after that. A
+redelivered input is recognised by its message_id and changes nothing. Inputs that cannot
+be parsed or applied go to dead letters with the reason and never stop the consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.core.definition import parse_definition
+from shoal.core.errors import MessageInvalid, StreamConflict
+from shoal.core.model import (
+    AnyEvent,
+    Command,
+    Input,
+    ResolvedStart,
+    Run,
+    StartWorkflow,
+    TaskDispatched,
+    event_data,
+)
+from shoal.core.workflow import Context, decide, evolve
+from shoal.infra import codec
+from shoal.infra.lifecycle import utcnow_iso
+from shoal.infra.settings import Settings
+from shoal.infra.store import Append, EventStore, OutboxRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The parts of a Kafka record the handler needs (keeps aiokafka out of the logic)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    appended: int = 0
+    dead_letters: list[tuple[Record, str]] = field(default_factory=list)
+    duplicates: int = 0
+
+
+class Cache:
+    """Runs in memory by instance id, remembering which partition each came from."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, tuple[int, Run]] = {}
+
+    def get(self, instance_id: str) -> Run | None:
+        hit = self._runs.get(instance_id)
+        return hit[1] if hit else None
+
+    def __contains__(self, instance_id: str) -> bool:
+        return instance_id in self._runs
+
+    def put(self, instance_id: str, partition: int, run: Run) -> None:
+        self._runs[instance_id] = (partition, run)
+
+    def drop(self, instance_ids: Sequence[str]) -> None:
+        for i in instance_ids:
+            self._runs.pop(i, None)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        for iid in [i for i, (p, _) in self._runs.items() if p in partitions]:
+            del self._runs[iid]
+
+    def clear(self) -> None:
+        self._runs.clear()
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+class BatchHandler:
+    """decide/evolve over a batch, with fencing on stream conflicts."""
+
+    MAX_FENCES = 5
+
+    def __init__(self, settings: Settings, store: EventStore, cache: Cache) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = cache
+
+    async def handle(self, records: Sequence[Record]) -> BatchResult:
+        result = BatchResult()
+        parsed: list[tuple[Record, Command]] = []
+        for rec in records:
+            try:
+                parsed.append((rec, codec.decode_command(rec.value)))
+            except MessageInvalid as exc:
+                result.dead_letters.append((rec, str(exc)))
+        done = await self.store.processed(c.message_id for _, c in parsed)
+        fresh: list[tuple[Record, Command]] = []
+        for rec, cmd in parsed:
+            if cmd.message_id in done:
+                result.duplicates += 1
+                continue
+            done.add(cmd.message_id)
+            fresh.append((rec, cmd))
+        for attempt in range(self.MAX_FENCES):
+            try:
+                dead: list[tuple[Record, str]] = []
+                appends, outbox, runs = await self._decide_all(fresh, dead)
+                await self.store.commit(appends, outbox)
+            except StreamConflict as exc:
+                # Another orchestrator (a zombie or a new owner) wrote one of these streams:
+                # our view is stale. Drop it, reload from the log, decide again.
+                log.warning("stream conflict, fencing (attempt %d): %s", attempt + 1, exc)
+                self.cache.drop([c.instance_id for _, c in fresh])
+                continue
+            for iid, (partition, run) in runs.items():
+                self.cache.put(iid, partition, run)
+            result.appended = sum(len(a.events) for a in appends)
+            result.dead_letters.extend(dead)
+            return result
+        raise StreamConflict(f"gave up after {self.MAX_FENCES} conflicts in one batch")
+
+    async def _decide_all(
+        self, inputs: Sequence[tuple[Record, Command]], dead: list[tuple[Record, str]],
+    ) -> tuple[list[Append], list[OutboxRow], dict[str, tuple[int, Run]]]:
+        missing = {c.instance_id for _, c in inputs if c.instance_id not in self.cache}
+        histories = await self.store.load(missing)
+        working: dict[str, tuple[int, Run | None, int]] = {}  # partition, run, seq at start
+        for iid in {c.instance_id for _, c in inputs}:
+            run = self.cache.get(iid)
+            if iid in histories:
+                for e in histories[iid]:
+                    run = evolve(run, e, instance_id=iid)
+            working[iid] = (-1, run, run.seq if run else 0)
+        definitions: dict[tuple[str, int | None], tuple[int, Any] | None] = {}
+        appends: list[Append] = []
+        outbox: list[OutboxRow] = []
+        for rec, cmd in inputs:
+            _, run, _ = working[cmd.instance_id]
+            try:
+                inp = await self._resolve(cmd, run, definitions)
+                if isinstance(inp, str):
+                    dead.append((rec, inp))
+                    continue
+                decision = decide(run, inp, Context(now=utcnow_iso(), message_id=cmd.message_id))
+                if decision.dead_letter:
+                    dead.append((rec, decision.dead_letter))
+                    continue
+                new = run
+                for e in decision.events:
+                    new = evolve(new, e, instance_id=cmd.instance_id)
+            except Exception as exc:  # noqa: BLE001 - one bad input must not stop the partition
+                log.exception("could not apply %s %s", cmd.type, cmd.message_id)
+                dead.append((rec, f"internal error applying {cmd.type}: {exc!r}"))
+                continue
+            if not decision.events or new is None:
+                continue
+            first_seq = (run.seq if run else 0) + 1
+            appends.append(Append(cmd.instance_id, first_seq, decision.events, cmd.message_id,
+                                  rec.partition, new.state.value))
+            outbox.extend(self._effects(cmd.instance_id, first_seq, decision.events,
+                                        new, cmd.message_id))
+            working[cmd.instance_id] = (rec.partition, new, 0)
+        runs = {iid: (p, r) for iid, (p, r, _) in working.items() if r is not None and p >= 0}
+        return appends, outbox, runs
+
+    async def _resolve(self, cmd: Command, run: Run | None,
+                       definitions: dict[tuple[str, int | None], tuple[int, Any] | None],
+                       ) -> Input | str:
+        """Attach the definition to a StartWorkflow; a string is a dead-letter reason."""
+        if not isinstance(cmd, StartWorkflow):
+            return cmd
+        key = (cmd.workflow, cmd.version)
+        if key not in definitions:
+            found = await self.store.definition(cmd.workflow, cmd.version)
+            definitions[key] = None if found is None else (found[0], parse_definition(found[1]))
+        found_def = definitions[key]
+        if found_def is None:
+            if run is not None:  # already started: the idempotent no-op wins over lookup
+                return ResolvedStart(command=cmd, definition=run.definition, version=run.version)
+            which = f"version {cmd.version}" if cmd.version else "any version"
+            return f"StartWorkflow: unknown workflow '{cmd.workflow}' ({which})"
+        version, definition = found_def
+        return ResolvedStart(command=cmd, definition=definition, version=version)
+
+    def _effects(self, instance_id: str, first_seq: int, events: Sequence[AnyEvent], run: Run,
+                 message_id: str) -> list[OutboxRow]:
+        key = instance_id.encode()
+        now = utcnow_iso()
+        rows: list[OutboxRow] = []
+        for i, e in enumerate(events):
+            data = event_data(e)
+            rows.append(OutboxRow(self.settings.events_topic, key, codec.dumps({
+                "instance_id": instance_id, "seq": first_seq + i, "type": e.type,
+                "data": data, "causation_id": message_id, "recorded_at": now})))
+            if isinstance(e, TaskDispatched):
+                rows.append(OutboxRow(self.settings.tasks_topic(e.worker_group), key,
+                                      codec.dumps({
+                    "type": "DispatchTask", "message_id": e.dispatch_id,
+                    "instance_id": instance_id, "sent_at": now, "workflow": run.workflow,
+                    "task": e.task, "attempt": e.attempt, "dispatch_id": e.dispatch_id,
+                    "task_type": e.task_type, "worker_group": e.worker_group,
+                    "command": e.command, "env": dict(e.env), "outputs": list(e.outputs),
+                    "priority": e.priority})))
+        return rows

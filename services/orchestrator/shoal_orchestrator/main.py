@@ -1,0 +1,118 @@
+"""Orchestrator entry point: consumer group on ``<prefix>.commands``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from shoal.core.errors import StreamConflict
+from shoal.infra import codec, kafka
+from shoal.infra.db import connect_pool, migrate
+from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
+from shoal.infra.settings import Settings
+from shoal.infra.store import EventStore
+from shoal_orchestrator.handler import BatchHandler, Cache, Record
+from shoal_orchestrator.relay import OutboxRelay
+
+log = logging.getLogger("shoal.orchestrator")
+
+
+class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Rebalance is an ownership change.
+
+    On revoke: wait for the batch in hand to commit (the handler holds ``lock``), then
+    drop the revoked partitions' runs from memory: the next owner replays them from the
+    log. On assign: nothing is trusted from memory for the new partitions; their runs are
+    loaded from the log on first input (and conflicting writes are fenced by the store).
+    """
+
+    def __init__(self, cache: Cache, lock: asyncio.Lock) -> None:
+        self.cache = cache
+        self.lock = lock
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.lock:
+            self.cache.drop_partitions({tp.partition for tp in revoked})
+        log.info("revoked %d partitions", len(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.cache.drop_partitions({tp.partition for tp in assigned})
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+
+async def consume(settings: Settings, store: EventStore, relay: OutboxRelay,
+                  stop: asyncio.Event) -> None:
+    cache = Cache()
+    handler = BatchHandler(settings, store, cache)
+    lock = asyncio.Lock()
+    consumer: AIOKafkaConsumer = kafka.consumer(
+        settings, group_id=f"{settings.topic_prefix}.orchestrator", max_poll_records=1000)
+    consumer.subscribe([settings.commands_topic], listener=Ownership(cache, lock))
+    producer = relay.producer
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+            if not batch:
+                continue
+            async with lock:
+                records = [Record(m.topic, m.partition, m.offset, m.key, m.value)
+                           for msgs in batch.values() for m in msgs]
+                result = await _handle_until_done(handler, records, stop)
+                if result is None:
+                    return
+                for rec, reason in result.dead_letters:
+                    log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition,
+                                rec.offset, reason)
+                    await producer.send_and_wait(settings.dead_letters_topic, codec.dumps({
+                        "reason": reason, "topic": rec.topic, "partition": rec.partition,
+                        "offset": rec.offset,
+                        "key": rec.key.decode("utf-8", "replace") if rec.key else None,
+                        "value": (rec.value or b"").decode("utf-8", "replace"),
+                        "dead_at": utcnow_iso()}), key=rec.key)
+                relay.wake.set()
+                await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+    finally:
+        await consumer.stop()
+
+
+async def _handle_until_done(handler: BatchHandler, records: list[Record],
+                             stop: asyncio.Event):  # type: ignore[no-untyped-def]
+    """Retry a batch through database outages; give up only when asked to stop."""
+    delay = 0.5
+    while True:
+        try:
+            return await handler.handle(records)
+        except (OSError, asyncpg.PostgresError, StreamConflict, KafkaError) as exc:
+            log.warning("batch failed (%r); retrying in %.1fs", exc, delay)
+        if stop.is_set():
+            return None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+async def main(settings: Settings) -> None:
+    setup_logging(settings.log_level, "orchestrator")
+    await migrate(settings.database_url)
+    await kafka.ensure_topics(settings, kafka.base_topics(settings))
+    pool = await connect_pool(settings.database_url, max_size=5)
+    producer = kafka.producer(settings)
+    await producer.start()
+    store = EventStore(pool)
+    relay = OutboxRelay(settings, pool, producer)
+    try:
+        await run_service("orchestrator", [
+            lambda stop: consume(settings, store, relay, stop),
+            relay.run,
+        ])
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+def run() -> None:
+    asyncio.run(main(Settings()))

@@ -1,0 +1,66 @@
+"""The outbox relay: publish committed effects, then delete them.
+
+Runs in every orchestrator. A transaction-level advisory lock lets one relay work at a
+time, so rows go out in commit order (per-instance order on ``<prefix>.events`` holds).
+Publishing is at-least-once: a crash between send and delete re-sends; consumers dedupe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from shoal.infra.kafka import ensure_topics
+from shoal.infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_RELAY_LOCK = 0x5E0A2
+BATCH = 2000
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.wake = asyncio.Event()
+        self._known_topics: set[str] = set()
+        self.published = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                n = await self.relay_once()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("outbox relay: %s; retrying", exc)
+                n = 0
+                await asyncio.sleep(1.0)
+            if n >= BATCH:
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.settings.outbox_relay_interval)
+
+    async def relay_once(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+                return 0
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value FROM shoal.outbox ORDER BY id LIMIT $1", BATCH)
+            if not rows:
+                return 0
+            new_topics = {r["topic"] for r in rows} - self._known_topics
+            if new_topics:
+                await ensure_topics(self.settings, new_topics)
+                self._known_topics |= new_topics
+            futures = [await self.producer.send(r["topic"], r["value"], key=r["key"])
+                       for r in rows]
+            await asyncio.gather(*futures)
+            await conn.execute("DELETE FROM shoal.outbox WHERE id <= $1", rows[-1]["id"])
+            self.published += len(rows)
+            return len(rows)

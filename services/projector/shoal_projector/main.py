@@ -1,0 +1,51 @@
+"""Projector entry point: follows the log, woken by NOTIFY, with a polling fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from shoal.infra.db import connect_pool, migrate
+from shoal.infra.lifecycle import run_service, setup_logging
+from shoal.infra.settings import Settings
+from shoal_projector.projection import project_once
+
+log = logging.getLogger("shoal.projector")
+
+
+async def follow(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    wake = asyncio.Event()
+    listener = await asyncpg.connect(settings.database_url)
+    await listener.add_listener("shoal_events", lambda *_: wake.set())
+    try:
+        while not stop.is_set():
+            try:
+                n = await project_once(pool, settings.projector_batch)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("projection failed (%r); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if n:
+                continue
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), 0.5)
+    finally:
+        await listener.close()
+
+
+async def main(settings: Settings) -> None:
+    setup_logging(settings.log_level, "projector")
+    await migrate(settings.database_url)
+    pool = await connect_pool(settings.database_url, max_size=3)
+    try:
+        await run_service("projector", [lambda stop: follow(settings, pool, stop)])
+    finally:
+        await pool.close()
+
+
+def run() -> None:
+    asyncio.run(main(Settings()))

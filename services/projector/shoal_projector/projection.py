@@ -1,0 +1,101 @@
+"""Apply stored events to the read models, one transaction per batch with its checkpoint.
+
+Reading by global position is gap-free because appends are serialized (see
+``shoal.infra.store``). A transaction-level advisory lock lets one projector apply at a
+time; ``shoal.infra.readmodels.rebuild`` takes the same lock, so a running projector never interleaves with it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shoal.infra import codec
+from shoal.infra.readmodels import CHECKPOINT, PROJECTOR_LOCK
+from shoal.infra.store import StoredEvent, read_from
+
+
+
+def _ts(v: str | None) -> datetime | None:
+    return datetime.fromisoformat(v) if v else None
+
+
+async def project_once(pool: asyncpg.Pool, limit: int = 1000) -> int:
+    """Apply the next batch of events; return how many were applied."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PROJECTOR_LOCK):
+            return 0
+        pos = await conn.fetchval(
+            "SELECT position FROM shoal_read.checkpoints WHERE name = $1", CHECKPOINT) or 0
+        events = await read_from(conn, pos, limit)
+        for e in events:
+            await apply(conn, e)
+        if events:
+            await conn.execute(
+                "INSERT INTO shoal_read.checkpoints (name, position) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+                CHECKPOINT, events[-1].global_position)
+        return len(events)
+
+
+async def apply(conn: asyncpg.Connection, e: StoredEvent) -> None:
+    d: dict[str, Any] = e.data
+    iid, at = e.instance_id, _ts(d.get("reported_at") or d.get("at"))
+    match e.type:
+        case "WorkflowSubmitted":
+            parent = (d.get("parent") or {}).get("instance_id")
+            await conn.execute(
+                "INSERT INTO shoal_read.workflow_runs (instance_id, workflow, version, state, "
+                "priority, params, schedule_time, submitted_at, attempt, parent_instance_id, "
+                "last_seq) VALUES ($1,$2,$3,'submitted',$4,$5::jsonb,$6,$7,$8,$9,$10) "
+                "ON CONFLICT (instance_id) DO NOTHING",
+                iid, d["workflow"], d["version"], d["priority"],
+                codec.dumps(d.get("params", {})).decode(), _ts(d.get("schedule_time")), at,
+                d.get("attempt", 1), parent, e.seq)
+        case "WorkflowStarted":
+            await _run(conn, e, "state = 'running', started_at = $3", at)
+        case "WorkflowSucceeded" | "WorkflowFailed":
+            state = "succeeded" if e.type == "WorkflowSucceeded" else "failed"
+            await _run(conn, e, "state = $3, finished_at = $4, failure = $5, duration_ms = "
+                       "(extract(epoch FROM ($4 - coalesce(started_at, submitted_at))) * 1000)"
+                       "::bigint", state, at, d.get("reason"))
+        case "TaskDispatched":
+            await conn.execute(
+                "INSERT INTO shoal_read.task_runs (instance_id, task, attempt, state) "
+                "VALUES ($1, $2, $3, 'dispatched') ON CONFLICT DO NOTHING",
+                iid, d["task"], d["attempt"])
+            await _touch(conn, e)
+        case "TaskStarted":
+            await _task(conn, e, "state = 'running', worker_id = $4, started_at = $5",
+                        d.get("worker_id"), at)
+        case "TaskSucceeded" | "TaskFailed":
+            state = "succeeded" if e.type == "TaskSucceeded" else "failed"
+            await _task(conn, e,
+                        "state = $4, worker_id = $5, exit_code = $6, outputs = $7::jsonb, "
+                        "error = $8, started_at = coalesce(started_at, $9), finished_at = $9, "
+                        "duration_ms = (extract(epoch FROM ($9 - coalesce(started_at, $9)))"
+                        " * 1000)::bigint",
+                        state, d.get("worker_id"), d.get("exit_code"),
+                        codec.dumps(d.get("outputs") or {}).decode(), d.get("error") or None, at)
+        case _:
+            await _touch(conn, e)  # InputRejected and future types: history only
+
+
+async def _run(conn: asyncpg.Connection, e: StoredEvent, sets: str, *args: Any) -> None:
+    await conn.execute(
+        f"UPDATE shoal_read.workflow_runs SET {sets}, last_seq = $2 WHERE instance_id = $1",
+        e.instance_id, e.seq, *args)
+
+
+async def _touch(conn: asyncpg.Connection, e: StoredEvent) -> None:
+    await conn.execute("UPDATE shoal_read.workflow_runs SET last_seq = $2 WHERE instance_id = $1",
+                       e.instance_id, e.seq)
+
+
+async def _task(conn: asyncpg.Connection, e: StoredEvent, sets: str, *args: Any) -> None:
+    await conn.execute(
+        f"UPDATE shoal_read.task_runs SET {sets} WHERE instance_id = $1 AND task = $2 "
+        "AND attempt = $3", e.instance_id, e.data["task"], e.data["attempt"], *args)
+    await _touch(conn, e)

@@ -1,0 +1,78 @@
+"""Runs one task attempt as a process group in its own working directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.core.params import parse_outputs
+
+
+@dataclass(slots=True)
+class Outcome:
+    exit_code: int | None
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+def exit_code_of(returncode: int) -> int:
+    """Map asyncio's negative 'killed by signal N' to the shell's 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Attempt:
+    """One running attempt; ``kill`` ends its whole process group."""
+
+    def __init__(self, dispatch: dict[str, Any], data_dir: Path, base_env: dict[str, str]) -> None:
+        self.dispatch = dispatch
+        self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
+                        / str(dispatch["attempt"]))
+        self.base_env = base_env
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def run(self) -> Outcome:
+        d = self.dispatch
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if d["task_type"] == "python":
+            script, argv = self.workdir / "task.py", [sys.executable]
+        else:
+            script, argv = self.workdir / "task.sh", ["bash"]
+        script.write_text(d["command"])
+        env = {**self.base_env, **d.get("env", {}),
+               "SHOAL_INSTANCE_ID": d["instance_id"], "SHOAL_WORKFLOW": d.get("workflow", ""),
+               "SHOAL_TASK": d["task"], "SHOAL_ATTEMPT": str(d["attempt"]),
+               "SHOAL_DISPATCH_ID": d["dispatch_id"]}
+        log_path = self.workdir / "task.log"
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, str(script), cwd=self.workdir, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # own process group: kill reaches every child
+            )
+        except OSError as exc:
+            return Outcome(exit_code=None, error=f"could not start: {exc}")
+        marked: list[str] = []
+        assert self.proc.stdout is not None
+        with log_path.open("wb") as log:
+            async for line in self.proc.stdout:
+                log.write(line)
+                if b"${setValue(" in line:
+                    marked.append(line.decode("utf-8", "replace"))
+        code = exit_code_of(await self.proc.wait())
+        outputs = parse_outputs(marked, d.get("outputs", []))
+        if code == 0:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return Outcome(exit_code=0, outputs=outputs)
+        return Outcome(exit_code=code, outputs=outputs, error=f"exit code {code}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
