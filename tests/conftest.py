@@ -1,0 +1,104 @@
+"""Session resources: one real broker, one real Postgres; a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shoal.infra.db import migrate
+from shoal.infra.processes import OwnedProcess, free_port, start_broker, start_embedded_postgres
+from tests.support import CI, Stack
+
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """Kafka bootstrap: SHOAL_TEST_KAFKA_BOOTSTRAP, else the embedded broker started here."""
+    given = os.environ.get("SHOAL_TEST_KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    port = free_port()
+    log = Path(tempfile.gettempdir()) / f"shoal-test-broker-{port}.log"
+    proc: OwnedProcess = start_broker(port, log)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+async def pg_admin_url() -> AsyncIterator[str]:
+    """A Postgres we may create databases in: SHOAL_DATABASE_URL, the local one, or embedded."""
+    url = os.environ.get("SHOAL_DATABASE_URL") or LOCAL_PG
+    try:
+        conn = await asyncpg.connect(url, timeout=5)
+        await conn.close()
+        yield url
+        return
+    except (OSError, asyncpg.PostgresError) as exc:
+        if CI or os.environ.get("SHOAL_DATABASE_URL"):
+            pytest.fail(f"PostgreSQL at {url} is not reachable: {exc!r}")
+    data = Path(tempfile.mkdtemp(prefix="shoal-test-pg-"))
+    embedded_url, handle = start_embedded_postgres(data)
+    try:
+        yield embedded_url
+    finally:
+        handle.cleanup()  # type: ignore[attr-defined]
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture
+async def database(pg_admin_url: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"shoal_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(pg_admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(pg_admin_url, name)
+    try:
+        await migrate(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(database, min_size=1, max_size=10)
+    assert p is not None
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def stack(broker: str, database: str, tmp_path: Path,
+                request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """Every service as its own process, with a fresh topic prefix and database."""
+    s = Stack(broker, database, tmp_path)
+    try:
+        await s.start_all()
+        yield s
+    finally:
+        s.stop()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(s.logs())
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep

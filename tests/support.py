@@ -1,0 +1,127 @@
+"""Test helpers: waiting, the service stack as real processes, Postgres resolution."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from shoal.infra.processes import OwnedProcess, free_port, service_argv
+
+T = TypeVar("T")
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0,
+                     interval: float = 0.1, what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class Stack:
+    """Shoal services as processes with their own topic prefix and database."""
+
+    def __init__(self, bootstrap: str, database_url: str, workdir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.database_url = database_url
+        self.prefix = f"t{secrets.token_hex(4)}"
+        self.workdir = workdir
+        self.api_port = free_port()
+        self.processes: list[OwnedProcess] = []
+        self.api = f"http://127.0.0.1:{self.api_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(SHOAL_KAFKA_BOOTSTRAP=self.bootstrap, SHOAL_DATABASE_URL=self.database_url,
+                   SHOAL_TOPIC_PREFIX=self.prefix, SHOAL_API_PORT=str(self.api_port),
+                   SHOAL_API_HOST="127.0.0.1", SHOAL_DATA_DIR=str(self.workdir / "data"),
+                   SHOAL_PARTITIONS="4", SHOAL_OUTBOX_RELAY_INTERVAL="0.2")
+        env.update(extra)
+        return env
+
+    def start(self, name: str, **extra: str) -> OwnedProcess:
+        n = sum(1 for p in self.processes if p.name == name)
+        if name == "worker":
+            extra.setdefault("SHOAL_WORKER_ID", f"{self.prefix}-worker-{n}")
+        proc = OwnedProcess(name, service_argv(name), self.env(**extra),
+                            self.workdir / f"{name}-{n}.log").start()
+        self.processes.append(proc)
+        return proc
+
+    async def start_all(self, workers: int = 1) -> None:
+        self.start("api")
+        await eventually(self._healthy, timeout=60, what="API /healthz")
+        self.start("orchestrator")
+        self.start("projector")
+        for _ in range(workers):
+            self.start("worker")
+
+    async def _healthy(self) -> bool:
+        try:
+            async with httpx.AsyncClient() as c:
+                return (await c.get(self.api + "/healthz", timeout=2)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.stop()
+
+    def logs(self) -> str:
+        out = []
+        for p in self.processes:
+            if p.log_path and p.log_path.exists():
+                out.append(f"==== {p.name} ({p.log_path.name})\n"
+                           + p.log_path.read_text(errors="replace")[-6000:])
+        return "\n".join(out)
+
+    # ------------------------------------------------------------------ API helpers
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.api, timeout=30) as c:
+            return await c.request(method, path, **kw)
+
+    async def apply(self, definition: dict[str, Any]) -> dict[str, Any]:
+        r = await self.request("POST", "/api/v1/workflows", json=definition)
+        assert r.status_code in (200, 201), r.text
+        return dict(r.json())
+
+    async def run_state(self, instance_id: str) -> dict[str, Any] | None:
+        r = await self.request("GET", f"/api/v1/runs/{instance_id}")
+        return dict(r.json()) if r.status_code == 200 else None
+
+    async def wait_run(self, instance_id: str, states: tuple[str, ...] = ("succeeded", "failed"),
+                       timeout: float = 60.0) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            run = await self.run_state(instance_id)
+            return run if run and run["state"] in states else None
+        try:
+            return await eventually(probe, timeout=timeout, what=f"run {instance_id} in {states}")
+        except AssertionError:
+            print(self.logs())
+            raise
+
+    async def events(self, instance_id: str) -> list[dict[str, Any]]:
+        r = await self.request("GET", f"/api/v1/runs/{instance_id}/events")
+        assert r.status_code == 200, r.text
+        return list(r.json())
+
+
+def start_command(workflow: str, instance_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"type": "StartWorkflow", "message_id": str(uuid.uuid4()),
+            "instance_id": instance_id or str(uuid.uuid4()),
+            "sent_at": "2026-11-22T00:00:00+00:00", "workflow": workflow, "version": None,
+            "params": {}, **fields}
