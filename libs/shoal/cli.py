@@ -128,8 +128,8 @@ def cmd_projections(args: argparse.Namespace) -> None:
 
     import asyncpg
 
-    from shoal.infra.settings import Settings
     from shoal.infra.readmodels import rebuild
+    from shoal.infra.settings import Settings
 
     async def go() -> None:
         pool = await asyncpg.create_pool(Settings().database_url, min_size=1, max_size=1)

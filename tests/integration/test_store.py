@@ -58,7 +58,7 @@ async def test_concurrent_appenders_never_let_a_reader_skip_a_position(pool, dat
 
     async def writer(w: int) -> None:
         rng = random.Random(w)
-        for b in range(batches):
+        for _ in range(batches):
             iid = str(uuid.uuid4())
             await store.commit([append(iid, 1, rng.randint(1, 3))], [])
             await asyncio.sleep(rng.random() / 200)

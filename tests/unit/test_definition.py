@@ -41,7 +41,8 @@ def test_cycle_is_refused_naming_every_task_of_the_cycle():
 
 
 def test_self_dependency_is_a_cycle():
-    assert problems(wf(sh("a", "a"))) == ["tasks[0].depends_on[0]: cycle: task 'a' depends on itself"]
+    assert problems(wf(sh("a", "a"))) == [
+        "tasks[0].depends_on[0]: cycle: task 'a' depends on itself"]
 
 
 def test_unknown_dependency_names_its_place():

@@ -15,9 +15,9 @@ def test_core_has_no_clock_randomness_or_io():
     for path in CORE.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                if (node.value.id, node.attr) in BANNED_CALLS:
-                    offences.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and (node.value.id, node.attr) in BANNED_CALLS):
+                offences.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
             mods = []
             if isinstance(node, ast.Import):
                 mods = [a.name for a in node.names]

@@ -105,7 +105,8 @@ def test_diamond_runs_in_dependency_order_and_passes_outputs_down():
     d = Driver(diamond())
     assert dispatched(d.start()) == ["a"]
     d.report(TaskStarted, "a")
-    assert dispatched(d.report(TaskSucceeded, "a", exit_code=0, outputs={"rows": "42"})) == ["b", "c"]
+    after_a = d.report(TaskSucceeded, "a", exit_code=0, outputs={"rows": "42"})
+    assert dispatched(after_a) == ["b", "c"]
     b = next(e for e in d.log if isinstance(e, TaskDispatched) and e.task == "b")
     assert b.command == "echo 42"
     assert dispatched(d.report(TaskSucceeded, "b", exit_code=0)) == []

@@ -221,7 +221,7 @@ def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
                 if colour[nxt] == grey:
                     start = path.index(nxt)
                     # depends_on points backwards in time; report in execution order.
-                    cycle = path[start:] + [nxt]
+                    cycle = [*path[start:], nxt]
                     return list(reversed(cycle))
                 if colour[nxt] == white:
                     colour[nxt] = grey
@@ -322,8 +322,7 @@ def _params(raw: object, where: str, problems: list[Problem]) -> dict[str, str]:
     return out
 
 
-def _enum(cls: type[E], raw: object, where: str, problems: list[Problem],
-                      default: E) -> E:
+def _enum(cls: type[E], raw: Any, where: str, problems: list[Problem], default: E) -> E:
     try:
         return cls(raw)
     except ValueError:

@@ -31,7 +31,6 @@ from shoal.core.model import (
     TaskFailedEvent,
     TaskReport,
     TaskRun,
-    TaskStarted,
     TaskStartedEvent,
     TaskState,
     TaskSucceeded,

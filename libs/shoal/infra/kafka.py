@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -35,7 +36,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -47,11 +48,10 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
         existing = set(await admin.list_topics())
         missing = [n for n in dict.fromkeys(names) if n not in existing]
         if missing:
-            try:
+            # Created concurrently by another service: what we wanted.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(n, settings.partitions, 1) for n in missing])
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another service: what we wanted
             log.info("created topics %s", missing)
     finally:
         await admin.close()

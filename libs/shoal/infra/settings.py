@@ -1,4 +1,4 @@
-"""Settings from ``SHOAL_*`` environment variables (CONTRACT §6). Built per service, never global."""
+"""Settings from ``SHOAL_*`` environment variables. Built per service, never global."""
 
 from __future__ import annotations
 

@@ -65,7 +65,8 @@ def _row_event(r: asyncpg.Record) -> StoredEvent:
     )
 
 
-_EVENT_COLS = "global_position, instance_id, seq, type, data::text AS data, causation_id, recorded_at"
+_EVENT_COLS = ("global_position, instance_id, seq, type, data::text AS data, causation_id, "
+               "recorded_at")
 
 
 class EventStore:
@@ -145,7 +146,8 @@ class EventStore:
             instance_id)
         return [_row_event(r) for r in rows]
 
-    async def definition(self, name: str, version: int | None) -> tuple[int, Mapping[str, Any]] | None:
+    async def definition(self, name: str,
+                         version: int | None) -> tuple[int, Mapping[str, Any]] | None:
         if version is None:
             row = await self.pool.fetchrow(
                 "SELECT version, definition::text AS d FROM shoal.workflow_definitions "

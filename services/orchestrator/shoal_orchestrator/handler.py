@@ -156,7 +156,7 @@ class BatchHandler:
                 new = run
                 for e in decision.events:
                     new = evolve(new, e, instance_id=cmd.instance_id)
-            except Exception as exc:  # noqa: BLE001 - one bad input must not stop the partition
+            except Exception as exc:
                 log.exception("could not apply %s %s", cmd.type, cmd.message_id)
                 dead.append((rec, f"internal error applying {cmd.type}: {exc!r}"))
                 continue

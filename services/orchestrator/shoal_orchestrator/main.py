@@ -15,7 +15,7 @@ from shoal.infra.db import connect_pool, migrate
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
-from shoal_orchestrator.handler import BatchHandler, Cache, Record
+from shoal_orchestrator.handler import BatchHandler, BatchResult, Cache, Record
 from shoal_orchestrator.relay import OutboxRelay
 
 log = logging.getLogger("shoal.orchestrator")
@@ -81,7 +81,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay,
 
 
 async def _handle_until_done(handler: BatchHandler, records: list[Record],
-                             stop: asyncio.Event):  # type: ignore[no-untyped-def]
+                             stop: asyncio.Event) -> BatchResult | None:
     """Retry a batch through database outages; give up only when asked to stop."""
     delay = 0.5
     while True:

@@ -2,7 +2,7 @@
 
 Reading by global position is gap-free because appends are serialized (see
 ``shoal.infra.store``). A transaction-level advisory lock lets one projector apply at a
-time; ``shoal.infra.readmodels.rebuild`` takes the same lock, so a running projector never interleaves with it.
+time; ``readmodels.rebuild`` takes the same lock, so a running projector never interleaves with it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncpg
 from shoal.infra import codec
 from shoal.infra.readmodels import CHECKPOINT, PROJECTOR_LOCK
 from shoal.infra.store import StoredEvent, read_from
-
 
 
 def _ts(v: str | None) -> datetime | None:

@@ -24,8 +24,8 @@ class RunCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
     instance_id: uuid.UUID | None = Field(
-        None, description="choose the id to make the start idempotent across retries")
-    version: int | None = Field(None, ge=1)
+        default=None, description="choose the id to make the start idempotent across retries")
+    version: int | None = Field(default=None, ge=1)
     params: dict[str, str | int | float | bool | None] = {}
     priority: Literal["highest", "high", "medium", "low", "lowest"] | None = None
     schedule_time: datetime | None = None
