@@ -36,6 +36,9 @@ def consumer(settings: Settings, *topics: str, group_id: str | None,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # The broker may hold a fetch for this long when no data is waiting; it bounds the
+        # latency of every hop (dispatch -> worker -> report -> orchestrator).
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         **kwargs,
     )
 

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".shoal")
     # Idempotent producers need broker support the embedded broker lacks; on for real Kafka.
     kafka_idempotence: bool = False
+    kafka_fetch_max_wait_ms: int = 50
     outbox_relay_interval: float = 1.0
     projector_batch: int = 1000
     log_level: str = "INFO"

@@ -1,0 +1,164 @@
+"""make bench: the figures the issues ask for, against the real broker and Postgres.
+
+1. Diamond latency: publish StartWorkflow -> WorkflowSucceeded committed (median of 10,
+   after one warm-up run so the consumer groups have joined).
+2. Burst: 1,000 StartWorkflow of a 1-task DAG published at once with no worker running;
+   events appended per second by the orchestrator (3 events per start).
+3. Then one worker (8 slots) drains the 1,000 runs: runs completed per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from shoal.infra import codec
+from shoal.infra.db import migrate
+from shoal.infra.processes import OwnedProcess, free_port, service_argv, start_broker, wait_port
+
+ADMIN = os.environ.get("SHOAL_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DIAMOND = {"name": "diamond", "tasks": [
+    {"name": "a", "command": "true"}, {"name": "b", "command": "true", "depends_on": ["a"]},
+    {"name": "c", "command": "true", "depends_on": ["a"]},
+    {"name": "d", "command": "true", "depends_on": ["b", "c"]}]}
+ONE = {"name": "one", "tasks": [{"name": "only", "command": "true"}]}
+
+
+def start(workflow: str) -> tuple[str, bytes]:
+    iid = str(uuid.uuid4())
+    return iid, codec.dumps({"type": "StartWorkflow", "message_id": str(uuid.uuid4()),
+                             "instance_id": iid, "sent_at": "2026-01-01T00:00:00+00:00",
+                             "workflow": workflow})
+
+
+async def wait_until(probe, timeout: float = 120.0, interval: float = 0.01):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = await probe()
+        if got:
+            return got
+        await asyncio.sleep(interval)
+    raise TimeoutError("benchmark step timed out")
+
+
+async def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
+    owned: list[OwnedProcess] = []
+    bootstrap = os.environ.get("SHOAL_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        port = free_port()
+        owned.append(start_broker(port, work / "broker.log"))
+        bootstrap = f"127.0.0.1:{port}"
+    dbname = f"shoal_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(ADMIN)
+    await admin.execute(f'CREATE DATABASE "{dbname}"')
+    db = ADMIN.rpartition("/")[0] + "/" + dbname
+    await migrate(db)
+    prefix = f"bench{secrets.token_hex(3)}"
+    api_port = free_port()
+    env = {**os.environ, "SHOAL_KAFKA_BOOTSTRAP": bootstrap, "SHOAL_DATABASE_URL": db,
+           "SHOAL_TOPIC_PREFIX": prefix, "SHOAL_API_PORT": str(api_port),
+           "SHOAL_DATA_DIR": str(work / "data"), "SHOAL_LOG_LEVEL": "WARNING"}
+
+    def spawn(name: str) -> OwnedProcess:
+        p = OwnedProcess(name, service_argv(name), env, work / f"{name}.log").start()
+        owned.append(p)
+        return p
+
+    pool = await asyncpg.create_pool(db, min_size=1, max_size=4)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    results: dict[str, object] = {}
+    try:
+        spawn("api")
+        wait_port("127.0.0.1", api_port, 60)
+        api = f"http://127.0.0.1:{api_port}"
+        async with httpx.AsyncClient(base_url=api, timeout=30) as c:
+            for d in (DIAMOND, ONE):
+                (await c.post("/api/v1/workflows", json=d)).raise_for_status()
+        spawn("orchestrator")
+        worker = spawn("worker")
+        await producer.start()
+        topic = f"{prefix}.commands"
+
+        async def succeeded_at(iid: str) -> float | None:
+            ts = await pool.fetchval(
+                "SELECT extract(epoch FROM recorded_at) FROM shoal.events "
+                "WHERE instance_id = $1 AND type IN ('WorkflowSucceeded', 'WorkflowFailed')",
+                uuid.UUID(iid))
+            return float(ts) if ts is not None else None
+
+        latencies = []
+        for i in range(11):
+            iid, value = start("diamond")
+            t0 = time.time()
+            await producer.send_and_wait(topic, value, key=iid.encode())
+            done = await wait_until(lambda iid=iid: succeeded_at(iid))
+            if i:  # the first run is the warm-up (consumer groups joining)
+                latencies.append((done - t0) * 1000)
+        results["diamond_ms"] = {"median": round(statistics.median(latencies), 1),
+                                 "min": round(min(latencies), 1),
+                                 "max": round(max(latencies), 1), "runs": len(latencies)}
+
+        worker.stop()
+        burst = [start("one") for _ in range(1000)]
+        ids = [uuid.UUID(i) for i, _ in burst]
+
+        async def appended() -> int:
+            return int(await pool.fetchval(
+                "SELECT count(*) FROM shoal.events WHERE instance_id = ANY($1::uuid[])", ids))
+
+        t0 = time.monotonic()
+        futures = [await producer.send(topic, v, key=i.encode()) for i, v in burst]
+        await asyncio.gather(*futures)
+        t_published = time.monotonic()
+        await wait_until(lambda: _at_least(appended, 3000), timeout=300)
+        t_done = time.monotonic()
+        results["burst_1000_starts"] = {
+            "events": 3000, "publish_s": round(t_published - t0, 3),
+            "append_s": round(t_done - t0, 3),
+            "events_per_s": round(3000 / (t_done - t0)),
+        }
+
+        async def finished() -> int:
+            return int(await pool.fetchval(
+                "SELECT count(*) FROM shoal.events WHERE instance_id = ANY($1::uuid[]) "
+                "AND type = 'WorkflowSucceeded'", ids))
+
+        t0 = time.monotonic()
+        spawn("worker")
+        await wait_until(lambda: _at_least(finished, 1000), timeout=600, interval=0.1)
+        elapsed = time.monotonic() - t0
+        results["drain_1000_runs_one_worker_8_slots"] = {
+            "seconds_incl_group_join": round(elapsed, 1),
+            "runs_per_s": round(1000 / elapsed, 1)}
+    finally:
+        await producer.stop()
+        await pool.close()
+        for p in reversed(owned):
+            p.stop()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        await admin.close()
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"bench-{int(time.time())}.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+async def _at_least(probe, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return await probe() >= n
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
