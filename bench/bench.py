@@ -43,8 +43,8 @@ def start(workflow: str) -> tuple[str, bytes]:
                              "workflow": workflow})
 
 
-async def wait_until(probe, timeout: float = 120.0, interval: float = 0.01):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def wait_until(probe, limit_s: float = 120.0, interval: float = 0.01):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         got = await probe()
         if got:
@@ -123,7 +123,7 @@ async def main() -> None:
         futures = [await producer.send(topic, v, key=i.encode()) for i, v in burst]
         await asyncio.gather(*futures)
         t_published = time.monotonic()
-        await wait_until(lambda: _at_least(appended, 3000), timeout=300)
+        await wait_until(lambda: _at_least(appended, 3000), limit_s=300)
         t_done = time.monotonic()
         results["burst_1000_starts"] = {
             "events": 3000, "publish_s": round(t_published - t0, 3),
@@ -138,7 +138,7 @@ async def main() -> None:
 
         t0 = time.monotonic()
         spawn("worker")
-        await wait_until(lambda: _at_least(finished, 1000), timeout=600, interval=0.1)
+        await wait_until(lambda: _at_least(finished, 1000), limit_s=600, interval=0.1)
         elapsed = time.monotonic() - t0
         results["drain_1000_runs_one_worker_8_slots"] = {
             "seconds_incl_group_join": round(elapsed, 1),

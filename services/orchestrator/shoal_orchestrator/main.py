@@ -75,7 +75,13 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay,
                         "value": (rec.value or b"").decode("utf-8", "replace"),
                         "dead_at": utcnow_iso()}), key=rec.key)
                 relay.wake.set()
-                await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+                try:
+                    await consumer.commit({tp: msgs[-1].offset + 1
+                                           for tp, msgs in batch.items()})
+                except KafkaError as exc:
+                    # The batch is durable; its redelivery is recognised by message_id.
+                    log.warning("offset commit failed (%r); the batch will be redelivered "
+                                "and de-duplicated", exc)
     finally:
         await consumer.stop()
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from shoal.core.params import parse_outputs
 
@@ -58,13 +58,9 @@ class Attempt:
             )
         except OSError as exc:
             return Outcome(exit_code=None, error=f"could not start: {exc}")
-        marked: list[str] = []
         assert self.proc.stdout is not None
         with log_path.open("wb") as log:
-            async for line in self.proc.stdout:
-                log.write(line)
-                if b"${setValue(" in line:
-                    marked.append(line.decode("utf-8", "replace"))
+            marked = await _copy_output(self.proc.stdout, log)
         code = exit_code_of(await self.proc.wait())
         outputs = parse_outputs(marked, d.get("outputs", []))
         if code == 0:
@@ -76,3 +72,27 @@ class Attempt:
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
+
+
+_CHUNK = 64 * 1024
+_MAX_LINE = 1024 * 1024  # a longer "line" is cut; setValue markers are short
+
+
+async def _copy_output(stream: asyncio.StreamReader, log: BinaryIO) -> list[str]:
+    """Copy the process output to ``log``; return the lines carrying setValue markers.
+
+    Reads chunks rather than lines so a line of any length cannot break the reader.
+    """
+    marked: list[str] = []
+    pending = b""
+    while chunk := await stream.read(_CHUNK):
+        log.write(chunk)
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > _MAX_LINE:
+            lines.append(pending)
+            pending = b""
+        marked.extend(ln.decode("utf-8", "replace") for ln in lines if b"${setValue(" in ln)
+    if b"${setValue(" in pending:
+        marked.append(pending.decode("utf-8", "replace"))
+    return marked

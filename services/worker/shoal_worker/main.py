@@ -23,7 +23,7 @@ from shoal.core.model import TaskFailed, TaskStarted, TaskSucceeded
 from shoal.infra import codec, kafka
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
-from shoal_worker.executor import Attempt
+from shoal_worker.executor import Attempt, Outcome
 
 log = logging.getLogger("shoal.worker")
 _REPORT_NS = uuid.UUID("1b6c7e0a-53a2-4c55-8f4e-2f1d8c3e9b21")
@@ -96,7 +96,11 @@ class Worker:
     async def _run(self, attempt: Attempt) -> None:
         d = attempt.dispatch
         try:
-            outcome = await attempt.run()
+            try:
+                outcome = await attempt.run()
+            except Exception as exc:  # the attempt must still be reported
+                log.exception("attempt %s of %s failed in the worker", d["attempt"], d["task"])
+                outcome = Outcome(exit_code=None, error=f"worker error: {exc!r}")
             if outcome.exit_code == 0:
                 await self._report(TaskSucceeded(**self._report_fields(d, "finished"),
                                                  exit_code=0, outputs=outcome.outputs))

@@ -1,0 +1,38 @@
+"""The worker's process runner on real processes (no broker needed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from shoal_worker.executor import Attempt, exit_code_of
+
+
+def dispatch(command: str, **extra: object) -> dict:
+    return {"instance_id": "i", "task": "t", "attempt": 1, "dispatch_id": "d",
+            "task_type": "shell", "command": command, "outputs": ["rows"], **extra}
+
+
+async def test_exit_code_outputs_and_a_line_longer_than_the_stream_limit(tmp_path):
+    cmd = ("python3 -c \"print('x' * 300000)\"; echo '${setValue(rows=7)}'; "
+           "echo \"$SHOAL_TASK/$SHOAL_ATTEMPT/$GREETING\"; exit 4")
+    a = Attempt(dispatch(cmd, env={"GREETING": "hi"}), tmp_path, dict(os.environ))
+    out = await a.run()
+    assert out.exit_code == 4 and out.outputs == {"rows": "7"}
+    log = (a.workdir / "task.log").read_bytes()  # kept after failure
+    assert b"x" * 300000 in log and b"t/1/hi" in log
+
+
+async def test_success_removes_the_working_directory(tmp_path):
+    a = Attempt(dispatch("echo ok"), tmp_path, dict(os.environ))
+    assert (await a.run()).exit_code == 0
+    assert not a.workdir.exists()
+
+
+async def test_python_tasks_run_with_the_interpreter(tmp_path):
+    d = dispatch("print('${setValue(rows=%d)}' % (6 * 7))", task_type="python")
+    assert (await Attempt(d, tmp_path, dict(os.environ)).run()).outputs == {"rows": "42"}
+
+
+def test_signal_deaths_map_to_128_plus_n():
+    assert exit_code_of(-signal.SIGKILL) == 137 and exit_code_of(3) == 3
