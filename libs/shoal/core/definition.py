@@ -48,21 +48,38 @@ CONTRACT_TYPES = frozenset(
 )
 
 _WORKFLOW_FIELDS = frozenset(
-    {"name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks"}
+    {"name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks",
+     "timeout", "timeout_strategy"}
 )
-_WORKFLOW_LATER = frozenset({"timeout", "timeout_strategy", "execution", "schedule"})
+_WORKFLOW_LATER = frozenset({"execution", "schedule"})
 _TASK_FIELDS = frozenset(
     {
         "name", "type", "command", "script", "depends_on", "outputs", "priority",
-        "worker_group", "env", "description",
+        "worker_group", "env", "description", "retries", "retry_interval", "retry_backoff",
+        "max_retry_interval", "timeout", "timeout_strategy", "delay", "disabled",
     }
 )
-_TASK_LATER = frozenset(
-    {
-        "retries", "retry_interval", "retry_backoff", "max_retry_interval", "timeout",
-        "timeout_strategy", "delay", "disabled",
-    }
-)
+_TASK_LATER: frozenset[str] = frozenset()
+
+
+class TimeoutStrategy(StrEnum):
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How a failed task is retried: ``retries`` more attempts after the first."""
+
+    retries: int = 0
+    interval: float = 0.0
+    backoff: float = 1.0
+    max_interval: float | None = None
+
+    def delay(self, failed_tries: int) -> float:
+        """Seconds to wait after the ``failed_tries``-th failed attempt (1-based)."""
+        d = self.interval * self.backoff ** max(failed_tries - 1, 0)
+        return min(d, self.max_interval) if self.max_interval is not None else d
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +95,11 @@ class TaskDefinition:
     worker_group: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    retry: RetryPolicy = RetryPolicy()
+    timeout: float | None = None
+    timeout_strategy: TimeoutStrategy = TimeoutStrategy.FAIL
+    delay: float = 0.0
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +113,8 @@ class WorkflowDefinition:
     failure_strategy: FailureStrategy = FailureStrategy.END
     priority: Priority = Priority.MEDIUM
     worker_group: str = "default"
+    timeout: float | None = None
+    timeout_strategy: TimeoutStrategy = TimeoutStrategy.FAIL
 
     def task(self, name: str) -> TaskDefinition:
         for t in self.tasks:
@@ -114,6 +138,8 @@ class WorkflowDefinition:
             "failure_strategy": self.failure_strategy.value,
             "priority": self.priority.value,
             "worker_group": self.worker_group,
+            "timeout": self.timeout,
+            "timeout_strategy": self.timeout_strategy.value,
             "tasks": [
                 {
                     "name": t.name,
@@ -125,6 +151,14 @@ class WorkflowDefinition:
                     "worker_group": t.worker_group,
                     "env": dict(t.env),
                     "description": t.description,
+                    "retries": t.retry.retries,
+                    "retry_interval": t.retry.interval,
+                    "retry_backoff": t.retry.backoff,
+                    "max_retry_interval": t.retry.max_interval,
+                    "timeout": t.timeout,
+                    "timeout_strategy": t.timeout_strategy.value,
+                    "delay": t.delay,
+                    "disabled": t.disabled,
                 }
                 for t in self.tasks
             ],
@@ -154,6 +188,9 @@ def parse_definition(raw: object) -> WorkflowDefinition:
     priority = _enum(Priority, raw.get("priority", "medium"), "priority", problems,
                      Priority.MEDIUM)
     worker_group = _string(raw.get("worker_group", "default"), "worker_group", problems)
+    wf_timeout = _seconds(raw.get("timeout"), "timeout", problems, positive=True)
+    wf_timeout_strategy = _enum(TimeoutStrategy, raw.get("timeout_strategy", "fail"),
+                                "timeout_strategy", problems, TimeoutStrategy.FAIL)
 
     raw_tasks = raw.get("tasks")
     tasks: list[TaskDefinition] = []
@@ -194,6 +231,8 @@ def parse_definition(raw: object) -> WorkflowDefinition:
         failure_strategy=failure,
         priority=priority,
         worker_group=worker_group or "default",
+        timeout=wf_timeout,
+        timeout_strategy=wf_timeout_strategy,
     )
 
 
@@ -290,6 +329,25 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         problems.append(Problem(f"{where}.worker_group", "must be a non-empty string"))
         group = None
     env = _params(raw.get("env", {}), f"{where}.env", problems)
+    retries = raw.get("retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
+        problems.append(Problem(f"{where}.retries", "must be an integer from 0 to 100"))
+        retries = 0
+    interval = _seconds(raw.get("retry_interval", 0), f"{where}.retry_interval", problems) or 0.0
+    backoff = raw.get("retry_backoff", 1.0)
+    if not isinstance(backoff, int | float) or isinstance(backoff, bool) or not 1 <= backoff <= 10:
+        problems.append(Problem(f"{where}.retry_backoff", "must be a number from 1 to 10"))
+        backoff = 1.0
+    max_interval = _seconds(raw.get("max_retry_interval"), f"{where}.max_retry_interval",
+                            problems, positive=True)
+    timeout = _seconds(raw.get("timeout"), f"{where}.timeout", problems, positive=True)
+    timeout_strategy = _enum(TimeoutStrategy, raw.get("timeout_strategy", "fail"),
+                             f"{where}.timeout_strategy", problems, TimeoutStrategy.FAIL)
+    delay = _seconds(raw.get("delay", 0), f"{where}.delay", problems) or 0.0
+    disabled = raw.get("disabled", False)
+    if not isinstance(disabled, bool):
+        problems.append(Problem(f"{where}.disabled", "must be true or false"))
+        disabled = False
     if len(problems) > before:
         return None
     return TaskDefinition(
@@ -302,7 +360,26 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         worker_group=group,
         env=env,
         description=str(raw.get("description", "") or ""),
+        retry=RetryPolicy(retries=retries, interval=interval, backoff=float(backoff),
+                          max_interval=max_interval),
+        timeout=timeout,
+        timeout_strategy=timeout_strategy,
+        delay=delay,
+        disabled=disabled,
     )
+
+
+def _seconds(raw: object, where: str, problems: list[Problem], *,
+             positive: bool = False) -> float | None:
+    """A duration in seconds; None when absent."""
+    if raw is None:
+        return None
+    if not isinstance(raw, int | float) or isinstance(raw, bool) or raw < 0 or (
+            positive and raw == 0) or raw > 366 * 86400:
+        problems.append(Problem(where, "must be a number of seconds"
+                                + (" greater than 0" if positive else " (0 or more)")))
+        return None
+    return float(raw)
 
 
 def _params(raw: object, where: str, problems: list[Problem]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Inputs, events and the state they fold into.
 
 Vocabulary: commands are imperative (``StartWorkflow``), reports and events past tense
-(``TaskSucceeded``, ``WorkflowStarted``), states adjectives (``running``). The same words
+(``TaskSucceeded``, ``WorkflowPaused``), states adjectives (``ready_pause``). The same words
 appear in ``schemas/``, REST and the read models.
 """
 
@@ -17,62 +17,152 @@ from shoal.core.definition import Priority, WorkflowDefinition
 
 
 class RunState(StrEnum):
-    """States of a workflow run this release can reach (CONTRACT §3 names)."""
+    """States of a workflow run (CONTRACT §3 names)."""
 
     SUBMITTED = "submitted"
     RUNNING = "running"
+    READY_PAUSE = "ready_pause"
+    PAUSED = "paused"
+    READY_STOP = "ready_stop"
+    STOPPED = "stopped"
     FAILED = "failed"
     SUCCEEDED = "succeeded"
 
     @property
     def finished(self) -> bool:
-        return self in (RunState.FAILED, RunState.SUCCEEDED)
+        return self in (RunState.STOPPED, RunState.FAILED, RunState.SUCCEEDED)
 
 
 class TaskState(StrEnum):
-    """States of a task attempt this release can reach (CONTRACT §3 names)."""
+    """States of a task in a run (CONTRACT §3 names)."""
 
-    DISPATCHED = "dispatched"
-    RUNNING = "running"
+    SUBMITTED = "submitted"        # ready, waiting for its delay to pass
+    DISPATCHED = "dispatched"      # handed to a worker group
+    RUNNING = "running"            # a worker started it
+    RETRY_WAIT = "retry_wait"      # failed; the next attempt waits for its retry timer
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-    @property
-    def finished(self) -> bool:
-        return self in (TaskState.SUCCEEDED, TaskState.FAILED)
+    KILLED = "killed"
+    PAUSED = "paused"              # would have been dispatched, but the run is pausing
+    SKIPPED = "skipped"            # disabled: passed over, successors run
+    FORCED_SUCCESS = "forced_success"
 
     @property
     def active(self) -> bool:
+        """Holds (or may hold) a worker process."""
         return self in (TaskState.DISPATCHED, TaskState.RUNNING)
+
+    @property
+    def waiting(self) -> bool:
+        """Will run later without a worker holding it now."""
+        return self in (TaskState.SUBMITTED, TaskState.RETRY_WAIT, TaskState.PAUSED)
+
+    @property
+    def done_ok(self) -> bool:
+        """Counts as success for its successors."""
+        return self in (TaskState.SUCCEEDED, TaskState.FORCED_SUCCESS, TaskState.SKIPPED)
+
+    @property
+    def done_bad(self) -> bool:
+        return self in (TaskState.FAILED, TaskState.KILLED)
+
+
+class Scope(StrEnum):
+    """Which part of the DAG a start-from-node run executes (DolphinScheduler's
+    TASK_POST / TASK_PRE / TASK_ONLY)."""
+
+    DOWNSTREAM = "downstream"
+    UPSTREAM = "upstream"
+    ONLY = "only"
+
+
+class TimerKind(StrEnum):
+    RETRY = "retry"
+    DELAY = "delay"
+    TASK_TIMEOUT = "task_timeout"
+    WORKFLOW_TIMEOUT = "workflow_timeout"
+
+
+class KillReason(StrEnum):
+    STOP = "stop"          # the run was stopped (or a workflow timeout failed it)
+    FAILURE = "failure"    # failure strategy `end`: another task failed
+    TIMEOUT = "timeout"    # the task's own timeout with strategy `fail`
+    STRAY = "stray"        # an attempt that is no longer current reported it started
 
 
 # --------------------------------------------------------------------------- inputs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StartWorkflow:
-    """Command: start a run of ``workflow`` under ``instance_id`` (idempotent per id)."""
+class Message:
+    """Every input carries these (CONTRACT §2)."""
 
-    type: ClassVar[str] = "StartWorkflow"
+    type: ClassVar[str] = "Message"
     message_id: str
     instance_id: str
     sent_at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartWorkflow(Message):
+    """Command: start a run of ``workflow`` under ``instance_id`` (idempotent per id)."""
+
+    type: ClassVar[str] = "StartWorkflow"
     workflow: str
     version: int | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     priority: Priority | None = None
     schedule_time: str | None = None
     parent: Mapping[str, str] | None = None
+    start_from: tuple[str, ...] | None = None
+    scope: Scope = Scope.DOWNSTREAM
+    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskReport:
+class PauseWorkflow(Message):
+    type: ClassVar[str] = "PauseWorkflow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeWorkflow(Message):
+    type: ClassVar[str] = "ResumeWorkflow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopWorkflow(Message):
+    type: ClassVar[str] = "StopWorkflow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RerunWorkflow(Message):
+    type: ClassVar[str] = "RerunWorkflow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoverWorkflow(Message):
+    type: ClassVar[str] = "RecoverWorkflow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForceTaskSuccess(Message):
+    type: ClassVar[str] = "ForceTaskSuccess"
+    task: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FireTimer(Message):
+    """Published by an orchestrator's timer poller when a durable timer is due."""
+
+    type: ClassVar[str] = "FireTimer"
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskReport(Message):
     """Base of the worker's reports; ``attempt`` + ``dispatch_id`` are the fencing token."""
 
     type: ClassVar[str] = "TaskReport"
-    message_id: str
-    instance_id: str
-    sent_at: str
     task: str
     attempt: int
     dispatch_id: str
@@ -98,17 +188,35 @@ class TaskFailed(TaskReport):
     error: str = ""
 
 
-Command = StartWorkflow | TaskStarted | TaskSucceeded | TaskFailed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskKilled(TaskReport):
+    """The worker killed the attempt's process group (or did not have it: ``error`` says)."""
+
+    type: ClassVar[str] = "TaskKilled"
+    exit_code: int | None = None
+    error: str = ""
+
+
+Command = (
+    StartWorkflow | PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow
+    | RecoverWorkflow | ForceTaskSuccess | FireTimer | TaskStarted | TaskSucceeded
+    | TaskFailed | TaskKilled
+)
 COMMAND_TYPES: dict[str, type[Command]] = {
-    c.type: c for c in (StartWorkflow, TaskStarted, TaskSucceeded, TaskFailed)
+    c.type: c for c in (
+        StartWorkflow, PauseWorkflow, ResumeWorkflow, StopWorkflow, RerunWorkflow,
+        RecoverWorkflow, ForceTaskSuccess, FireTimer, TaskStarted, TaskSucceeded, TaskFailed,
+        TaskKilled)
 }
+CONTROL_TYPES = ("PauseWorkflow", "ResumeWorkflow", "StopWorkflow", "RerunWorkflow",
+                 "RecoverWorkflow")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResolvedStart:
     """A StartWorkflow with its definition looked up by the adapter (decide stays pure)."""
 
-    type: ClassVar[str] = "ResolvedStart"
+    type: ClassVar[str] = "StartWorkflow"
     command: StartWorkflow
     definition: WorkflowDefinition
     version: int
@@ -117,8 +225,22 @@ class ResolvedStart:
     def message_id(self) -> str:
         return self.command.message_id
 
+    @property
+    def instance_id(self) -> str:
+        return self.command.instance_id
 
-Input = ResolvedStart | TaskStarted | TaskSucceeded | TaskFailed
+
+Input = (
+    ResolvedStart | PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow
+    | RecoverWorkflow | ForceTaskSuccess | FireTimer | TaskStarted | TaskSucceeded
+    | TaskFailed | TaskKilled
+)
+INPUT_TYPES: tuple[str, ...] = (
+    "StartWorkflow", "PauseWorkflow", "ResumeWorkflow", "StopWorkflow", "RerunWorkflow",
+    "RecoverWorkflow", "ForceTaskSuccess", "FireTimer", "TaskStarted", "TaskSucceeded",
+    "TaskFailed", "TaskKilled",
+)
+REPORT_TYPES: tuple[str, ...] = ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskKilled")
 
 
 # --------------------------------------------------------------------------- events
@@ -143,11 +265,44 @@ class WorkflowSubmitted(Event):
     attempt: int = 1
     schedule_time: str | None = None
     parent: Mapping[str, str] | None = None
+    scope_tasks: list[str] | tuple[str, ...] | None = None  # None: the whole DAG
+    start_from: list[str] | tuple[str, ...] | None = None
+    scope: str = "downstream"
+    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowStarted(Event):
     type: ClassVar[str] = "WorkflowStarted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowPausing(Event):
+    type: ClassVar[str] = "WorkflowPausing"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowPaused(Event):
+    type: ClassVar[str] = "WorkflowPaused"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowResumed(Event):
+    type: ClassVar[str] = "WorkflowResumed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowStopping(Event):
+    """Killing what runs; the run ends ``outcome`` (stopped, or failed) once all confirmed."""
+
+    type: ClassVar[str] = "WorkflowStopping"
+    outcome: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowStopped(Event):
+    type: ClassVar[str] = "WorkflowStopped"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +314,56 @@ class WorkflowSucceeded(Event):
 class WorkflowFailed(Event):
     type: ClassVar[str] = "WorkflowFailed"
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowRestarted(Event):
+    """Rerun (every task again) or recover (only what did not succeed); attempt + 1."""
+
+    type: ClassVar[str] = "WorkflowRestarted"
+    attempt: int
+    mode: str  # rerun | recover
+    kept: list[str] | tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowTimedOut(Event):
+    type: ClassVar[str] = "WorkflowTimedOut"
+    strategy: str
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerArmed(Event):
+    """A durable timer; the orchestrator stores it and fires it as a FireTimer input."""
+
+    type: ClassVar[str] = "TimerArmed"
+    timer_id: str
+    kind: str
+    fire_at: str
+    task: str | None = None
+    attempt: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerCancelled(Event):
+    type: ClassVar[str] = "TimerCancelled"
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerFired(Event):
+    type: ClassVar[str] = "TimerFired"
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDelayed(Event):
+    """Ready, but starts after its ``delay``."""
+
+    type: ClassVar[str] = "TaskDelayed"
+    task: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +383,16 @@ class TaskDispatched(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDryRun(Event):
+    """Dry run: the task 'succeeded' without executing; ``command`` is what would have run."""
+
+    type: ClassVar[str] = "TaskDryRun"
+    task: str
+    attempt: int
+    command: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskStartedEvent(Event):
     type: ClassVar[str] = "TaskStarted"
     task: str
@@ -192,7 +407,7 @@ class TaskSucceededEvent(Event):
     task: str
     attempt: int
     worker_id: str
-    reported_at: str | None = None  # the worker's clock: when it happened, not when decided
+    reported_at: str | None = None
     exit_code: int
     outputs: Mapping[str, str]
 
@@ -202,10 +417,74 @@ class TaskFailedEvent(Event):
     type: ClassVar[str] = "TaskFailed"
     task: str
     attempt: int
-    worker_id: str
-    reported_at: str | None = None  # the worker's clock: when it happened, not when decided
+    worker_id: str | None = None
+    reported_at: str | None = None
     exit_code: int | None
     error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskKilledEvent(Event):
+    type: ClassVar[str] = "TaskKilled"
+    task: str
+    attempt: int
+    reason: str
+    worker_id: str | None = None
+    reported_at: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskKillRequested(Event):
+    """Kill this attempt's process group on ``worker_id`` (None: whichever worker has it)."""
+
+    type: ClassVar[str] = "TaskKillRequested"
+    task: str
+    attempt: int
+    dispatch_id: str
+    worker_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRetryScheduled(Event):
+    """The next attempt waits in ``retry_wait`` until ``fire_at``."""
+
+    type: ClassVar[str] = "TaskRetryScheduled"
+    task: str
+    attempt: int
+    fire_at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskTimedOut(Event):
+    type: ClassVar[str] = "TaskTimedOut"
+    task: str
+    attempt: int
+    strategy: str
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPaused(Event):
+    type: ClassVar[str] = "TaskPaused"
+    task: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSkipped(Event):
+    type: ClassVar[str] = "TaskSkipped"
+    task: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskForcedSuccess(Event):
+    type: ClassVar[str] = "TaskForcedSuccess"
+    task: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,14 +498,22 @@ class InputRejected(Event):
 
 
 AnyEvent = (
-    WorkflowSubmitted | WorkflowStarted | WorkflowSucceeded | WorkflowFailed | TaskDispatched
-    | TaskStartedEvent | TaskSucceededEvent | TaskFailedEvent | InputRejected
+    WorkflowSubmitted | WorkflowStarted | WorkflowPausing | WorkflowPaused | WorkflowResumed
+    | WorkflowStopping | WorkflowStopped | WorkflowSucceeded | WorkflowFailed
+    | WorkflowRestarted | WorkflowTimedOut | TimerArmed | TimerCancelled | TimerFired
+    | TaskDelayed | TaskDispatched | TaskDryRun | TaskStartedEvent | TaskSucceededEvent
+    | TaskFailedEvent | TaskKilledEvent | TaskKillRequested | TaskRetryScheduled
+    | TaskTimedOut | TaskPaused | TaskSkipped | TaskForcedSuccess | InputRejected
 )
 EVENT_TYPES: dict[str, type[AnyEvent]] = {
     e.type: e
     for e in (
-        WorkflowSubmitted, WorkflowStarted, WorkflowSucceeded, WorkflowFailed, TaskDispatched,
-        TaskStartedEvent, TaskSucceededEvent, TaskFailedEvent, InputRejected,
+        WorkflowSubmitted, WorkflowStarted, WorkflowPausing, WorkflowPaused, WorkflowResumed,
+        WorkflowStopping, WorkflowStopped, WorkflowSucceeded, WorkflowFailed,
+        WorkflowRestarted, WorkflowTimedOut, TimerArmed, TimerCancelled, TimerFired,
+        TaskDelayed, TaskDispatched, TaskDryRun, TaskStartedEvent, TaskSucceededEvent,
+        TaskFailedEvent, TaskKilledEvent, TaskKillRequested, TaskRetryScheduled,
+        TaskTimedOut, TaskPaused, TaskSkipped, TaskForcedSuccess, InputRejected,
     )
 }
 
@@ -248,13 +535,21 @@ def event_from_data(type_name: str, data: Mapping[str, Any]) -> AnyEvent:
     """Rebuild an event from its stored form; unknown fields (added later) are ignored."""
     cls = EVENT_TYPES[type_name]
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in data.items() if k in names}
-    if cls is TaskDispatched:
-        kwargs["outputs"] = tuple(kwargs.get("outputs", ()))
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v)
+              for k, v in data.items() if k in names}
     return cls(**kwargs)
 
 
 # --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timer:
+    timer_id: str
+    kind: TimerKind
+    fire_at: str
+    task: str | None = None
+    attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,12 +559,13 @@ class TaskRun:
     name: str
     state: TaskState
     attempt: int
-    dispatch_id: str
+    tries: int = 1                 # attempts of this task in the current run attempt
+    dispatch_id: str | None = None
     worker_id: str | None = None
     exit_code: int | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     error: str = ""
-    dispatched_at: str | None = None
+    kill_reason: KillReason | None = None
     started_at: str | None = None
     finished_at: str | None = None
 
@@ -288,9 +584,17 @@ class Run:
     priority: Priority
     tasks: Mapping[str, TaskRun]
     seq: int
+    scope: frozenset[str]
+    dry_run: bool = False
+    last_attempts: Mapping[str, int] = field(default_factory=dict)
+    timers: Mapping[str, Timer] = field(default_factory=dict)
+    stopping_to: RunState | None = None
     schedule_time: str | None = None
     parent: Mapping[str, str] | None = None
     submitted_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
     failure: str | None = None
+
+    def next_attempt(self, task: str) -> int:
+        return self.last_attempts.get(task, 0) + 1

@@ -1,46 +1,81 @@
-"""decide / evolve for one workflow instance, as explicit state tables.
+"""decide for one workflow instance, as two explicit state tables.
 
-``decide(run, input, ctx)`` returns the events an input causes (or a dead-letter reason
-when there is no stream to record a rejection in); ``evolve(run, event)`` folds one event.
-Both are pure: ``ctx`` carries the decision time and an id source derived from the
-input's ``message_id``, so the same inputs always give the same events (replay can
-re-decide and compare).
+``decide(run, input, ctx)`` returns the events an input causes (or, when there is no stream
+yet, a reason to dead-letter it). It is pure: ``ctx`` carries the decision time and an id
+source derived from the input's ``message_id``, so the same inputs give the same events.
 
-The tables (:data:`WORKFLOW_TABLE`, :data:`TASK_TABLE`) say, for each state, what every
-input does: a handler, or a rejection reason recorded as ``InputRejected``. There is no
-if-else over states elsewhere; a test checks each table has every (state, input) pair.
+:data:`WORKFLOW_TABLE` says, for each run state, what every input does; task reports are
+routed through :data:`TASK_TABLE`, which says what each report does in each task state.
+An entry is a handler, or a string: the reason the input is refused, recorded as
+``InputRejected``. A test checks both tables have every (state, input) pair, and
+``shoal.core.docs`` renders them for the README.
+
+Late, duplicated and out-of-order reports are harmless by construction: a report must
+carry the current attempt's fencing token (attempt + dispatch_id) and find its task in a
+state whose row accepts it; anything else is recorded and ignored, and a stray
+``TaskStarted`` also gets a kill sent to the worker that started it.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import assert_never
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from shoal.core.definition import FailureStrategy, Priority, WorkflowDefinition, parse_definition
+from shoal.core.definition import FailureStrategy, Priority, TimeoutStrategy
+from shoal.core.evolve import evolve, evolve_all, fold
 from shoal.core.model import (
     AnyEvent,
+    FireTimer,
+    ForceTaskSuccess,
     Input,
     InputRejected,
+    KillReason,
     ResolvedStart,
     Run,
     RunState,
+    Scope,
+    TaskDelayed,
     TaskDispatched,
+    TaskDryRun,
     TaskFailed,
     TaskFailedEvent,
+    TaskForcedSuccess,
+    TaskKilled,
+    TaskKilledEvent,
+    TaskKillRequested,
+    TaskPaused,
     TaskReport,
+    TaskRetryScheduled,
     TaskRun,
+    TaskSkipped,
+    TaskStarted,
     TaskStartedEvent,
     TaskState,
     TaskSucceeded,
     TaskSucceededEvent,
+    TaskTimedOut,
+    TimerArmed,
+    TimerCancelled,
+    TimerFired,
+    TimerKind,
     WorkflowFailed,
+    WorkflowPaused,
+    WorkflowPausing,
+    WorkflowRestarted,
+    WorkflowResumed,
     WorkflowStarted,
+    WorkflowStopped,
+    WorkflowStopping,
     WorkflowSubmitted,
     WorkflowSucceeded,
+    WorkflowTimedOut,
 )
 from shoal.core.params import expand
+
+__all__ = ["TASK_TABLE", "WORKFLOW_TABLE", "Context", "Decision", "decide", "evolve",
+           "evolve_all", "fold", "rejection"]
 
 _ID_NAMESPACE = uuid.UUID("6f1c1c5e-3b1d-4f5e-9a56-5a0a1f0c7d10")
 
@@ -56,6 +91,9 @@ class Context:
         """The n-th id of this decision: the same input always yields the same ids."""
         return str(uuid.uuid5(_ID_NAMESPACE, f"{self.message_id}/{n}"))
 
+    def after(self, seconds: float) -> str:
+        return (datetime.fromisoformat(self.now) + timedelta(seconds=seconds)).isoformat()
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
@@ -65,8 +103,30 @@ class Decision:
     dead_letter: str | None = None
 
 
-INPUT_TYPES: tuple[str, ...] = ("ResolvedStart", "TaskStarted", "TaskSucceeded", "TaskFailed")
-REPORT_TYPES: tuple[str, ...] = ("TaskStarted", "TaskSucceeded", "TaskFailed")
+class Step:
+    """Accumulates the events of one decision, keeping the state they lead to."""
+
+    def __init__(self, run: Run, ctx: Context) -> None:
+        self.run = run
+        self.ctx = ctx
+        self.events: list[AnyEvent] = []
+        self._ids = 0
+
+    def emit(self, event: AnyEvent) -> None:
+        self.events.append(event)
+        self.run = evolve(self.run, event)
+
+    def new_id(self) -> str:
+        self._ids += 1
+        return self.ctx.new_id(self._ids)
+
+    def reject(self, inp: Input, reason: str) -> None:
+        self.emit(InputRejected(at=self.ctx.now, input_type=inp.type,
+                                input_message_id=inp.message_id, reason=reason))
+
+
+Handler = Callable[[Step, Input], None]
+TaskHandler = Callable[[Step, TaskRun, TaskReport], None]
 
 
 # --------------------------------------------------------------------------- decide
@@ -76,110 +136,393 @@ def decide(run: Run | None, inp: Input, ctx: Context) -> Decision:
     """The events ``inp`` causes in ``run`` (None: the instance does not exist yet)."""
     if run is None:
         if isinstance(inp, ResolvedStart):
-            return Decision(events=tuple(_start(inp, ctx)))
+            return _start(inp, ctx)
         return Decision(dead_letter=f"{inp.type} for unknown instance {inp.instance_id}")
-    handler = WORKFLOW_TABLE[run.state][inp.type]
-    if isinstance(handler, str):
-        return Decision(events=(_rejected(inp, handler, ctx),))
-    return Decision(events=tuple(handler(run, inp, ctx)))
+    step = Step(run, ctx)
+    entry = WORKFLOW_TABLE[run.state][inp.type]
+    if isinstance(entry, str):
+        step.reject(inp, entry)
+        _kill_if_stray(step, inp)
+    else:
+        entry(step, inp)
+    return Decision(events=tuple(step.events))
 
 
-WorkflowHandler = Callable[[Run, Input, Context], list[AnyEvent]]
-TaskHandler = Callable[[TaskRun, TaskReport, Context], list[AnyEvent]]
+def rejection(state: RunState, input_type: str) -> str | None:
+    """Why ``input_type`` is refused in ``state`` by the table, or None when it is handled.
+
+    The API answers 409 with it before publishing; the orchestrator stays authoritative.
+    """
+    entry = WORKFLOW_TABLE[state][input_type]
+    return entry if isinstance(entry, str) else None
 
 
-def _rejected(inp: Input, reason: str, ctx: Context) -> InputRejected:
-    return InputRejected(at=ctx.now, input_type=_input_name(inp),
-                         input_message_id=inp.message_id, reason=reason)
-
-
-def _input_name(inp: Input) -> str:
-    return "StartWorkflow" if isinstance(inp, ResolvedStart) else inp.type
-
-
-def _start(inp: ResolvedStart, ctx: Context) -> list[AnyEvent]:
+def _start(inp: ResolvedStart, ctx: Context) -> Decision:
     cmd, definition = inp.command, inp.definition
-    params = {**definition.params, **cmd.params}
-    priority = cmd.priority or definition.priority
+    scope_tasks: list[str] | None = None
+    if cmd.start_from:
+        unknown = [t for t in cmd.start_from if t not in definition.task_names]
+        if unknown:
+            return Decision(dead_letter=f"StartWorkflow: start_from names unknown task(s) "
+                                        f"{', '.join(unknown)} of '{definition.name}'")
+        scope_tasks = sorted(_scope(definition.task_names, cmd.start_from, cmd.scope,
+                                    {t.name: t.depends_on for t in definition.tasks}))
     submitted = WorkflowSubmitted(
         at=ctx.now, workflow=definition.name, version=inp.version,
-        definition=definition.to_dict(), params=params, priority=priority.value,
-        schedule_time=cmd.schedule_time, parent=cmd.parent,
+        definition=definition.to_dict(), params={**definition.params, **cmd.params},
+        priority=(cmd.priority or definition.priority).value,
+        schedule_time=cmd.schedule_time, parent=cmd.parent, scope_tasks=scope_tasks,
+        start_from=list(cmd.start_from) if cmd.start_from else None, scope=cmd.scope.value,
+        dry_run=cmd.dry_run,
     )
-    events: list[AnyEvent] = [submitted, WorkflowStarted(at=ctx.now)]
-    run = fold(events, instance_id=cmd.instance_id)
-    return events + _advance(run, ctx)
+    step = Step(fold([submitted], instance_id=cmd.instance_id), ctx)
+    step.events.append(submitted)
+    step.emit(WorkflowStarted(at=ctx.now))
+    _arm_workflow_timeout(step)
+    _advance(step)
+    return Decision(events=tuple(step.events))
 
 
-def _reject_existing(run: Run, inp: Input, ctx: Context) -> list[AnyEvent]:
-    return [_rejected(inp, f"instance {run.instance_id} already exists "
-                           f"(state {run.state.value}); start is idempotent", ctx)]
+def _scope(names: tuple[str, ...], start: tuple[str, ...], scope: Scope,
+           deps: Mapping[str, tuple[str, ...]]) -> set[str]:
+    if scope is Scope.ONLY:
+        return set(start)
+    edges: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:
+        for d in deps[n]:
+            if scope is Scope.DOWNSTREAM:
+                edges[d].append(n)
+            else:
+                edges[n].append(d)
+    seen = set(start)
+    stack = list(start)
+    while stack:
+        for nxt in edges[stack.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
 
 
-def _on_report(run: Run, inp: Input, ctx: Context) -> list[AnyEvent]:
+# --------------------------------------------------------------------------- run commands
+
+
+def _reject_existing(step: Step, inp: Input) -> None:
+    step.reject(inp, f"instance {step.run.instance_id} already exists "
+                     f"(state {step.run.state.value}); start is idempotent")
+
+
+def _pause(step: Step, inp: Input) -> None:
+    if any(t.state.active for t in step.run.tasks.values()):
+        step.emit(WorkflowPausing(at=step.ctx.now))
+    else:
+        step.emit(WorkflowPaused(at=step.ctx.now))
+
+
+def _resume(step: Step, inp: Input) -> None:
+    step.emit(WorkflowResumed(at=step.ctx.now))
+    _advance(step)
+
+
+def _stop_command(step: Step, inp: Input) -> None:
+    _stop(step, RunState.STOPPED, "stopped by request")
+
+
+def _stop(step: Step, outcome: RunState, reason: str) -> None:
+    """Kill what runs; the run ends ``outcome`` once every kill is confirmed."""
+    now = step.ctx.now
+    step.emit(WorkflowStopping(at=now, outcome=outcome.value, reason=reason))
+    _kill_all(step, KillReason.STOP)
+    _cancel_timers(step)
+    _advance(step)
+
+
+def _kill_all(step: Step, reason: KillReason) -> None:
+    """Request kills for running attempts; close attempts that hold no worker at once."""
+    now = step.ctx.now
+    for t in list(step.run.tasks.values()):
+        if t.state is TaskState.RUNNING and t.kill_reason is None:
+            step.emit(TaskKillRequested(at=now, task=t.name, attempt=t.attempt,
+                                        dispatch_id=t.dispatch_id or "",
+                                        worker_id=t.worker_id, reason=reason.value))
+        elif t.state is TaskState.DISPATCHED:
+            # No worker reported it yet: ask whichever worker has it, and close it now;
+            # a later start of this attempt is a stray and gets killed on arrival.
+            step.emit(TaskKillRequested(at=now, task=t.name, attempt=t.attempt,
+                                        dispatch_id=t.dispatch_id or "", worker_id=None,
+                                        reason=reason.value))
+            step.emit(TaskKilledEvent(at=now, task=t.name, attempt=t.attempt,
+                                      reason=reason.value))
+        elif t.state.waiting:
+            _cancel_task_timers(step, t)
+            step.emit(TaskKilledEvent(at=now, task=t.name, attempt=t.attempt,
+                                      reason=reason.value))
+
+
+def _restart(step: Step, mode: str) -> None:
+    run = step.run
+    kept = ([n for n, t in run.tasks.items() if t.state.done_ok] if mode == "recover" else [])
+    step.emit(WorkflowRestarted(at=step.ctx.now, attempt=run.attempt + 1, mode=mode,
+                                kept=sorted(kept)))
+    _arm_workflow_timeout(step)
+    _advance(step)
+
+
+def _rerun(step: Step, inp: Input) -> None:
+    _restart(step, "rerun")
+
+
+def _recover(step: Step, inp: Input) -> None:
+    _restart(step, "recover")
+
+
+def _force(step: Step, inp: Input) -> None:
+    assert isinstance(inp, ForceTaskSuccess)
+    t = step.run.tasks.get(inp.task)
+    if t is None or not t.state.done_bad:
+        state = t.state.value if t else "not run"
+        step.reject(inp, f"task '{inp.task}' is {state}; only failed or killed tasks can be "
+                         "forced to success")
+        return
+    step.emit(TaskForcedSuccess(at=step.ctx.now, task=t.name, attempt=t.attempt))
+    _advance(step)
+
+
+# --------------------------------------------------------------------------- timers
+
+
+def _timer(step: Step, inp: Input) -> None:
+    assert isinstance(inp, FireTimer)
+    timer = step.run.timers.get(inp.timer_id)
+    if timer is None:
+        step.reject(inp, f"timer {inp.timer_id} is no longer armed")
+        return
+    step.emit(TimerFired(at=step.ctx.now, timer_id=timer.timer_id))
+    run, now = step.run, step.ctx.now
+    if timer.kind is TimerKind.WORKFLOW_TIMEOUT:
+        timeout = run.definition.timeout or 0.0
+        if run.definition.timeout_strategy is TimeoutStrategy.WARN:
+            step.emit(WorkflowTimedOut(at=now, strategy="warn", timeout=timeout))
+        else:
+            step.emit(WorkflowTimedOut(at=now, strategy="fail", timeout=timeout))
+            _stop(step, RunState.FAILED, f"workflow timed out after {timeout:g}s")
+            return
+    else:
+        t = run.tasks.get(timer.task or "")
+        if t is not None and t.attempt == timer.attempt:
+            if timer.kind is TimerKind.TASK_TIMEOUT:
+                _task_timed_out(step, t)
+            elif t.state in (TaskState.RETRY_WAIT, TaskState.SUBMITTED):
+                if run.state in (RunState.READY_PAUSE, RunState.PAUSED):
+                    step.emit(TaskPaused(at=now, task=t.name, attempt=t.attempt))
+                elif run.state in (RunState.RUNNING, RunState.SUBMITTED):
+                    _dispatch(step, t.name, t.attempt)
+    _advance(step)
+
+
+def _task_timed_out(step: Step, t: TaskRun) -> None:
+    d = step.run.definition.task(t.name)
+    if not t.state.active or t.kill_reason is not None:
+        return
+    strategy = d.timeout_strategy.value
+    step.emit(TaskTimedOut(at=step.ctx.now, task=t.name, attempt=t.attempt,
+                           strategy=strategy, timeout=d.timeout or 0.0))
+    if d.timeout_strategy is TimeoutStrategy.FAIL:
+        step.emit(TaskKillRequested(at=step.ctx.now, task=t.name, attempt=t.attempt,
+                                    dispatch_id=t.dispatch_id or "", worker_id=t.worker_id,
+                                    reason=KillReason.TIMEOUT.value))
+
+
+def _arm(step: Step, kind: TimerKind, seconds: float, task: str | None = None,
+         attempt: int | None = None) -> str:
+    timer_id = f"{kind.value}:{task}:{attempt}" if task else f"{kind.value}:{attempt}"
+    step.emit(TimerArmed(at=step.ctx.now, timer_id=timer_id, kind=kind.value,
+                         fire_at=step.ctx.after(seconds), task=task, attempt=attempt))
+    return timer_id
+
+
+def _arm_workflow_timeout(step: Step) -> None:
+    if step.run.definition.timeout:
+        _arm(step, TimerKind.WORKFLOW_TIMEOUT, step.run.definition.timeout,
+             attempt=step.run.attempt)
+
+
+def _cancel_task_timers(step: Step, t: TaskRun) -> None:
+    for timer in list(step.run.timers.values()):
+        if timer.task == t.name:
+            step.emit(TimerCancelled(at=step.ctx.now, timer_id=timer.timer_id))
+
+
+def _cancel_timers(step: Step) -> None:
+    for timer_id in sorted(step.run.timers):
+        step.emit(TimerCancelled(at=step.ctx.now, timer_id=timer_id))
+
+
+# --------------------------------------------------------------------------- task reports
+
+
+def _report(step: Step, inp: Input) -> None:
     """Route a worker report through the task table, then advance the DAG."""
     assert isinstance(inp, TaskReport)
-    task = run.tasks.get(inp.task)
-    if task is None:
-        return [_rejected(inp, f"task '{inp.task}' was never dispatched in this run", ctx)]
-    if (inp.attempt, inp.dispatch_id) != (task.attempt, task.dispatch_id):
-        return [_rejected(inp, f"superseded attempt {inp.attempt} of '{inp.task}' "
-                               f"(current attempt {task.attempt}); ignored", ctx)]
-    handler = TASK_TABLE[task.state][inp.type]
-    if isinstance(handler, str):
-        return [_rejected(inp, handler, ctx)]
-    events = handler(task, inp, ctx)
-    after = evolve_all(run, events)
-    return events + _advance(after, ctx)
+    t = step.run.tasks.get(inp.task)
+    if t is None:
+        step.reject(inp, f"task '{inp.task}' was never dispatched in this run")
+        _kill_if_stray(step, inp)
+        return
+    if (inp.attempt, inp.dispatch_id) != (t.attempt, t.dispatch_id):
+        step.reject(inp, f"superseded attempt {inp.attempt} of '{inp.task}' "
+                         f"(current attempt {t.attempt}); ignored")
+        _kill_if_stray(step, inp)
+        return
+    entry = TASK_TABLE[t.state][inp.type]
+    if isinstance(entry, str):
+        step.reject(inp, entry)
+        _kill_if_stray(step, inp)
+        return
+    entry(step, t, inp)
+    _advance(step)
 
 
-def _task_started(task: TaskRun, r: TaskReport, ctx: Context) -> list[AnyEvent]:
-    return [TaskStartedEvent(at=ctx.now, task=task.name, attempt=task.attempt,
-                             worker_id=r.worker_id, reported_at=r.sent_at)]
+def _kill_if_stray(step: Step, inp: Input) -> None:
+    """A TaskStarted that is not the current running attempt: kill that process."""
+    if not isinstance(inp, TaskStarted):
+        return
+    t = step.run.tasks.get(inp.task)
+    if (t is not None and t.state.active and
+            (t.attempt, t.dispatch_id) == (inp.attempt, inp.dispatch_id)):
+        return  # a duplicate of the current attempt's start: it is wanted
+    step.emit(TaskKillRequested(at=step.ctx.now, task=inp.task, attempt=inp.attempt,
+                                dispatch_id=inp.dispatch_id, worker_id=inp.worker_id,
+                                reason=KillReason.STRAY.value))
 
 
-def _task_succeeded(task: TaskRun, r: TaskReport, ctx: Context) -> list[AnyEvent]:
+def _t_started(step: Step, t: TaskRun, r: TaskReport) -> None:
+    step.emit(TaskStartedEvent(at=step.ctx.now, task=t.name, attempt=t.attempt,
+                               worker_id=r.worker_id, reported_at=r.sent_at))
+    timeout = step.run.definition.task(t.name).timeout
+    if timeout:
+        _arm(step, TimerKind.TASK_TIMEOUT, timeout, t.name, t.attempt)
+
+
+def _t_succeeded(step: Step, t: TaskRun, r: TaskReport) -> None:
     assert isinstance(r, TaskSucceeded)
-    return [TaskSucceededEvent(at=ctx.now, task=task.name, attempt=task.attempt,
-                               worker_id=r.worker_id, exit_code=r.exit_code,
-                               outputs=dict(r.outputs), reported_at=r.sent_at)]
+    _cancel_task_timers(step, t)
+    step.emit(TaskSucceededEvent(at=step.ctx.now, task=t.name, attempt=t.attempt,
+                                 worker_id=r.worker_id, exit_code=r.exit_code,
+                                 outputs=dict(r.outputs), reported_at=r.sent_at))
 
 
-def _task_failed(task: TaskRun, r: TaskReport, ctx: Context) -> list[AnyEvent]:
-    assert isinstance(r, TaskFailed)
-    return [TaskFailedEvent(at=ctx.now, task=task.name, attempt=task.attempt,
-                            worker_id=r.worker_id, exit_code=r.exit_code, error=r.error,
-                            reported_at=r.sent_at)]
+def _t_ended(step: Step, t: TaskRun, r: TaskReport) -> None:
+    """TaskFailed or TaskKilled: killed on our request, timed out, or a failure."""
+    assert isinstance(r, TaskFailed | TaskKilled)
+    _cancel_task_timers(step, t)
+    if t.kill_reason in (KillReason.STOP, KillReason.FAILURE):
+        step.emit(TaskKilledEvent(at=step.ctx.now, task=t.name, attempt=t.attempt,
+                                  reason=t.kill_reason.value, worker_id=r.worker_id,
+                                  reported_at=r.sent_at, exit_code=r.exit_code))
+        return
+    if t.kill_reason is KillReason.TIMEOUT:
+        timeout = step.run.definition.task(t.name).timeout or 0.0
+        error = f"timed out after {timeout:g}s"
+    elif isinstance(r, TaskKilled):
+        error = f"killed on the worker: {r.error or 'no reason given'}"
+    else:
+        error = r.error or f"exit code {r.exit_code}"
+    step.emit(TaskFailedEvent(at=step.ctx.now, task=t.name, attempt=t.attempt,
+                              worker_id=r.worker_id, exit_code=r.exit_code, error=error,
+                              reported_at=r.sent_at))
+    _maybe_retry(step, step.run.tasks[t.name])
 
 
+def _maybe_retry(step: Step, t: TaskRun) -> None:
+    policy = step.run.definition.task(t.name).retry
+    if t.tries > policy.retries or step.run.state not in (
+            RunState.RUNNING, RunState.READY_PAUSE, RunState.SUBMITTED):
+        return
+    nxt = step.run.next_attempt(t.name)
+    delay = policy.delay(t.tries)
+    step.emit(TaskRetryScheduled(at=step.ctx.now, task=t.name, attempt=nxt,
+                                 fire_at=step.ctx.after(delay)))
+    _arm(step, TimerKind.RETRY, delay, t.name, nxt)
+
+
+_NOT_RUNNING = "no attempt of this task is running; report discarded"
 _FINISHED_TASK = "task already finished; late or duplicated report discarded"
-
-TASK_TABLE: Mapping[TaskState, Mapping[str, TaskHandler | str]] = {
-    TaskState.DISPATCHED: {
-        "TaskStarted": _task_started,
-        "TaskSucceeded": _task_succeeded,
-        "TaskFailed": _task_failed,
-    },
-    TaskState.RUNNING: {
-        "TaskStarted": "task already running; duplicated start report discarded",
-        "TaskSucceeded": _task_succeeded,
-        "TaskFailed": _task_failed,
-    },
-    TaskState.SUCCEEDED: dict.fromkeys(REPORT_TYPES, _FINISHED_TASK),
-    TaskState.FAILED: dict.fromkeys(REPORT_TYPES, _FINISHED_TASK),
+_ACTIVE: Mapping[str, TaskHandler | str] = {
+    "TaskStarted": _t_started, "TaskSucceeded": _t_succeeded,
+    "TaskFailed": _t_ended, "TaskKilled": _t_ended,
 }
 
-_FINISHED_RUN = "run already finished; report recorded and ignored"
+TASK_TABLE: Mapping[TaskState, Mapping[str, TaskHandler | str]] = {
+    TaskState.SUBMITTED: dict.fromkeys(_ACTIVE, _NOT_RUNNING),
+    TaskState.DISPATCHED: _ACTIVE,
+    TaskState.RUNNING: {**_ACTIVE,
+                        "TaskStarted": "task already running; duplicated start discarded"},
+    TaskState.RETRY_WAIT: dict.fromkeys(_ACTIVE, _NOT_RUNNING),
+    TaskState.PAUSED: dict.fromkeys(_ACTIVE, _NOT_RUNNING),
+    TaskState.SUCCEEDED: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
+    TaskState.FAILED: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
+    TaskState.KILLED: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
+    TaskState.SKIPPED: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
+    TaskState.FORCED_SUCCESS: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
+}
 
-WORKFLOW_TABLE: Mapping[RunState, Mapping[str, WorkflowHandler | str]] = {
-    RunState.SUBMITTED: {"ResolvedStart": _reject_existing,
-                         **dict.fromkeys(REPORT_TYPES, _on_report)},
-    RunState.RUNNING: {"ResolvedStart": _reject_existing,
-                       **dict.fromkeys(REPORT_TYPES, _on_report)},
-    RunState.SUCCEEDED: {"ResolvedStart": _reject_existing,
-                         **dict.fromkeys(REPORT_TYPES, _FINISHED_RUN)},
-    RunState.FAILED: {"ResolvedStart": _reject_existing,
-                      **dict.fromkeys(REPORT_TYPES, _FINISHED_RUN)},
+
+# --------------------------------------------------------------------------- the table
+
+
+def _finished(state: str) -> str:
+    return f"run already finished ({state})"
+
+
+_LIVE: Mapping[str, Handler | str] = {
+    "StartWorkflow": _reject_existing, "ForceTaskSuccess": _force, "FireTimer": _timer,
+    **dict.fromkeys(("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskKilled"), _report),
+}
+
+
+def _ended(state: str, *, recover: bool) -> Mapping[str, Handler | str]:
+    return {
+        **_LIVE, "PauseWorkflow": _finished(state), "ResumeWorkflow": _finished(state),
+        "StopWorkflow": _finished(state), "RerunWorkflow": _rerun,
+        "RecoverWorkflow": _recover if recover else f"run {state}; nothing to recover",
+        "ForceTaskSuccess": _force if recover else f"run {state}; nothing to force",
+    }
+
+
+WORKFLOW_TABLE: Mapping[RunState, Mapping[str, Handler | str]] = {
+    RunState.SUBMITTED: {
+        **_LIVE, "PauseWorkflow": _pause, "ResumeWorkflow": "run is not paused",
+        "StopWorkflow": _stop_command, "RerunWorkflow": "run is not finished; stop it first",
+        "RecoverWorkflow": "run is not finished; stop it first",
+    },
+    RunState.RUNNING: {
+        **_LIVE, "PauseWorkflow": _pause, "ResumeWorkflow": "run is running, not paused",
+        "StopWorkflow": _stop_command,
+        "RerunWorkflow": "run is running; stop it before rerunning",
+        "RecoverWorkflow": "run is running; stop it before recovering",
+    },
+    RunState.READY_PAUSE: {
+        **_LIVE, "PauseWorkflow": "run is already pausing", "ResumeWorkflow": _resume,
+        "StopWorkflow": _stop_command, "RerunWorkflow": "run is pausing; stop it first",
+        "RecoverWorkflow": "run is pausing; stop it first",
+    },
+    RunState.PAUSED: {
+        **_LIVE, "PauseWorkflow": "run is already paused", "ResumeWorkflow": _resume,
+        "StopWorkflow": _stop_command,
+        "RerunWorkflow": "run is paused; resume or stop it first",
+        "RecoverWorkflow": "run is paused; resume or stop it first",
+    },
+    RunState.READY_STOP: {
+        **_LIVE, "PauseWorkflow": "run is stopping", "ResumeWorkflow": "run is stopping",
+        "StopWorkflow": "run is already stopping",
+        "RerunWorkflow": "run is stopping; rerun once it stopped",
+        "RecoverWorkflow": "run is stopping; recover once it stopped",
+        "ForceTaskSuccess": "run is stopping",
+    },
+    RunState.STOPPED: _ended("stopped", recover=True),
+    RunState.FAILED: _ended("failed", recover=True),
+    RunState.SUCCEEDED: _ended("succeeded", recover=False),
 }
 
 
@@ -187,63 +530,104 @@ WORKFLOW_TABLE: Mapping[RunState, Mapping[str, WorkflowHandler | str]] = {
 
 
 def ready_tasks(run: Run) -> list[str]:
-    """Tasks not yet dispatched whose predecessors all succeeded, most urgent first."""
-    ready = [
-        t for t in run.definition.tasks
-        if t.name not in run.tasks
-        and all(_succeeded(run, d) for d in t.depends_on)
-    ]
+    """Tasks of the scope that may start now, most urgent first."""
+    ready = []
+    for t in run.definition.tasks:
+        if t.name not in run.scope:
+            continue
+        current = run.tasks.get(t.name)
+        if current is not None:
+            if current.state is TaskState.PAUSED:
+                ready.append(t)
+            continue
+        if all(d not in run.scope or (d in run.tasks and run.tasks[d].state.done_ok)
+               for d in t.depends_on):
+            ready.append(t)
     order = {t.name: i for i, t in enumerate(run.definition.tasks)}
     ready.sort(key=lambda t: (t.priority.rank, order[t.name]))
     return [t.name for t in ready]
 
 
-def _succeeded(run: Run, task: str) -> bool:
-    t = run.tasks.get(task)
-    return t is not None and t.state is TaskState.SUCCEEDED
+def _advance(step: Step) -> None:
+    """Move the run forward as far as it goes: dispatch, skip, pause, stop, finish."""
+    while True:
+        run = step.run
+        if run.state.finished:
+            return
+        active = any(t.state.active for t in run.tasks.values())
+        if run.state is RunState.READY_STOP:
+            if not active:
+                _finish(step, run.stopping_to or RunState.STOPPED, run.failure or "stopped")
+            return
+        if run.state is RunState.PAUSED:
+            return
+        failed = [t for t in run.tasks.values() if t.state is TaskState.FAILED]
+        if failed and run.definition.failure_strategy is FailureStrategy.END:
+            _kill_all(step, KillReason.FAILURE)
+            if not any(t.state.active for t in step.run.tasks.values()):
+                _finish(step, RunState.FAILED, _failure_reason(step.run))
+            return
+        if run.state is RunState.READY_PAUSE:
+            if not active:
+                step.emit(WorkflowPaused(at=step.ctx.now))
+            return
+        if not _start_ready(step):
+            break
+    run = step.run
+    if any(t.state.active or t.state.waiting for t in run.tasks.values()):
+        return
+    if any(t.state.done_bad for t in run.tasks.values()):
+        _finish(step, RunState.FAILED, _failure_reason(run))
+    elif all(n in run.tasks and run.tasks[n].state.done_ok for n in run.scope):
+        _finish(step, RunState.SUCCEEDED, "")
+    else:  # pragma: no cover - the DAG is acyclic, so something is always ready or done
+        raise AssertionError(f"run {run.instance_id} is stuck: nothing ready, active or failed")
 
 
-def _advance(run: Run, ctx: Context) -> list[AnyEvent]:
-    """Dispatch what became ready; finish the run when nothing is left to wait for."""
-    if run.state.finished:
-        return []
-    failed = [t for t in run.tasks.values() if t.state is TaskState.FAILED]
-    events: list[AnyEvent] = []
-    if not failed or run.definition.failure_strategy is FailureStrategy.CONTINUE:
-        for n, name in enumerate(ready_tasks(run)):
-            events.append(_dispatch(run, name, ctx, n))
-        run = evolve_all(run, events)
-    if any(t.state.active for t in run.tasks.values()):
-        return events
-    if failed:
-        first = failed[0]
-        detail = f"exit code {first.exit_code}" if first.exit_code is not None else first.error
-        events.append(WorkflowFailed(at=ctx.now, reason=f"task '{first.name}' failed ({detail})"))
-    elif len(run.tasks) == len(run.definition.tasks):
-        events.append(WorkflowSucceeded(at=ctx.now))
-    else:  # pragma: no cover - the DAG is acyclic, so something is always ready
-        raise AssertionError(f"run {run.instance_id} has nothing ready, active or failed")
-    return events
+def _start_ready(step: Step) -> bool:
+    """Start every ready task; True when something finished at once (skip, dry run)."""
+    instant = False
+    for name in ready_tasks(step.run):
+        run = step.run
+        d = run.definition.task(name)
+        current = run.tasks.get(name)
+        now = step.ctx.now
+        if current is not None:  # paused earlier: same attempt, dispatched now
+            _dispatch(step, name, current.attempt)
+        elif d.disabled:
+            step.emit(TaskSkipped(at=now, task=name, attempt=run.next_attempt(name),
+                                  reason="disabled"))
+            instant = True
+        elif run.dry_run:
+            step.emit(TaskDryRun(at=now, task=name, attempt=run.next_attempt(name),
+                                 command=expand(d.command, _params_for(run, name))))
+            instant = True
+        elif d.delay > 0:
+            attempt = run.next_attempt(name)
+            step.emit(TaskDelayed(at=now, task=name, attempt=attempt))
+            _arm(step, TimerKind.DELAY, d.delay, name, attempt)
+        else:
+            _dispatch(step, name, run.next_attempt(name))
+    return instant
 
 
-def _dispatch(run: Run, name: str, ctx: Context, n: int) -> TaskDispatched:
-    definition = run.definition
-    task = definition.task(name)
+def _dispatch(step: Step, name: str, attempt: int) -> None:
+    run = step.run
+    d = run.definition.task(name)
+    params = _params_for(run, name)
+    step.emit(TaskDispatched(
+        at=step.ctx.now, task=name, attempt=attempt, dispatch_id=step.new_id(),
+        task_type=d.type, worker_group=run.definition.worker_group_of(d),
+        command=expand(d.command, params),
+        env={k: expand(v, params) for k, v in d.env.items()}, outputs=tuple(d.outputs),
+        priority=run.priority.rank * len(Priority) + d.priority.rank,
+    ))
+
+
+def _params_for(run: Run, name: str) -> dict[str, str]:
+    """Global and run params, then outputs of ancestors (nearer producers last)."""
     params = dict(run.params)
-    for upstream in _ancestors(definition, name):
-        params.update(run.tasks[upstream].outputs)
-    return TaskDispatched(
-        at=ctx.now, task=name, attempt=1, dispatch_id=ctx.new_id(100 + n),
-        task_type=task.type, worker_group=definition.worker_group_of(task),
-        command=expand(task.command, params),
-        env={k: expand(v, params) for k, v in task.env.items()},
-        outputs=tuple(task.outputs),
-        priority=run.priority.rank * len(Priority) + task.priority.rank,
-    )
-
-
-def _ancestors(definition: WorkflowDefinition, name: str) -> list[str]:
-    """Ancestors in definition order, so a nearer producer's output is applied last."""
+    definition = run.definition
     seen: set[str] = set()
     stack = list(definition.task(name).depends_on)
     while stack:
@@ -251,79 +635,27 @@ def _ancestors(definition: WorkflowDefinition, name: str) -> list[str]:
         if cur not in seen:
             seen.add(cur)
             stack.extend(definition.task(cur).depends_on)
-    return [t.name for t in definition.tasks if t.name in seen]
+    for t in definition.tasks:
+        if t.name in seen and t.name in run.tasks:
+            params.update(run.tasks[t.name].outputs)
+    return params
 
 
-# --------------------------------------------------------------------------- evolve
+def _failure_reason(run: Run) -> str:
+    failed = [t for t in run.tasks.values() if t.state is TaskState.FAILED]
+    if failed:
+        first = failed[0]
+        return f"task '{first.name}' failed ({first.error or f'exit code {first.exit_code}'})"
+    killed = [t.name for t in run.tasks.values() if t.state is TaskState.KILLED]
+    return f"task(s) {', '.join(killed)} killed" if killed else (run.failure or "failed")
 
 
-def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
-    """Fold one event. An event that cannot apply to ``run`` is a bug: it raises."""
-    if isinstance(event, WorkflowSubmitted):
-        if run is not None:
-            raise AssertionError("WorkflowSubmitted on an existing run")
-        return Run(
-            instance_id=instance_id, workflow=event.workflow, version=event.version,
-            definition=parse_definition(event.definition), state=RunState.SUBMITTED,
-            attempt=event.attempt, params=dict(event.params),
-            priority=Priority(event.priority), tasks={}, seq=1,
-            schedule_time=event.schedule_time, parent=event.parent, submitted_at=event.at,
-        )
-    if run is None:
-        raise AssertionError(f"{event.type} before WorkflowSubmitted")
-    run = replace(run, seq=run.seq + 1)
-    match event:
-        case WorkflowStarted():
-            return replace(run, state=RunState.RUNNING, started_at=event.at)
-        case WorkflowSucceeded():
-            return replace(run, state=RunState.SUCCEEDED, finished_at=event.at)
-        case WorkflowFailed():
-            return replace(run, state=RunState.FAILED, finished_at=event.at,
-                           failure=event.reason)
-        case TaskDispatched():
-            return _with_task(run, TaskRun(
-                name=event.task, state=TaskState.DISPATCHED, attempt=event.attempt,
-                dispatch_id=event.dispatch_id, dispatched_at=event.at))
-        case TaskStartedEvent():
-            t = run.tasks[event.task]
-            return _with_task(run, replace(t, state=TaskState.RUNNING,
-                                           worker_id=event.worker_id,
-                                           started_at=event.reported_at or event.at))
-        case TaskSucceededEvent():
-            t = run.tasks[event.task]
-            return _with_task(run, replace(
-                t, state=TaskState.SUCCEEDED, worker_id=event.worker_id,
-                exit_code=event.exit_code, outputs=dict(event.outputs),
-                started_at=t.started_at or event.reported_at or event.at,
-                finished_at=event.reported_at or event.at))
-        case TaskFailedEvent():
-            t = run.tasks[event.task]
-            return _with_task(run, replace(
-                t, state=TaskState.FAILED, worker_id=event.worker_id,
-                exit_code=event.exit_code, error=event.error,
-                started_at=t.started_at or event.reported_at or event.at,
-                finished_at=event.reported_at or event.at))
-        case InputRejected():
-            return run
-        case _:
-            assert_never(event)
-
-
-def _with_task(run: Run, task: TaskRun) -> Run:
-    return replace(run, tasks={**run.tasks, task.name: task})
-
-
-def evolve_all(run: Run, events: Iterable[AnyEvent]) -> Run:
-    for e in events:
-        run = evolve(run, e)
-    return run
-
-
-def fold(events: Iterable[AnyEvent], *, instance_id: str) -> Run:
-    """The state of an instance from its whole history."""
-    run: Run | None = None
-    for e in events:
-        run = evolve(run, e, instance_id=instance_id)
-    if run is None:
-        raise ValueError("empty history")
-    return run
+def _finish(step: Step, outcome: RunState, reason: str) -> None:
+    _cancel_timers(step)
+    now = step.ctx.now
+    if outcome is RunState.SUCCEEDED:
+        step.emit(WorkflowSucceeded(at=now))
+    elif outcome is RunState.STOPPED:
+        step.emit(WorkflowStopped(at=now))
+    else:
+        step.emit(WorkflowFailed(at=now, reason=reason))

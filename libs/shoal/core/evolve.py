@@ -1,0 +1,190 @@
+"""evolve: fold one event into the run state. Pure; an event that cannot apply is a bug."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import assert_never
+
+from shoal.core.definition import Priority, parse_definition
+from shoal.core.model import (
+    AnyEvent,
+    InputRejected,
+    KillReason,
+    Run,
+    RunState,
+    TaskDelayed,
+    TaskDispatched,
+    TaskDryRun,
+    TaskFailedEvent,
+    TaskForcedSuccess,
+    TaskKilledEvent,
+    TaskKillRequested,
+    TaskPaused,
+    TaskRetryScheduled,
+    TaskRun,
+    TaskSkipped,
+    TaskStartedEvent,
+    TaskState,
+    TaskSucceededEvent,
+    TaskTimedOut,
+    Timer,
+    TimerArmed,
+    TimerCancelled,
+    TimerFired,
+    TimerKind,
+    WorkflowFailed,
+    WorkflowPaused,
+    WorkflowPausing,
+    WorkflowRestarted,
+    WorkflowResumed,
+    WorkflowStarted,
+    WorkflowStopped,
+    WorkflowStopping,
+    WorkflowSubmitted,
+    WorkflowSucceeded,
+    WorkflowTimedOut,
+)
+
+
+def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
+    if isinstance(event, WorkflowSubmitted):
+        if run is not None:
+            raise AssertionError("WorkflowSubmitted on an existing run")
+        definition = parse_definition(event.definition)
+        scope = (frozenset(event.scope_tasks) if event.scope_tasks is not None
+                 else frozenset(definition.task_names))
+        return Run(
+            instance_id=instance_id, workflow=event.workflow, version=event.version,
+            definition=definition, state=RunState.SUBMITTED, attempt=event.attempt,
+            params=dict(event.params), priority=Priority(event.priority), tasks={}, seq=1,
+            scope=scope, dry_run=event.dry_run, schedule_time=event.schedule_time,
+            parent=event.parent, submitted_at=event.at,
+        )
+    if run is None:
+        raise AssertionError(f"{event.type} before WorkflowSubmitted")
+    run = replace(run, seq=run.seq + 1)
+    match event:
+        case WorkflowStarted():
+            return replace(run, state=RunState.RUNNING, started_at=event.at)
+        case WorkflowPausing():
+            return replace(run, state=RunState.READY_PAUSE)
+        case WorkflowPaused():
+            return replace(run, state=RunState.PAUSED)
+        case WorkflowResumed():
+            return replace(run, state=RunState.RUNNING)
+        case WorkflowStopping():
+            return replace(run, state=RunState.READY_STOP,
+                           stopping_to=RunState(event.outcome), failure=event.reason)
+        case WorkflowStopped():
+            return replace(run, state=RunState.STOPPED, finished_at=event.at, stopping_to=None)
+        case WorkflowSucceeded():
+            return replace(run, state=RunState.SUCCEEDED, finished_at=event.at, failure=None)
+        case WorkflowFailed():
+            return replace(run, state=RunState.FAILED, finished_at=event.at,
+                           failure=event.reason, stopping_to=None)
+        case WorkflowRestarted():
+            kept = {n: t for n, t in run.tasks.items() if n in set(event.kept)}
+            return replace(run, state=RunState.RUNNING, attempt=event.attempt, tasks=kept,
+                           timers={}, stopping_to=None, failure=None, started_at=event.at,
+                           finished_at=None)
+        case WorkflowTimedOut():
+            return run
+        case TimerArmed():
+            timer = Timer(timer_id=event.timer_id, kind=TimerKind(event.kind),
+                          fire_at=event.fire_at, task=event.task, attempt=event.attempt)
+            return replace(run, timers={**run.timers, event.timer_id: timer})
+        case TimerCancelled() | TimerFired():
+            return replace(run, timers={k: v for k, v in run.timers.items()
+                                        if k != event.timer_id})
+        case TaskDelayed():
+            return _new_task(run, event.task, event.attempt, TaskState.SUBMITTED)
+        case TaskDispatched():
+            current = run.tasks.get(event.task)
+            if current is not None and current.attempt == event.attempt:
+                t = replace(current, state=TaskState.DISPATCHED,
+                            dispatch_id=event.dispatch_id)
+                return _with_task(run, t)
+            run = _new_task(run, event.task, event.attempt, TaskState.DISPATCHED)
+            return _with_task(run, replace(run.tasks[event.task],
+                                           dispatch_id=event.dispatch_id))
+        case TaskDryRun():
+            run = _new_task(run, event.task, event.attempt, TaskState.SUCCEEDED)
+            return _with_task(run, replace(run.tasks[event.task], started_at=event.at,
+                                           finished_at=event.at, exit_code=0))
+        case TaskStartedEvent():
+            t = run.tasks[event.task]
+            return _with_task(run, replace(t, state=TaskState.RUNNING, worker_id=event.worker_id,
+                                           started_at=event.reported_at or event.at))
+        case TaskSucceededEvent():
+            t = run.tasks[event.task]
+            return _with_task(run, replace(
+                t, state=TaskState.SUCCEEDED, worker_id=event.worker_id,
+                exit_code=event.exit_code, outputs=dict(event.outputs),
+                started_at=t.started_at or event.reported_at or event.at,
+                finished_at=event.reported_at or event.at))
+        case TaskFailedEvent():
+            t = run.tasks[event.task]
+            return _with_task(run, replace(
+                t, state=TaskState.FAILED, worker_id=event.worker_id or t.worker_id,
+                exit_code=event.exit_code, error=event.error,
+                started_at=t.started_at or event.reported_at or event.at,
+                finished_at=event.reported_at or event.at))
+        case TaskKilledEvent():
+            t = run.tasks[event.task]
+            return _with_task(run, replace(
+                t, state=TaskState.KILLED, exit_code=event.exit_code,
+                kill_reason=KillReason(event.reason), error=f"killed ({event.reason})",
+                finished_at=event.reported_at or event.at))
+        case TaskKillRequested():
+            t = run.tasks.get(event.task)
+            if t is None or t.attempt != event.attempt or not t.state.active:
+                return run  # a stray attempt: the kill is an effect only
+            return _with_task(run, replace(t, kill_reason=KillReason(event.reason)))
+        case TaskRetryScheduled():
+            t = run.tasks[event.task]
+            return _with_task(run, replace(
+                t, state=TaskState.RETRY_WAIT, attempt=event.attempt, tries=t.tries + 1,
+                dispatch_id=None, worker_id=None, exit_code=None, error="", kill_reason=None,
+                started_at=None, finished_at=None), attempt=event.attempt)
+        case TaskTimedOut():
+            return run
+        case TaskPaused():
+            return _with_task(run, replace(run.tasks[event.task], state=TaskState.PAUSED))
+        case TaskSkipped():
+            run = _new_task(run, event.task, event.attempt, TaskState.SKIPPED)
+            return _with_task(run, replace(run.tasks[event.task], finished_at=event.at))
+        case TaskForcedSuccess():
+            t = run.tasks[event.task]
+            return _with_task(run, replace(t, state=TaskState.FORCED_SUCCESS))
+        case InputRejected():
+            return run
+        case _:
+            assert_never(event)
+
+
+def _new_task(run: Run, name: str, attempt: int, state: TaskState) -> Run:
+    return _with_task(run, TaskRun(name=name, state=state, attempt=attempt), attempt=attempt)
+
+
+def _with_task(run: Run, task: TaskRun, *, attempt: int | None = None) -> Run:
+    last = run.last_attempts
+    if attempt is not None and attempt > last.get(task.name, 0):
+        last = {**last, task.name: attempt}
+    return replace(run, tasks={**run.tasks, task.name: task}, last_attempts=last)
+
+
+def evolve_all(run: Run, events: Iterable[AnyEvent]) -> Run:
+    for e in events:
+        run = evolve(run, e)
+    return run
+
+
+def fold(events: Iterable[AnyEvent], *, instance_id: str) -> Run:
+    """The state of an instance from its whole history."""
+    run: Run | None = None
+    for e in events:
+        run = evolve(run, e, instance_id=instance_id)
+    if run is None:
+        raise ValueError("empty history")
+    return run
