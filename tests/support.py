@@ -104,10 +104,12 @@ class Stack:
         return dict(r.json()) if r.status_code == 200 else None
 
     async def wait_run(self, instance_id: str, states: tuple[str, ...] = ("succeeded", "failed"),
-                       timeout: float = 60.0) -> dict[str, Any]:
+                       timeout: float = 60.0, attempt: int = 1) -> dict[str, Any]:
+        """Wait until the run (at least at ``attempt``) is in one of ``states``."""
         async def probe() -> dict[str, Any] | None:
             run = await self.run_state(instance_id)
-            return run if run and run["state"] in states else None
+            ok = run and run["state"] in states and run["attempt"] >= attempt
+            return run if ok else None
         try:
             return await eventually(probe, timeout=timeout, what=f"run {instance_id} in {states}")
         except AssertionError:

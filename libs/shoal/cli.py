@@ -62,6 +62,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"params": params}
     if args.version:
         body["version"] = args.version
+    if args.start_from:
+        body["start_from"] = args.start_from
+        body["scope"] = args.scope
+    if args.priority:
+        body["priority"] = args.priority
+    if args.dry_run:
+        body["dry_run"] = True
     out = _request("POST", f"/api/v1/workflows/{args.workflow}/runs", json=body)
     iid = out["instance_id"]
     print(iid)
@@ -82,6 +89,16 @@ def _wait(iid: str, timeout: float) -> Any:
             return r.json()
         time.sleep(0.3)
     sys.exit(f"shoal: run {iid} not finished after {timeout}s")
+
+
+def cmd_control(args: argparse.Namespace) -> None:
+    out = _request("POST", f"/api/v1/runs/{args.id}/{args.cmd}")
+    print(f"{out['command']} sent to {out['instance_id']}")
+
+
+def cmd_force(args: argparse.Namespace) -> None:
+    _request("POST", f"/api/v1/runs/{args.id}/tasks/{args.task}/force-success")
+    print(f"ForceTaskSuccess sent for {args.task} of {args.id}")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -181,9 +198,26 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("workflow")
     s.add_argument("--param", action="append", metavar="K=V")
     s.add_argument("--version", type=int)
+    s.add_argument("--start-from", action="append", metavar="TASK",
+                   help="start from this task (repeatable) instead of the DAG's roots")
+    s.add_argument("--scope", choices=["downstream", "upstream", "only"], default="downstream")
+    s.add_argument("--priority", choices=["highest", "high", "medium", "low", "lowest"])
+    s.add_argument("--dry-run", action="store_true", help="every task succeeds without running")
     s.add_argument("--wait", action="store_true", help="wait until the run finishes")
     s.add_argument("--timeout", type=float, default=3600)
     s.set_defaults(fn=cmd_run)
+    for verb, text in [("pause", "let running tasks finish, dispatch nothing new"),
+                       ("resume", "continue a paused run"),
+                       ("stop", "kill running tasks; the run ends stopped"),
+                       ("rerun", "run everything again (attempt + 1)"),
+                       ("recover", "re-run only what failed, was killed or never ran")]:
+        s = sub.add_parser(verb, help=text)
+        s.add_argument("id")
+        s.set_defaults(fn=cmd_control)
+    s = sub.add_parser("force-success", help="mark a failed or killed task as succeeded")
+    s.add_argument("id")
+    s.add_argument("task")
+    s.set_defaults(fn=cmd_force)
     s = sub.add_parser("status", help="a run with its tasks")
     s.add_argument("id")
     s.set_defaults(fn=cmd_status)

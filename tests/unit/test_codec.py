@@ -1,7 +1,15 @@
 import pytest
 
 from shoal.core.errors import MessageInvalid
-from shoal.core.model import StartWorkflow, TaskSucceeded
+from shoal.core.model import (
+    FireTimer,
+    ForceTaskSuccess,
+    Scope,
+    StartWorkflow,
+    StopWorkflow,
+    TaskKilled,
+    TaskSucceeded,
+)
 from shoal.infra import codec
 
 IID = "00000000-0000-4000-8000-000000000001"
@@ -23,7 +31,14 @@ def test_commands_round_trip():
     for cmd in [
         StartWorkflow(message_id=IID, instance_id=IID, sent_at="t", workflow="wf",
                       params={"a": "1"}),
+        StartWorkflow(message_id=IID, instance_id=IID, sent_at="t", workflow="wf",
+                      start_from=("a", "b"), scope=Scope.UPSTREAM, dry_run=True),
         TaskSucceeded(message_id=IID, instance_id=IID, sent_at="t", task="a", attempt=1,
                       dispatch_id=IID, worker_id="w", exit_code=0, outputs={"k": "v"}),
+        TaskKilled(message_id=IID, instance_id=IID, sent_at="t", task="a", attempt=2,
+                   dispatch_id=IID, worker_id="w", exit_code=137, error="killed"),
+        StopWorkflow(message_id=IID, instance_id=IID, sent_at="t"),
+        ForceTaskSuccess(message_id=IID, instance_id=IID, sent_at="t", task="a"),
+        FireTimer(message_id=IID, instance_id=IID, sent_at="t", timer_id="retry:a:2"),
     ]:
         assert codec.decode_command(codec.encode_command(cmd)) == cmd

@@ -73,8 +73,16 @@ def test_all_problems_reported_at_once():
 
 
 def test_not_yet_supported_fields_are_refused_not_ignored():
-    assert problems(wf(sh("a", retries=2))) == [
-        "tasks[0].retries: is not supported yet by this release"]
+    assert problems(wf(sh("a"), execution="serial_wait")) == [
+        "execution: is not supported yet by this release"]
+
+
+def test_policies_are_validated():
+    msgs = problems(wf(sh("a", retries=-1, retry_backoff=0.5, timeout=0, delay="x",
+                          timeout_strategy="explode", disabled="yes")))
+    for where in ("retries", "retry_backoff", "timeout", "delay", "timeout_strategy",
+                  "disabled"):
+        assert any(m.startswith(f"tasks[0].{where}:") for m in msgs), where
 
 
 @pytest.mark.parametrize("raw", [None, [], "x", {"name": "wf", "tasks": []},

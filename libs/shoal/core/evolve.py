@@ -137,10 +137,10 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
                 kill_reason=KillReason(event.reason), error=f"killed ({event.reason})",
                 finished_at=event.reported_at or event.at))
         case TaskKillRequested():
-            t = run.tasks.get(event.task)
-            if t is None or t.attempt != event.attempt or not t.state.active:
+            target = run.tasks.get(event.task)
+            if target is None or target.attempt != event.attempt or not target.state.active:
                 return run  # a stray attempt: the kill is an effect only
-            return _with_task(run, replace(t, kill_reason=KillReason(event.reason)))
+            return _with_task(run, replace(target, kill_reason=KillReason(event.reason)))
         case TaskRetryScheduled():
             t = run.tasks[event.task]
             return _with_task(run, replace(

@@ -535,8 +535,8 @@ def event_from_data(type_name: str, data: Mapping[str, Any]) -> AnyEvent:
     """Rebuild an event from its stored form; unknown fields (added later) are ignored."""
     cls = EVENT_TYPES[type_name]
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v)
-              for k, v in data.items() if k in names}
+    kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                              for k, v in data.items() if k in names}
     return cls(**kwargs)
 
 

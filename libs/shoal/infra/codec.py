@@ -14,9 +14,16 @@ from jsonschema import Draft202012Validator
 from shoal.core.definition import Priority
 from shoal.core.errors import MessageInvalid
 from shoal.core.model import (
+    COMMAND_TYPES,
+    CONTROL_TYPES,
     Command,
+    FireTimer,
+    ForceTaskSuccess,
+    Scope,
     StartWorkflow,
     TaskFailed,
+    TaskKilled,
+    TaskReport,
     TaskStarted,
     TaskSucceeded,
 )
@@ -58,9 +65,6 @@ def validate(kind: str, name: str, obj: Mapping[str, Any]) -> None:
         raise MessageInvalid(f"{name}: {where}: {err.message}")
 
 
-_COMMAND_TYPES = ("StartWorkflow", "TaskStarted", "TaskSucceeded", "TaskFailed")
-
-
 def decode_command(value: bytes | None) -> Command:
     """Parse one value of the commands topic into a typed command."""
     if value is None:
@@ -72,21 +76,26 @@ def decode_command(value: bytes | None) -> Command:
     if not isinstance(obj, dict):
         raise MessageInvalid("a command must be a JSON object")
     kind = obj.get("type")
-    if kind not in _COMMAND_TYPES:
+    if kind not in COMMAND_TYPES:
         raise MessageInvalid(f"unknown command type {kind!r} "
-                             f"(one of: {', '.join(_COMMAND_TYPES)})")
+                             f"(one of: {', '.join(COMMAND_TYPES)})")
     validate("commands", kind, obj)
     common = {k: obj[k] for k in ("message_id", "instance_id", "sent_at")}
     if kind == "StartWorkflow":
-        if obj.get("start_from") or obj.get("dry_run"):
-            raise MessageInvalid("StartWorkflow: start_from and dry_run are not supported "
-                                 "yet by this release")
         params = {k: _param(v) for k, v in (obj.get("params") or {}).items()}
         return StartWorkflow(
             **common, workflow=obj["workflow"], version=obj.get("version"), params=params,
             priority=Priority(obj["priority"]) if obj.get("priority") else None,
             schedule_time=obj.get("schedule_time"), parent=obj.get("parent"),
+            start_from=tuple(obj["start_from"]) if obj.get("start_from") else None,
+            scope=Scope(obj.get("scope") or "downstream"), dry_run=bool(obj.get("dry_run")),
         )
+    if kind in CONTROL_TYPES:
+        return COMMAND_TYPES[kind](**common)
+    if kind == "ForceTaskSuccess":
+        return ForceTaskSuccess(**common, task=obj["task"])
+    if kind == "FireTimer":
+        return FireTimer(**common, timer_id=obj["timer_id"])
     report = {**common, "task": obj["task"], "attempt": obj["attempt"],
               "dispatch_id": obj["dispatch_id"], "worker_id": obj["worker_id"]}
     if kind == "TaskStarted":
@@ -94,6 +103,8 @@ def decode_command(value: bytes | None) -> Command:
     if kind == "TaskSucceeded":
         return TaskSucceeded(**report, exit_code=obj["exit_code"],
                              outputs=dict(obj.get("outputs") or {}))
+    if kind == "TaskKilled":
+        return TaskKilled(**report, exit_code=obj.get("exit_code"), error=obj.get("error", ""))
     return TaskFailed(**report, exit_code=obj.get("exit_code"), error=obj.get("error", ""))
 
 
@@ -106,18 +117,24 @@ def _param(v: object) -> str:
 
 
 def encode_command(cmd: Command) -> bytes:
-    """The wire form of a command (what the API, CLI and workers publish)."""
+    """The wire form of a command (what the API, CLI, workers and timers publish)."""
     obj: dict[str, Any] = {"type": cmd.type, "message_id": cmd.message_id,
                            "instance_id": cmd.instance_id, "sent_at": cmd.sent_at}
     if isinstance(cmd, StartWorkflow):
         obj.update(workflow=cmd.workflow, version=cmd.version, params=dict(cmd.params),
                    priority=cmd.priority.value if cmd.priority else None,
-                   schedule_time=cmd.schedule_time, parent=cmd.parent)
-    else:
+                   schedule_time=cmd.schedule_time, parent=cmd.parent,
+                   start_from=list(cmd.start_from) if cmd.start_from else None,
+                   scope=cmd.scope.value, dry_run=cmd.dry_run)
+    elif isinstance(cmd, ForceTaskSuccess):
+        obj.update(task=cmd.task)
+    elif isinstance(cmd, FireTimer):
+        obj.update(timer_id=cmd.timer_id)
+    elif isinstance(cmd, TaskReport):
         obj.update(task=cmd.task, attempt=cmd.attempt, dispatch_id=cmd.dispatch_id,
                    worker_id=cmd.worker_id)
         if isinstance(cmd, TaskSucceeded):
             obj.update(exit_code=cmd.exit_code, outputs=dict(cmd.outputs))
-        elif isinstance(cmd, TaskFailed):
+        elif isinstance(cmd, TaskFailed | TaskKilled):
             obj.update(exit_code=cmd.exit_code, error=cmd.error)
     return dumps(obj)

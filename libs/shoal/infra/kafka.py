@@ -14,7 +14,7 @@ from shoal.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INSTANCE_TOPICS = ("commands", "events", "task-logs", "dead-letters")
+INSTANCE_TOPICS = ("commands", "events", "task-logs", "dead-letters", "worker-control")
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     api_port: int = 8460
     worker_group: str = "default"
     worker_slots: int = 8
+    worker_prefetch: int = 16
+    worker_kill_grace: float = 5.0
     worker_id: str | None = None
     data_dir: Path = Path(".shoal")
     # Idempotent producers need broker support the embedded broker lacks; on for real Kafka.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -38,6 +39,13 @@ class OutboxRow:
     topic: str
     key: bytes | None
     value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRow:
+    instance_id: str
+    timer_id: str
+    fire_at: str  # RFC 3339
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +106,11 @@ class EventStore:
             ids)
         return {str(r["message_id"]) for r in rows}
 
-    async def commit(self, appends: Sequence[Append], outbox: Sequence[OutboxRow]) -> None:
-        """Append every stream's events, the done-markers and the outbox in one transaction.
+    async def commit(self, appends: Sequence[Append], outbox: Sequence[OutboxRow],
+                     arm: Sequence[TimerRow] = (),
+                     cancel: Sequence[tuple[str, str]] = ()) -> None:
+        """Append every stream's events, the done-markers, the outbox and the timer
+        changes in one transaction.
 
         Raises :class:`StreamConflict` when any ``(instance_id, seq)`` already exists:
         another orchestrator wrote that stream, so the caller must reload and re-decide.
@@ -139,6 +150,16 @@ class EventStore:
                 await conn.executemany(
                     "INSERT INTO shoal.outbox (topic, key, value) VALUES ($1, $2, $3)",
                     [(o.topic, o.key, o.value) for o in outbox])
+            if cancel:
+                await conn.executemany(
+                    "DELETE FROM shoal.timers WHERE instance_id = $1 AND timer_id = $2", cancel)
+            if arm:
+                await conn.executemany(
+                    "INSERT INTO shoal.timers (instance_id, timer_id, fire_at) "
+                    "VALUES ($1, $2, $3) ON CONFLICT (instance_id, timer_id) "
+                    "DO UPDATE SET fire_at = EXCLUDED.fire_at",
+                    [(t.instance_id, t.timer_id, datetime.fromisoformat(t.fire_at))
+                     for t in arm])
 
     async def events_of(self, instance_id: str) -> list[StoredEvent]:
         rows = await self.pool.fetch(

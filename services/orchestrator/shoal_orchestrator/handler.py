@@ -23,13 +23,16 @@ from shoal.core.model import (
     Run,
     StartWorkflow,
     TaskDispatched,
+    TaskKillRequested,
+    TimerArmed,
+    TimerCancelled,
     event_data,
 )
 from shoal.core.workflow import Context, decide, evolve
 from shoal.infra import codec
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.settings import Settings
-from shoal.infra.store import Append, EventStore, OutboxRow
+from shoal.infra.store import Append, EventStore, OutboxRow, TimerRow
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +115,11 @@ class BatchHandler:
         for attempt in range(self.MAX_FENCES):
             try:
                 dead: list[tuple[Record, str]] = []
-                appends, outbox, runs = await self._decide_all(fresh, dead)
-                await self.store.commit(appends, outbox)
+                timers: dict[tuple[str, str], TimerRow | None] = {}
+                appends, outbox, runs = await self._decide_all(fresh, dead, timers)
+                await self.store.commit(
+                    appends, outbox, [t for t in timers.values() if t is not None],
+                    [k for k, t in timers.items() if t is None])
             except StreamConflict as exc:
                 # Another orchestrator (a zombie or a new owner) wrote one of these streams:
                 # our view is stale. Drop it, reload from the log, decide again.
@@ -129,6 +135,7 @@ class BatchHandler:
 
     async def _decide_all(
         self, inputs: Sequence[tuple[Record, Command]], dead: list[tuple[Record, str]],
+        timers: dict[tuple[str, str], TimerRow | None],
     ) -> tuple[list[Append], list[OutboxRow], dict[str, tuple[int, Run]]]:
         missing = {c.instance_id for _, c in inputs if c.instance_id not in self.cache}
         histories = await self.store.load(missing)
@@ -166,7 +173,7 @@ class BatchHandler:
             appends.append(Append(cmd.instance_id, first_seq, decision.events, cmd.message_id,
                                   rec.partition, new.state.value))
             outbox.extend(self._effects(cmd.instance_id, first_seq, decision.events,
-                                        new, cmd.message_id))
+                                        new, cmd.message_id, timers))
             working[cmd.instance_id] = (rec.partition, new, 0)
         runs = {iid: (p, r) for iid, (p, r, _) in working.items() if r is not None and p >= 0}
         return appends, outbox, runs
@@ -191,15 +198,16 @@ class BatchHandler:
         return ResolvedStart(command=cmd, definition=definition, version=version)
 
     def _effects(self, instance_id: str, first_seq: int, events: Sequence[AnyEvent], run: Run,
-                 message_id: str) -> list[OutboxRow]:
+                 message_id: str, timers: dict[tuple[str, str], TimerRow | None],
+                 ) -> list[OutboxRow]:
+        """Outbox rows for the events; timer changes are netted into ``timers``."""
         key = instance_id.encode()
         now = utcnow_iso()
         rows: list[OutboxRow] = []
         for i, e in enumerate(events):
-            data = event_data(e)
             rows.append(OutboxRow(self.settings.events_topic, key, codec.dumps({
                 "instance_id": instance_id, "seq": first_seq + i, "type": e.type,
-                "data": data, "causation_id": message_id, "recorded_at": now})))
+                "data": event_data(e), "causation_id": message_id, "recorded_at": now})))
             if isinstance(e, TaskDispatched):
                 rows.append(OutboxRow(self.settings.tasks_topic(e.worker_group), key,
                                       codec.dumps({
@@ -209,4 +217,14 @@ class BatchHandler:
                     "task_type": e.task_type, "worker_group": e.worker_group,
                     "command": e.command, "env": dict(e.env), "outputs": list(e.outputs),
                     "priority": e.priority})))
+            elif isinstance(e, TaskKillRequested):
+                rows.append(OutboxRow(self.settings.topic("worker-control"), key, codec.dumps({
+                    "type": "KillTask", "message_id": f"{e.dispatch_id}/kill/{e.reason}",
+                    "instance_id": instance_id, "task": e.task, "attempt": e.attempt,
+                    "dispatch_id": e.dispatch_id, "worker_id": e.worker_id,
+                    "reason": e.reason, "sent_at": now})))
+            elif isinstance(e, TimerArmed):
+                timers[(instance_id, e.timer_id)] = TimerRow(instance_id, e.timer_id, e.fire_at)
+            elif isinstance(e, TimerCancelled):
+                timers[(instance_id, e.timer_id)] = None
         return rows

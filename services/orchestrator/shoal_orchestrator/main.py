@@ -17,6 +17,7 @@ from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_orchestrator.handler import BatchHandler, BatchResult, Cache, Record
 from shoal_orchestrator.relay import OutboxRelay
+from shoal_orchestrator.timers import run_timers
 
 log = logging.getLogger("shoal.orchestrator")
 
@@ -114,6 +115,7 @@ async def main(settings: Settings) -> None:
         await run_service("orchestrator", [
             lambda stop: consume(settings, store, relay, stop),
             relay.run,
+            lambda stop: run_timers(pool, producer, settings, stop),
         ])
     finally:
         await producer.stop()

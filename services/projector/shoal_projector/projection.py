@@ -39,6 +39,13 @@ async def project_once(pool: asyncpg.Pool, limit: int = 1000) -> int:
         return len(events)
 
 
+_RUN_STATE = {"WorkflowPausing": "ready_pause", "WorkflowPaused": "paused",
+              "WorkflowResumed": "running", "WorkflowStopping": "ready_stop"}
+_FINISHED = {"WorkflowSucceeded": "succeeded", "WorkflowFailed": "failed",
+             "WorkflowStopped": "stopped"}
+_DURATION = "(extract(epoch FROM ({end} - coalesce({start}, {end}))) * 1000)::bigint"
+
+
 async def apply(conn: asyncpg.Connection, e: StoredEvent) -> None:
     d: dict[str, Any] = e.data
     iid, at = e.instance_id, _ts(d.get("reported_at") or d.get("at"))
@@ -55,31 +62,61 @@ async def apply(conn: asyncpg.Connection, e: StoredEvent) -> None:
                 d.get("attempt", 1), parent, e.seq)
         case "WorkflowStarted":
             await _run(conn, e, "state = 'running', started_at = $3", at)
-        case "WorkflowSucceeded" | "WorkflowFailed":
-            state = "succeeded" if e.type == "WorkflowSucceeded" else "failed"
+        case "WorkflowRestarted":
+            await _run(conn, e, "state = 'running', attempt = $3, started_at = $4, "
+                       "finished_at = NULL, duration_ms = NULL, failure = NULL",
+                       d["attempt"], at)
+        case "WorkflowStopping":
+            await _run(conn, e, "state = 'ready_stop', failure = $3", d.get("reason"))
+        case _ if e.type in _RUN_STATE:
+            await _run(conn, e, "state = $3", _RUN_STATE[e.type])
+        case _ if e.type in _FINISHED:
             await _run(conn, e, "state = $3, finished_at = $4, failure = $5, duration_ms = "
-                       "(extract(epoch FROM ($4 - coalesce(started_at, submitted_at))) * 1000)"
-                       "::bigint", state, at, d.get("reason"))
-        case "TaskDispatched":
-            await conn.execute(
-                "INSERT INTO shoal_read.task_runs (instance_id, task, attempt, state) "
-                "VALUES ($1, $2, $3, 'dispatched') ON CONFLICT DO NOTHING",
-                iid, d["task"], d["attempt"])
-            await _touch(conn, e)
+                       + _DURATION.format(end="$4", start="started_at"),
+                       _FINISHED[e.type], at, d.get("reason"))
+        case "TaskDispatched" | "TaskDelayed" | "TaskRetryScheduled":
+            state = {"TaskDispatched": "dispatched", "TaskDelayed": "submitted",
+                     "TaskRetryScheduled": "retry_wait"}[e.type]
+            await _task_row(conn, e, state)
+        case "TaskSkipped" | "TaskDryRun":
+            state = "skipped" if e.type == "TaskSkipped" else "succeeded"
+            await _task_row(conn, e, state)
+            await _task(conn, e, "started_at = $4, finished_at = $4, duration_ms = 0, "
+                        "exit_code = $5, error = $6", at,
+                        0 if e.type == "TaskDryRun" else None,
+                        "dry run" if e.type == "TaskDryRun" else d.get("reason"))
         case "TaskStarted":
             await _task(conn, e, "state = 'running', worker_id = $4, started_at = $5",
                         d.get("worker_id"), at)
         case "TaskSucceeded" | "TaskFailed":
             state = "succeeded" if e.type == "TaskSucceeded" else "failed"
             await _task(conn, e,
-                        "state = $4, worker_id = $5, exit_code = $6, outputs = $7::jsonb, "
-                        "error = $8, started_at = coalesce(started_at, $9), finished_at = $9, "
-                        "duration_ms = (extract(epoch FROM ($9 - coalesce(started_at, $9)))"
-                        " * 1000)::bigint",
+                        "state = $4, worker_id = coalesce($5, worker_id), exit_code = $6, "
+                        "outputs = $7::jsonb, error = $8, started_at = coalesce(started_at, $9),"
+                        " finished_at = $9, duration_ms = "
+                        + _DURATION.format(end="$9", start="started_at"),
                         state, d.get("worker_id"), d.get("exit_code"),
                         codec.dumps(d.get("outputs") or {}).decode(), d.get("error") or None, at)
+        case "TaskKilled":
+            await _task(conn, e, "state = 'killed', exit_code = $4, error = $5, "
+                        "finished_at = $6, duration_ms = "
+                        + _DURATION.format(end="$6", start="started_at"),
+                        d.get("exit_code"), f"killed ({d.get('reason')})", at)
+        case "TaskPaused":
+            await _task(conn, e, "state = 'paused'")
+        case "TaskForcedSuccess":
+            await _task(conn, e, "state = 'forced_success'")
         case _:
-            await _touch(conn, e)  # InputRejected and future types: history only
+            await _touch(conn, e)  # timers, kill requests, rejections: history only
+
+
+async def _task_row(conn: asyncpg.Connection, e: StoredEvent, state: str) -> None:
+    await conn.execute(
+        "INSERT INTO shoal_read.task_runs (instance_id, task, attempt, state) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT (instance_id, task, attempt) "
+        "DO UPDATE SET state = EXCLUDED.state",
+        e.instance_id, e.data["task"], e.data["attempt"], state)
+    await _touch(conn, e)
 
 
 async def _run(conn: asyncpg.Connection, e: StoredEvent, sets: str, *args: Any) -> None:

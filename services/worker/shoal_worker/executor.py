@@ -20,6 +20,7 @@ class Outcome:
     exit_code: int | None
     outputs: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    killed: bool = False
 
 
 def exit_code_of(returncode: int) -> int:
@@ -36,6 +37,7 @@ class Attempt:
                         / str(dispatch["attempt"]))
         self.base_env = base_env
         self.proc: asyncio.subprocess.Process | None = None
+        self.killed_for: str | None = None
 
     async def run(self) -> Outcome:
         d = self.dispatch
@@ -60,18 +62,45 @@ class Attempt:
             return Outcome(exit_code=None, error=f"could not start: {exc}")
         assert self.proc.stdout is not None
         with log_path.open("wb") as log:
-            marked = await _copy_output(self.proc.stdout, log)
-        code = exit_code_of(await self.proc.wait())
+            reader = asyncio.create_task(_copy_output(self.proc.stdout, log))
+            code = exit_code_of(await self.proc.wait())
+            # A background child may keep the pipe open after the task's main process
+            # ended; read what it wrote for a moment, then stop waiting for it.
+            done, _ = await asyncio.wait({reader}, timeout=2.0)
+            marked = reader.result() if done else []
+            if not done:
+                reader.cancel()
+        if self.killed_for:
+            return Outcome(exit_code=code, error=f"killed ({self.killed_for})", killed=True)
         outputs = parse_outputs(marked, d.get("outputs", []))
         if code == 0:
             shutil.rmtree(self.workdir, ignore_errors=True)
             return Outcome(exit_code=0, outputs=outputs)
         return Outcome(exit_code=code, outputs=outputs, error=f"exit code {code}")
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
+    def signal(self, sig: int) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
+
+    async def kill(self, reason: str, grace: float) -> None:
+        """SIGTERM the whole process group, SIGKILL whatever is left after ``grace``."""
+        self.killed_for = reason
+        self.signal(signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + grace
+        # A process group's end has no event to wait on: poll it.
+        while asyncio.get_running_loop().time() < deadline and self._group_alive():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self.signal(signal.SIGKILL)
+
+    def _group_alive(self) -> bool:
+        if self.proc is None:
+            return False
+        try:
+            os.killpg(self.proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
 
 _CHUNK = 64 * 1024

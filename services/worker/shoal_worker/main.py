@@ -1,25 +1,34 @@
 """Worker entry point: consumes ``<prefix>.tasks.<group>`` with a bounded number of slots.
 
-Offsets are committed once every fetched dispatch has been started and its TaskStarted
-report is on the broker; from then on the orchestrator owns the attempt. When all slots
-are busy the worker pauses its partitions instead of rejecting work, so nothing is
-dropped while it is full.
+Dispatches are fetched into a small buffer (``SHOAL_WORKER_PREFETCH``) and started most
+urgent first (workflow priority, then task priority, then arrival). A partition's offset
+is committed only below its oldest dispatch not yet started, so a worker that dies
+loses nothing it had not started: those dispatches are redelivered to another worker.
+When slots and buffer are full the worker pauses its partitions instead of rejecting.
+
+Kills arrive on ``<prefix>.worker-control``, which every worker reads in full (assigned,
+not in a group). A kill ends the attempt's whole process group (SIGTERM, then SIGKILL
+after a grace period) and is confirmed with a TaskKilled report.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 import os
-import signal
 import socket
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from shoal.core.errors import MessageInvalid
-from shoal.core.model import TaskFailed, TaskStarted, TaskSucceeded
+from shoal.core.model import TaskFailed, TaskKilled, TaskStarted, TaskSucceeded
 from shoal.infra import codec, kafka
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
@@ -34,6 +43,15 @@ def report_id(dispatch_id: str, kind: str) -> str:
     return str(uuid.uuid5(_REPORT_NS, f"{dispatch_id}/{kind}"))
 
 
+@dataclass(order=True)
+class Pending:
+    priority: int
+    seq: int
+    tp: TopicPartition = field(compare=False)
+    offset: int = field(compare=False)
+    dispatch: dict[str, Any] = field(compare=False)
+
+
 class Worker:
     def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
         self.settings = settings
@@ -42,36 +60,50 @@ class Worker:
         self.running: dict[str, Attempt] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.base_env = dict(os.environ)
+        self.queue: list[Pending] = []
+        self.unstarted: dict[TopicPartition, set[int]] = {}
+        self.fetched: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self._seq = itertools.count()
+        self.slot_freed = asyncio.Event()
 
+    # ------------------------------------------------------------------ dispatches
     async def consume(self, stop: asyncio.Event) -> None:
         s = self.settings
         topic = s.tasks_topic(s.worker_group)
-        await kafka.ensure_topics(s, [topic, s.commands_topic, s.dead_letters_topic])
-        consumer = kafka.consumer(s, topic, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
+        await kafka.ensure_topics(s, [topic, s.commands_topic, s.dead_letters_topic,
+                                      s.topic("worker-control")])
+        consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
+        consumer.subscribe([topic], listener=_Revoke(self))
         await consumer.start()
         log.info("worker %s serving group %s with %d slots", self.worker_id, s.worker_group,
                  s.worker_slots)
         try:
             while not stop.is_set():
-                free = s.worker_slots - len(self.running)
-                if free <= 0:
+                room = s.worker_slots + s.worker_prefetch - len(self.running) - len(self.queue)
+                if room <= 0:
                     consumer.pause(*consumer.assignment())
-                    await asyncio.sleep(0.05)
-                    continue
-                consumer.resume(*consumer.paused())
-                batch = await consumer.getmany(timeout_ms=500, max_records=free)
-                if not batch:
-                    continue
-                msgs = sorted((m for ms in batch.values() for m in ms),
-                              key=lambda m: _priority(m.value))
-                for m in msgs:
-                    await self._accept(m.value, m.key)
-                await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in batch.items()})
+                else:
+                    consumer.resume(*consumer.paused())
+                if room > 0:
+                    batch = await consumer.getmany(timeout_ms=100, max_records=room)
+                    for tp, msgs in batch.items():
+                        for m in msgs:
+                            await self._buffer(tp, m.offset, m.value, m.key)
+                else:
+                    self.slot_freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.slot_freed.wait(), 0.2)
+                await self._start_ready()
+                await self._commit(consumer)
         finally:
+            await self._commit(consumer)
             await consumer.stop()
             await self._drain()
 
-    async def _accept(self, value: bytes | None, key: bytes | None) -> None:
+    async def _buffer(self, tp: TopicPartition, offset: int, value: bytes | None,
+                      key: bytes | None) -> None:
+        self.fetched[tp] = offset + 1
         try:
             d = codec.loads(value or b"")
             if not isinstance(d, dict):
@@ -79,19 +111,53 @@ class Worker:
             codec.validate("tasks", "DispatchTask", d)
         except (MessageInvalid, ValueError) as exc:
             await self.producer.send_and_wait(self.settings.dead_letters_topic, codec.dumps({
-                "reason": f"invalid dispatch: {exc}", "topic": self.settings.tasks_topic(
-                    self.settings.worker_group), "partition": -1, "offset": -1,
+                "reason": f"invalid dispatch: {exc}", "topic": tp.topic,
+                "partition": tp.partition, "offset": offset,
                 "key": key.decode("utf-8", "replace") if key else None,
                 "value": (value or b"").decode("utf-8", "replace"), "dead_at": utcnow_iso()}))
             return
-        if d["dispatch_id"] in self.running:
-            return  # redelivered while still running here
-        attempt = Attempt(d, self.settings.data_dir, self.base_env)
-        self.running[d["dispatch_id"]] = attempt
-        await self._report(TaskStarted(**self._report_fields(d, "started")))
-        t = asyncio.create_task(self._run(attempt))
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
+        self.unstarted.setdefault(tp, set()).add(offset)
+        heapq.heappush(self.queue, Pending(int(d.get("priority", 0)), next(self._seq), tp,
+                                           offset, d))
+
+    async def _start_ready(self) -> None:
+        while self.queue and len(self.running) < self.settings.worker_slots:
+            p = heapq.heappop(self.queue)
+            self.unstarted.get(p.tp, set()).discard(p.offset)
+            d = p.dispatch
+            if d["dispatch_id"] in self.running:
+                continue  # redelivered while still running here
+            attempt = Attempt(d, self.settings.data_dir, self.base_env)
+            self.running[d["dispatch_id"]] = attempt
+            await self._report(TaskStarted(**self._fields(d, "started")))
+            t = asyncio.create_task(self._run(attempt))
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        offsets = {}
+        for tp, upto in self.fetched.items():
+            pending = self.unstarted.get(tp)
+            target = min(pending) if pending else upto
+            if self.committed.get(tp) != target:
+                offsets[tp] = target
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+            self.committed.update(offsets)
+        except KafkaError as exc:  # a rebalance: the new owner re-reads from the last commit
+            log.warning("offset commit failed: %r", exc)
+
+    def forget(self, tps: list[TopicPartition]) -> None:
+        """Revoked partitions: unstarted dispatches go back to Kafka for the new owner."""
+        gone = set(tps)
+        self.queue = [p for p in self.queue if p.tp not in gone]
+        heapq.heapify(self.queue)
+        for tp in gone:
+            self.unstarted.pop(tp, None)
+            self.fetched.pop(tp, None)
+            self.committed.pop(tp, None)
 
     async def _run(self, attempt: Attempt) -> None:
         d = attempt.dispatch
@@ -101,43 +167,105 @@ class Worker:
             except Exception as exc:  # the attempt must still be reported
                 log.exception("attempt %s of %s failed in the worker", d["attempt"], d["task"])
                 outcome = Outcome(exit_code=None, error=f"worker error: {exc!r}")
-            if outcome.exit_code == 0:
-                await self._report(TaskSucceeded(**self._report_fields(d, "finished"),
-                                                 exit_code=0, outputs=outcome.outputs))
+            fields = self._fields(d, "finished")
+            if outcome.killed:
+                await self._report(TaskKilled(**fields, exit_code=outcome.exit_code,
+                                              error=outcome.error))
+            elif outcome.exit_code == 0:
+                await self._report(TaskSucceeded(**fields, exit_code=0,
+                                                 outputs=outcome.outputs))
             else:
-                await self._report(TaskFailed(**self._report_fields(d, "finished"),
-                                              exit_code=outcome.exit_code, error=outcome.error))
+                await self._report(TaskFailed(**fields, exit_code=outcome.exit_code,
+                                              error=outcome.error))
         finally:
             self.running.pop(d["dispatch_id"], None)
+            self.slot_freed.set()
 
-    def _report_fields(self, d: dict[str, Any], kind: str) -> dict[str, Any]:
+    # ------------------------------------------------------------------ kills
+    async def control(self, stop: asyncio.Event) -> None:
+        """Read every partition of worker-control from its end (kills are for now)."""
+        s = self.settings
+        topic = s.topic("worker-control")
+        consumer = kafka.consumer(s, group_id=None)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for msgs in batch.values():
+                    for m in msgs:
+                        await self._on_control(m.value)
+        finally:
+            await consumer.stop()
+
+    async def _on_control(self, value: bytes | None) -> None:
+        try:
+            msg = codec.loads(value or b"")
+            codec.validate("topics", "KillTask", msg)
+        except (MessageInvalid, ValueError) as exc:
+            log.warning("ignoring invalid control message: %s", exc)
+            return
+        target = msg.get("worker_id")
+        if target not in (None, self.worker_id):
+            return
+        dispatch_id = msg["dispatch_id"]
+        attempt = self.running.get(dispatch_id)
+        if attempt is not None:
+            log.info("killing %s attempt %s (%s)", msg["task"], msg["attempt"], msg["reason"])
+            t = asyncio.create_task(attempt.kill(msg["reason"], self.settings.worker_kill_grace))
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
+            return
+        queued = [p for p in self.queue if p.dispatch["dispatch_id"] == dispatch_id]
+        if queued:  # fetched, not started: never start it
+            self.queue = [p for p in self.queue if p.dispatch["dispatch_id"] != dispatch_id]
+            heapq.heapify(self.queue)
+            for p in queued:
+                self.unstarted.get(p.tp, set()).discard(p.offset)
+            return
+        if target == self.worker_id:  # addressed to us and we do not have it: say so
+            d = {"instance_id": msg["instance_id"], "task": msg["task"],
+                 "attempt": msg["attempt"], "dispatch_id": dispatch_id}
+            await self._report(TaskKilled(**self._fields(d, f"kill/{msg['reason']}"),
+                                          error="not running on this worker"))
+
+    # ------------------------------------------------------------------ reports
+    def _fields(self, d: dict[str, Any], kind: str) -> dict[str, Any]:
         return {"message_id": report_id(d["dispatch_id"], kind),
                 "instance_id": d["instance_id"], "sent_at": utcnow_iso(), "task": d["task"],
                 "attempt": d["attempt"], "dispatch_id": d["dispatch_id"],
                 "worker_id": self.worker_id}
 
-    async def _report(self, cmd: TaskStarted | TaskSucceeded | TaskFailed) -> None:
+    async def _report(self, cmd: TaskStarted | TaskSucceeded | TaskFailed | TaskKilled) -> None:
         await self.producer.send_and_wait(self.settings.commands_topic,
                                           codec.encode_command(cmd),
                                           key=cmd.instance_id.encode())
 
     async def _drain(self, grace: float = 25.0) -> None:
         """On shutdown let running attempts finish, then kill what is left and report it."""
-        if not self.tasks:
+        if not self.running:
             return
-        log.info("waiting up to %.0fs for %d running tasks", grace, len(self.tasks))
+        log.info("waiting up to %.0fs for %d running tasks", grace, len(self.running))
         _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
         if pending:
             for a in list(self.running.values()):
-                a.kill(signal.SIGKILL)
-            await asyncio.wait(pending, timeout=5)
+                await a.kill("worker shutting down", 2.0)
+            await asyncio.wait(pending, timeout=10)
 
 
-def _priority(value: bytes | None) -> int:
-    try:
-        return int(codec.loads(value or b"{}").get("priority", 0))
-    except (ValueError, AttributeError, TypeError):
-        return 0
+class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.worker.forget(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
 
 
 async def main(settings: Settings) -> None:
@@ -146,7 +274,7 @@ async def main(settings: Settings) -> None:
     await producer.start()
     worker = Worker(settings, producer)
     try:
-        await run_service("worker", [worker.consume], grace=35.0)
+        await run_service("worker", [worker.consume, worker.control], grace=45.0)
     finally:
         await producer.stop()
 

@@ -10,7 +10,19 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from shoal.core.definition import Priority
-from shoal.core.model import StartWorkflow
+from shoal.core.model import (
+    Command,
+    ForceTaskSuccess,
+    PauseWorkflow,
+    RecoverWorkflow,
+    RerunWorkflow,
+    ResumeWorkflow,
+    RunState,
+    Scope,
+    StartWorkflow,
+    StopWorkflow,
+)
+from shoal.core.workflow import rejection
 from shoal.infra import codec
 from shoal.infra.lifecycle import utcnow_iso
 from shoal_api.deps import Res
@@ -29,6 +41,10 @@ class RunCreate(BaseModel):
     params: dict[str, str | int | float | bool | None] = {}
     priority: Literal["highest", "high", "medium", "low", "lowest"] | None = None
     schedule_time: datetime | None = None
+    start_from: list[str] | None = Field(
+        default=None, description="start from these tasks instead of the DAG's roots")
+    scope: Literal["downstream", "upstream", "only"] = "downstream"
+    dry_run: bool = Field(default=False, description="every task succeeds without executing")
 
 
 @router.post("/workflows/{name}/runs", status_code=202)
@@ -38,6 +54,11 @@ async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[
     if found is None:
         which = f" version {body.version}" if body.version else ""
         raise HTTPException(404, {"message": f"no workflow named '{name}'{which}"})
+    known = {t["name"] for t in found[1]["tasks"]}
+    unknown = [t for t in body.start_from or [] if t not in known]
+    if unknown:
+        raise HTTPException(422, {"message": f"start_from: unknown task(s) {', '.join(unknown)}"
+                                             f" of '{name}'"})
     instance_id = str(body.instance_id or uuid.uuid4())
     cmd = StartWorkflow(
         message_id=str(uuid.uuid4()), instance_id=instance_id, sent_at=utcnow_iso(),
@@ -46,6 +67,8 @@ async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[
                 for k, v in body.params.items()},
         priority=Priority(body.priority) if body.priority else None,
         schedule_time=body.schedule_time.isoformat() if body.schedule_time else None,
+        start_from=tuple(body.start_from) if body.start_from else None,
+        scope=Scope(body.scope), dry_run=body.dry_run,
     )
     await res.producer.send_and_wait(res.settings.commands_topic, codec.encode_command(cmd),
                                      key=instance_id.encode())
@@ -113,3 +136,61 @@ async def get_events(instance_id: uuid.UUID, res: Res) -> list[dict[str, Any]]:
     if not events:
         raise HTTPException(404, {"message": f"no events for {instance_id}"})
     return [e.as_dict() for e in events]
+
+
+_CONTROL: dict[str, type[PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow
+                         | RecoverWorkflow]] = {
+    "pause": PauseWorkflow, "resume": ResumeWorkflow, "stop": StopWorkflow,
+    "rerun": RerunWorkflow, "recover": RecoverWorkflow,
+}
+
+
+async def _current_state(res: Res, instance_id: uuid.UUID) -> RunState:
+    state = await res.pool.fetchval(
+        "SELECT state FROM shoal_read.workflow_runs WHERE instance_id = $1", instance_id)
+    if state is None:
+        raise HTTPException(404, {"message": f"no run {instance_id}"})
+    return RunState(state)
+
+
+async def _publish(res: Res, cmd: Command) -> dict[str, str]:
+    await res.producer.send_and_wait(res.settings.commands_topic, codec.encode_command(cmd),
+                                     key=cmd.instance_id.encode())
+    return {"instance_id": cmd.instance_id, "message_id": cmd.message_id,
+            "command": cmd.type}
+
+
+@router.post("/runs/{instance_id}/{action}", status_code=202)
+async def control_run(instance_id: uuid.UUID, action: Literal[
+        "pause", "resume", "stop", "rerun", "recover"], res: Res) -> dict[str, str]:
+    """Pause, resume, stop, rerun or recover a run.
+
+    409 when the run's current state does not allow it (the same table the orchestrator
+    decides with). The read model may lag the log by a moment; the orchestrator stays
+    authoritative and records a late refusal as an InputRejected event.
+    """
+    cls = _CONTROL[action]
+    state = await _current_state(res, instance_id)
+    reason = rejection(state, cls.type)
+    if reason:
+        raise HTTPException(409, {"message": reason, "state": state.value})
+    return await _publish(res, cls(message_id=str(uuid.uuid4()), instance_id=str(instance_id),
+                                   sent_at=utcnow_iso()))
+
+
+@router.post("/runs/{instance_id}/tasks/{task}/force-success", status_code=202)
+async def force_success(instance_id: uuid.UUID, task: str, res: Res) -> dict[str, str]:
+    state = await _current_state(res, instance_id)
+    reason = rejection(state, "ForceTaskSuccess")
+    if reason:
+        raise HTTPException(409, {"message": reason, "state": state.value})
+    current = await res.pool.fetchval(
+        "SELECT state FROM shoal_read.task_runs WHERE instance_id = $1 AND task = $2 "
+        "ORDER BY attempt DESC LIMIT 1", instance_id, task)
+    if current not in ("failed", "killed"):
+        raise HTTPException(409, {"message": f"task '{task}' is {current or 'not run'}; only "
+                                             "failed or killed tasks can be forced to success",
+                                  "state": state.value, "task_state": current})
+    return await _publish(res, ForceTaskSuccess(message_id=str(uuid.uuid4()),
+                                                instance_id=str(instance_id),
+                                                sent_at=utcnow_iso(), task=task))

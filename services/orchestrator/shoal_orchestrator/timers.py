@@ -1,0 +1,64 @@
+"""Fires due durable timers by publishing FireTimer commands.
+
+Any orchestrator may fire any due row: firing only publishes a command to the instance's
+partition of ``<prefix>.commands``, where the partition's owner applies it in order (and
+ignores it if the timer was cancelled meanwhile). Rows are locked with SKIP LOCKED and
+deleted in the transaction that published them; a crash before commit re-publishes, and
+the deterministic message_id makes the repeat a no-op. Timers therefore survive any
+orchestrator's death, including SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from shoal.core.model import FireTimer
+from shoal.infra import codec
+from shoal.infra.lifecycle import utcnow_iso
+from shoal.infra.settings import Settings
+
+log = logging.getLogger(__name__)
+_NS = uuid.UUID("0f7f5d1e-8a7b-4f43-b4c4-1d7e0b8f9a31")
+BATCH = 500
+
+
+async def fire_due(pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings) -> int:
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT instance_id, timer_id, fire_at FROM shoal.timers WHERE fire_at <= now() "
+            "ORDER BY fire_at LIMIT $1 FOR UPDATE SKIP LOCKED", BATCH)
+        if not rows:
+            return 0
+        futures = []
+        for r in rows:
+            iid = str(r["instance_id"])
+            cmd = FireTimer(
+                message_id=str(uuid.uuid5(_NS, f"{iid}/{r['timer_id']}/{r['fire_at']}")),
+                instance_id=iid, sent_at=utcnow_iso(), timer_id=r["timer_id"])
+            futures.append(await producer.send(settings.commands_topic,
+                                               codec.encode_command(cmd), key=iid.encode()))
+        await asyncio.gather(*futures)
+        await conn.executemany(
+            "DELETE FROM shoal.timers WHERE instance_id = $1 AND timer_id = $2",
+            [(r["instance_id"], r["timer_id"]) for r in rows])
+        return len(rows)
+
+
+async def run_timers(pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings,
+                     stop: asyncio.Event, interval: float = 0.2) -> None:
+    while not stop.is_set():
+        try:
+            n = await fire_due(pool, producer, settings)
+        except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+            log.warning("timer poller: %r; retrying", exc)
+            n = 0
+        if n < BATCH:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
