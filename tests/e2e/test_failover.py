@@ -56,3 +56,40 @@ async def test_two_orchestrators_share_the_partitions_and_runs_complete(stack: S
     for p in owners:
         lines = [ln for ln in p.log_path.read_text().splitlines() if "assigned partitions" in ln]
         assert lines and not lines[-1].endswith("[]"), (p.log_path.name, lines)
+
+
+async def test_a_retry_timer_fires_after_the_orchestrator_is_sigkilled(stack: Stack, tmp_path):
+    await stack.apply({"name": "retry-later", "tasks": [{
+        "name": "flaky", "retries": 1, "retry_interval": 6,
+        "command": f"test -f {tmp_path}/seen || {{ touch {tmp_path}/seen; exit 1; }}"}]})
+    iid = (await stack.request("POST", "/api/v1/workflows/retry-later/runs", json={})).json()[
+        "instance_id"]
+
+    async def waiting() -> bool:
+        run = await stack.run_state(iid)
+        return bool(run and any(t["state"] == "retry_wait" for t in run["tasks"]))
+
+    await eventually(waiting, what="the task in retry_wait")
+    next(p for p in stack.processes if p.name == "orchestrator").kill9()
+    stack.start("orchestrator")
+    run = await stack.wait_run(iid, timeout=90)
+    assert run["state"] == "succeeded"
+    assert [(t["attempt"], t["state"]) for t in run["tasks"]] == [(1, "failed"), (2, "succeeded")]
+
+
+async def test_a_workflow_timeout_fires_after_the_orchestrator_is_sigkilled(stack: Stack):
+    await stack.apply({"name": "bounded", "timeout": 6, "timeout_strategy": "fail",
+                       "tasks": [{"name": "long", "command": "sleep 60"}]})
+    iid = (await stack.request("POST", "/api/v1/workflows/bounded/runs", json={})).json()[
+        "instance_id"]
+
+    async def running() -> bool:
+        run = await stack.run_state(iid)
+        return bool(run and any(t["state"] == "running" for t in run["tasks"]))
+
+    await eventually(running, what="the task running")
+    next(p for p in stack.processes if p.name == "orchestrator").kill9()
+    stack.start("orchestrator")
+    run = await stack.wait_run(iid, timeout=90)
+    assert run["state"] == "failed" and "workflow timed out after 6s" in run["failure"]
+    assert [(t["task"], t["state"]) for t in run["tasks"]] == [("long", "killed")]
