@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test test-unit test-integration lint typecheck bench clean
+.PHONY: install dev test test-unit test-integration lint typecheck bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ typecheck: install
 
 bench: install
 	$(PY) bench/bench.py
+
+## Regenerate the README's state tables from libs/shoal/core/workflow.py.
+docs: install
+	$(PY) -c 'import pathlib; from shoal.core.docs import splice; p = pathlib.Path("README.md"); p.write_text(splice(p.read_text()))'
 
 clean:
 	rm -rf $(VENV) .shoal *.egg-info

@@ -62,3 +62,9 @@ def _recording_parse(called):
 def test_every_setting_is_documented():
     for name in Settings.model_fields:
         assert f"SHOAL_{name.upper()}" in README, name
+
+
+def test_the_state_tables_in_the_readme_are_generated_from_the_core():
+    from shoal.core.docs import render
+
+    assert render() in README, "run `make docs`"

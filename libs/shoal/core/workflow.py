@@ -208,11 +208,13 @@ def _scope(names: tuple[str, ...], start: tuple[str, ...], scope: Scope,
 
 
 def _reject_existing(step: Step, inp: Input) -> None:
+    """Recorded as InputRejected: a start is idempotent."""
     step.reject(inp, f"instance {step.run.instance_id} already exists "
                      f"(state {step.run.state.value}); start is idempotent")
 
 
 def _pause(step: Step, inp: Input) -> None:
+    """→ ready_pause while tasks run (nothing new is dispatched), else → paused."""
     if any(t.state.active for t in step.run.tasks.values()):
         step.emit(WorkflowPausing(at=step.ctx.now))
     else:
@@ -220,11 +222,13 @@ def _pause(step: Step, inp: Input) -> None:
 
 
 def _resume(step: Step, inp: Input) -> None:
+    """→ running; dispatches what is ready and what was paused."""
     step.emit(WorkflowResumed(at=step.ctx.now))
     _advance(step)
 
 
 def _stop_command(step: Step, inp: Input) -> None:
+    """→ ready_stop: kills running tasks in their workers; → stopped when all confirmed."""
     _stop(step, RunState.STOPPED, "stopped by request")
 
 
@@ -269,14 +273,17 @@ def _restart(step: Step, mode: str) -> None:
 
 
 def _rerun(step: Step, inp: Input) -> None:
+    """→ running, attempt + 1: every task of the scope runs again."""
     _restart(step, "rerun")
 
 
 def _recover(step: Step, inp: Input) -> None:
+    """→ running, attempt + 1: only failed, killed and never-run tasks run again."""
     _restart(step, "recover")
 
 
 def _force(step: Step, inp: Input) -> None:
+    """A failed or killed task → forced_success (counts as success for successors)."""
     assert isinstance(inp, ForceTaskSuccess)
     t = step.run.tasks.get(inp.task)
     if t is None or not t.state.done_bad:
@@ -292,6 +299,7 @@ def _force(step: Step, inp: Input) -> None:
 
 
 def _timer(step: Step, inp: Input) -> None:
+    """A due timer: retry/delay → dispatch (or pause); timeouts → warn or kill."""
     assert isinstance(inp, FireTimer)
     timer = step.run.timers.get(inp.timer_id)
     if timer is None:
@@ -362,6 +370,7 @@ def _cancel_timers(step: Step) -> None:
 
 
 def _report(step: Step, inp: Input) -> None:
+    """Fenced by attempt + dispatch id, then routed through the task table."""
     """Route a worker report through the task table, then advance the DAG."""
     assert isinstance(inp, TaskReport)
     t = step.run.tasks.get(inp.task)
@@ -397,6 +406,7 @@ def _kill_if_stray(step: Step, inp: Input) -> None:
 
 
 def _t_started(step: Step, t: TaskRun, r: TaskReport) -> None:
+    """→ running; arms the task timeout."""
     step.emit(TaskStartedEvent(at=step.ctx.now, task=t.name, attempt=t.attempt,
                                worker_id=r.worker_id, reported_at=r.sent_at))
     timeout = step.run.definition.task(t.name).timeout
@@ -405,6 +415,7 @@ def _t_started(step: Step, t: TaskRun, r: TaskReport) -> None:
 
 
 def _t_succeeded(step: Step, t: TaskRun, r: TaskReport) -> None:
+    """→ succeeded; successors may become ready."""
     assert isinstance(r, TaskSucceeded)
     _cancel_task_timers(step, t)
     step.emit(TaskSucceededEvent(at=step.ctx.now, task=t.name, attempt=t.attempt,
@@ -413,7 +424,7 @@ def _t_succeeded(step: Step, t: TaskRun, r: TaskReport) -> None:
 
 
 def _t_ended(step: Step, t: TaskRun, r: TaskReport) -> None:
-    """TaskFailed or TaskKilled: killed on our request, timed out, or a failure."""
+    """→ killed if we asked for it; else → failed, then retry_wait while retries remain."""
     assert isinstance(r, TaskFailed | TaskKilled)
     _cancel_task_timers(step, t)
     if t.kill_reason in (KillReason.STOP, KillReason.FAILURE):
