@@ -153,12 +153,21 @@ EXPECTED_RUN = {  # (state, command) -> handled (True) or refused (False)
 }
 
 
+FORCE_ALLOWED = {RunState.SUBMITTED, RunState.RUNNING, RunState.READY_PAUSE, RunState.PAUSED,
+                 RunState.STOPPED, RunState.FAILED}
+
+
 @pytest.mark.parametrize("state", list(RunState))
-def test_each_run_command_is_handled_or_refused_as_specified(state):
-    for command, handled in EXPECTED_RUN[state].items():
+def test_each_run_input_is_handled_or_refused_as_specified(state):
+    expected = {**EXPECTED_RUN[state],
+                "ForceTaskSuccess": state in FORCE_ALLOWED,
+                "StartWorkflow": True,   # handled: recorded as an idempotent no-op
+                "FireTimer": True,       # handled: a stale timer is refused by its handler
+                **dict.fromkeys(REPORT_TYPES, True)}  # routed to the task table
+    assert set(expected) == set(INPUT_TYPES)
+    for command, handled in expected.items():
         entry = WORKFLOW_TABLE[state][command]
         assert callable(entry) is handled, (state, command, entry)
-        assert callable(WORKFLOW_TABLE[state]["StartWorkflow"])  # a recorded no-op
         if not handled:
             assert isinstance(entry, str) and entry
 
@@ -328,7 +337,7 @@ def test_recover_reruns_only_what_did_not_succeed():
     events = d.command(RecoverWorkflow)
     assert events[0].type == "WorkflowRestarted" and list(events[0].kept) == ["a", "c"]
     assert dispatched(events) == ["b"] and d.r.tasks["b"].attempt == 2 and d.r.attempt == 2
-    b = [e for e in events if isinstance(e, TaskDispatched)][0]
+    b = next(e for e in events if isinstance(e, TaskDispatched))
     assert b.command == "echo 7"  # the kept output still feeds the var pool
     d.report(TaskSucceeded, "b", exit_code=0)
     assert types(d.report(TaskSucceeded, "d", exit_code=0))[-1] == "WorkflowSucceeded"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from enum import StrEnum
+from typing import Any
 
 from shoal.core.model import INPUT_TYPES, REPORT_TYPES
 from shoal.core.workflow import TASK_TABLE, WORKFLOW_TABLE
@@ -19,8 +19,7 @@ def _cell(entry: Callable[..., None] | str) -> str:
     return f"✓ {doc}"
 
 
-def _table(table: Mapping[StrEnum, Mapping[str, Callable[..., None] | str]],
-           inputs: tuple[str, ...]) -> list[str]:
+def _table(table: Mapping[Any, Mapping[str, Any]], inputs: tuple[str, ...]) -> list[str]:
     lines = ["| state | " + " | ".join(f"`{i}`" for i in inputs) + " |",
              "|---|" + "---|" * len(inputs)]
     for state, row in table.items():
@@ -31,10 +30,10 @@ def _table(table: Mapping[StrEnum, Mapping[str, Callable[..., None] | str]],
 
 def render() -> str:
     commands = tuple(i for i in INPUT_TYPES if i not in REPORT_TYPES)
-    out = [BEGIN, "", "**Run states × inputs** (✓ handled, ✗ refused with the reason, "
+    out = [BEGIN, "", "**Run states by inputs** (✓ handled, ✗ refused with the reason, "
            "recorded as `InputRejected`; worker reports go through the task table):", ""]
     out += _table(WORKFLOW_TABLE, commands)
-    out += ["", "**Task states × worker reports** (after the fencing check on attempt and "
+    out += ["", "**Task states by worker reports** (after the fencing check on attempt and "
             "dispatch id):", ""]
     out += _table(TASK_TABLE, REPORT_TYPES)
     out += ["", END]
