@@ -49,7 +49,9 @@ class Stack:
         env.update(SHOAL_KAFKA_BOOTSTRAP=self.bootstrap, SHOAL_DATABASE_URL=self.database_url,
                    SHOAL_TOPIC_PREFIX=self.prefix, SHOAL_API_PORT=str(self.api_port),
                    SHOAL_API_HOST="127.0.0.1", SHOAL_DATA_DIR=str(self.workdir / "data"),
-                   SHOAL_PARTITIONS="4", SHOAL_OUTBOX_RELAY_INTERVAL="0.2")
+                   SHOAL_PARTITIONS="4", SHOAL_OUTBOX_RELAY_INTERVAL="0.2",
+                   SHOAL_KAFKA_SESSION_TIMEOUT_MS="6000", SHOAL_LEASE_TIMEOUT="5",
+                   SHOAL_WORKER_HEARTBEAT_INTERVAL="1")
         env.update(extra)
         return env
 

@@ -101,6 +101,42 @@ def cmd_force(args: argparse.Namespace) -> None:
     print(f"ForceTaskSuccess sent for {args.task} of {args.id}")
 
 
+def cmd_logs(args: argparse.Namespace) -> None:
+    import httpx
+
+    params: dict[str, Any] = {"follow": str(args.follow).lower()}
+    if args.attempt:
+        params["attempt"] = args.attempt
+    path = f"/api/v1/runs/{args.id}/tasks/{args.task}/log"
+    if not args.follow:
+        r = httpx.get(_api() + path, params=params, timeout=60)
+        if r.status_code >= 400:
+            sys.exit(f"shoal: {r.status_code} {r.text}")
+        sys.stdout.write(r.text)
+        return
+    # Reads wait as long as the task is silent; connecting still times out.
+    with httpx.stream("GET", _api() + path, params=params,
+                      timeout=httpx.Timeout(10.0, read=None)) as r:
+        if r.status_code >= 400:
+            sys.exit(f"shoal: {r.status_code} {r.read().decode()}")
+        event = "message"
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") or line == "data:":
+                if event == "end":
+                    return
+                print(line[6:], flush=True)
+            elif not line:
+                event = "message"
+
+
+def cmd_workers(args: argparse.Namespace) -> None:
+    for w in _request("GET", "/api/v1/workers"):
+        print(f"{w['worker_id']:<32} group={w['group']:<12} slots={w['slots']:<3} "
+              f"running={len(w['running']):<3} last={w['last_heartbeat']}")
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     _print(_request("GET", f"/api/v1/runs/{args.id}"))
 
@@ -218,6 +254,14 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("id")
     s.add_argument("task")
     s.set_defaults(fn=cmd_force)
+    s = sub.add_parser("logs", help="a task's output (latest attempt by default)")
+    s.add_argument("id")
+    s.add_argument("task")
+    s.add_argument("--attempt", type=int)
+    s.add_argument("--follow", "-f", action="store_true", help="stream until the attempt ends")
+    s.set_defaults(fn=cmd_logs)
+    s = sub.add_parser("workers", help="live workers")
+    s.set_defaults(fn=cmd_workers)
     s = sub.add_parser("status", help="a run with its tasks")
     s.add_argument("id")
     s.set_defaults(fn=cmd_status)

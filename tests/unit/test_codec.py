@@ -2,6 +2,7 @@ import pytest
 
 from shoal.core.errors import MessageInvalid
 from shoal.core.model import (
+    ExpireLease,
     FireTimer,
     ForceTaskSuccess,
     Scope,
@@ -38,6 +39,8 @@ def test_commands_round_trip():
         TaskKilled(message_id=IID, instance_id=IID, sent_at="t", task="a", attempt=2,
                    dispatch_id=IID, worker_id="w", exit_code=137, error="killed"),
         StopWorkflow(message_id=IID, instance_id=IID, sent_at="t"),
+        ExpireLease(message_id=IID, instance_id=IID, sent_at="t", task="a", attempt=1,
+                    dispatch_id=IID, worker_id="w"),
         ForceTaskSuccess(message_id=IID, instance_id=IID, sent_at="t", task="a"),
         FireTimer(message_id=IID, instance_id=IID, sent_at="t", timer_id="retry:a:2"),
     ]:

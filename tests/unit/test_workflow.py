@@ -15,6 +15,7 @@ from shoal.core.model import (
     INPUT_TYPES,
     REPORT_TYPES,
     AnyEvent,
+    ExpireLease,
     FireTimer,
     ForceTaskSuccess,
     PauseWorkflow,
@@ -176,7 +177,9 @@ def test_each_run_input_is_handled_or_refused_as_specified(state):
 def test_each_report_is_accepted_only_while_an_attempt_is_active(state):
     for report in REPORT_TYPES:
         accepted = callable(TASK_TABLE[state][report])
-        expected = state.active and not (state is TaskState.RUNNING and report == "TaskStarted")
+        expected = state.active and not (
+            (state is TaskState.RUNNING and report == "TaskStarted")
+            or (state is TaskState.DISPATCHED and report == "ExpireLease"))
         assert accepted is expected, (state, report)
 
 
@@ -459,15 +462,15 @@ def roundtrip(events: list[AnyEvent]) -> list[AnyEvent]:
     return out
 
 
-ACTIONS = ["started", "ok", "fail", "killed", "dup", "stale", "timer", "pause", "resume",
-           "stop", "rerun", "recover", "force"]
+ACTIONS = ["started", "ok", "fail", "killed", "lease", "dup", "stale", "timer", "pause",
+           "resume", "stop", "rerun", "recover", "force"]
 
 
 def step_randomly(d: Driver, data: st.DataObject, sent: list[tuple]) -> None:
     action = data.draw(st.sampled_from(ACTIONS))
     run = d.r
     active = sorted(n for n, t in run.tasks.items() if t.state.active)
-    if action in ("started", "ok", "fail", "killed") and active:
+    if action in ("started", "ok", "fail", "killed", "lease") and active:
         name = data.draw(st.sampled_from(active))
         t = run.tasks[name]
         sent.append((name, t.attempt, t.dispatch_id))
@@ -477,6 +480,8 @@ def step_randomly(d: Driver, data: st.DataObject, sent: list[tuple]) -> None:
             d.report(TaskSucceeded, name, exit_code=0, outputs={f"v{name[1:]}": name})
         elif action == "fail":
             d.report(TaskFailed, name, exit_code=data.draw(st.integers(1, 255)))
+        elif action == "lease":
+            d.report(ExpireLease, name)
         else:
             d.report(TaskKilled, name, exit_code=137)
     elif action == "dup" and sent:
@@ -513,7 +518,10 @@ def settle(d: Driver, data: st.DataObject) -> None:
             name = data.draw(st.sampled_from(active))
             t = run.tasks[name]
             if t.kill_reason is not None:
-                d.report(TaskKilled, name, exit_code=137)
+                if t.state is TaskState.RUNNING and data.draw(st.booleans()):
+                    d.report(ExpireLease, name)  # the worker died instead of confirming
+                else:
+                    d.report(TaskKilled, name, exit_code=137)
             elif data.draw(st.booleans()):
                 d.report(TaskSucceeded, name, exit_code=0)
             else:
@@ -568,3 +576,30 @@ def check_log_invariants(d: Driver) -> None:
         run = evolve(run, e, instance_id=IID)
     assert all(n == 1 for n in succeeded.values()), "no attempt succeeds twice"
     assert all(n == 1 for n in dispatched_attempts.values())
+
+
+def test_a_lapsed_lease_loses_the_attempt_and_retries_it():
+    raw = chain("a")
+    raw["tasks"][0].update(retries=1)
+    d = Driver(raw)
+    d.start()
+    assert types(d.report(ExpireLease, "a")) == ["InputRejected"]  # not started: no lease
+    d.report(TaskStarted, "a")
+    lost = d.report(ExpireLease, "a")
+    assert types(lost) == ["TaskLost", "TaskRetryScheduled", "TimerArmed"]
+    assert d.r.tasks["a"].attempt == 2
+    first_dispatch = next(e.dispatch_id for e in d.log if isinstance(e, TaskDispatched))
+    late = d.report(TaskSucceeded, "a", attempt=1, dispatch_id=first_dispatch, exit_code=0)
+    assert types(late) == ["InputRejected"] and "superseded" in late[0].reason
+    d.fire("retry")
+    d.report(TaskStarted, "a")
+    d.report(ExpireLease, "a")
+    assert d.r.state is RunState.FAILED and d.state("a") == "lost"
+
+
+def test_a_lapsed_lease_while_stopping_confirms_the_kill():
+    d = Driver(chain("a"))
+    d.start()
+    d.report(TaskStarted, "a")
+    d.command(StopWorkflow)
+    assert types(d.report(ExpireLease, "a"))[-2:] == ["TaskKilled", "WorkflowStopped"]

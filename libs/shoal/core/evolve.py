@@ -20,6 +20,7 @@ from shoal.core.model import (
     TaskForcedSuccess,
     TaskKilledEvent,
     TaskKillRequested,
+    TaskLost,
     TaskPaused,
     TaskRetryScheduled,
     TaskRun,
@@ -157,6 +158,10 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
         case TaskForcedSuccess():
             t = run.tasks[event.task]
             return _with_task(run, replace(t, state=TaskState.FORCED_SUCCESS))
+        case TaskLost():
+            t = run.tasks[event.task]
+            return _with_task(run, replace(t, state=TaskState.LOST, error="lease lapsed",
+                                           finished_at=event.at))
         case InputRejected():
             return run
         case _:

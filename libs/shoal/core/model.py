@@ -46,6 +46,7 @@ class TaskState(StrEnum):
     PAUSED = "paused"              # would have been dispatched, but the run is pausing
     SKIPPED = "skipped"            # disabled: passed over, successors run
     FORCED_SUCCESS = "forced_success"
+    LOST = "lost"                  # its worker stopped renewing the lease
 
     @property
     def active(self) -> bool:
@@ -64,7 +65,7 @@ class TaskState(StrEnum):
 
     @property
     def done_bad(self) -> bool:
-        return self in (TaskState.FAILED, TaskState.KILLED)
+        return self in (TaskState.FAILED, TaskState.KILLED, TaskState.LOST)
 
 
 class Scope(StrEnum):
@@ -197,16 +198,24 @@ class TaskKilled(TaskReport):
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpireLease(TaskReport):
+    """Published by the orchestrator's lease monitor: the worker running this attempt
+    stopped listing it in its heartbeats for longer than the lease timeout."""
+
+    type: ClassVar[str] = "ExpireLease"
+
+
 Command = (
     StartWorkflow | PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow
     | RecoverWorkflow | ForceTaskSuccess | FireTimer | TaskStarted | TaskSucceeded
-    | TaskFailed | TaskKilled
+    | TaskFailed | TaskKilled | ExpireLease
 )
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.type: c for c in (
         StartWorkflow, PauseWorkflow, ResumeWorkflow, StopWorkflow, RerunWorkflow,
         RecoverWorkflow, ForceTaskSuccess, FireTimer, TaskStarted, TaskSucceeded, TaskFailed,
-        TaskKilled)
+        TaskKilled, ExpireLease)
 }
 CONTROL_TYPES = ("PauseWorkflow", "ResumeWorkflow", "StopWorkflow", "RerunWorkflow",
                  "RecoverWorkflow")
@@ -233,14 +242,15 @@ class ResolvedStart:
 Input = (
     ResolvedStart | PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow
     | RecoverWorkflow | ForceTaskSuccess | FireTimer | TaskStarted | TaskSucceeded
-    | TaskFailed | TaskKilled
+    | TaskFailed | TaskKilled | ExpireLease
 )
 INPUT_TYPES: tuple[str, ...] = (
     "StartWorkflow", "PauseWorkflow", "ResumeWorkflow", "StopWorkflow", "RerunWorkflow",
     "RecoverWorkflow", "ForceTaskSuccess", "FireTimer", "TaskStarted", "TaskSucceeded",
-    "TaskFailed", "TaskKilled",
+    "TaskFailed", "TaskKilled", "ExpireLease",
 )
-REPORT_TYPES: tuple[str, ...] = ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskKilled")
+REPORT_TYPES: tuple[str, ...] = ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskKilled",
+                                 "ExpireLease")
 
 
 # --------------------------------------------------------------------------- events
@@ -435,6 +445,16 @@ class TaskKilledEvent(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TaskLost(Event):
+    """The attempt's lease lapsed: its worker died or no longer has it."""
+
+    type: ClassVar[str] = "TaskLost"
+    task: str
+    attempt: int
+    worker_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskKillRequested(Event):
     """Kill this attempt's process group on ``worker_id`` (None: whichever worker has it)."""
 
@@ -503,7 +523,7 @@ AnyEvent = (
     | WorkflowRestarted | WorkflowTimedOut | TimerArmed | TimerCancelled | TimerFired
     | TaskDelayed | TaskDispatched | TaskDryRun | TaskStartedEvent | TaskSucceededEvent
     | TaskFailedEvent | TaskKilledEvent | TaskKillRequested | TaskRetryScheduled
-    | TaskTimedOut | TaskPaused | TaskSkipped | TaskForcedSuccess | InputRejected
+    | TaskTimedOut | TaskPaused | TaskSkipped | TaskForcedSuccess | InputRejected | TaskLost
 )
 EVENT_TYPES: dict[str, type[AnyEvent]] = {
     e.type: e
@@ -513,7 +533,7 @@ EVENT_TYPES: dict[str, type[AnyEvent]] = {
         WorkflowRestarted, WorkflowTimedOut, TimerArmed, TimerCancelled, TimerFired,
         TaskDelayed, TaskDispatched, TaskDryRun, TaskStartedEvent, TaskSucceededEvent,
         TaskFailedEvent, TaskKilledEvent, TaskKillRequested, TaskRetryScheduled,
-        TaskTimedOut, TaskPaused, TaskSkipped, TaskForcedSuccess, InputRejected,
+        TaskTimedOut, TaskPaused, TaskSkipped, TaskForcedSuccess, InputRejected, TaskLost,
     )
 }
 

@@ -45,6 +45,7 @@ from shoal.core.model import (
     TaskKilled,
     TaskKilledEvent,
     TaskKillRequested,
+    TaskLost,
     TaskPaused,
     TaskReport,
     TaskRetryScheduled,
@@ -457,16 +458,33 @@ def _maybe_retry(step: Step, t: TaskRun) -> None:
     _arm(step, TimerKind.RETRY, delay, t.name, nxt)
 
 
+def _t_lost(step: Step, t: TaskRun, r: TaskReport) -> None:
+    """Lease lapsed: → killed if we were killing it, else → lost, then retry by policy."""
+    _cancel_task_timers(step, t)
+    now = step.ctx.now
+    if t.kill_reason in (KillReason.STOP, KillReason.FAILURE):
+        step.emit(TaskKilledEvent(at=now, task=t.name, attempt=t.attempt,
+                                  reason=t.kill_reason.value, worker_id=t.worker_id))
+        return
+    step.emit(TaskLost(at=now, task=t.name, attempt=t.attempt, worker_id=t.worker_id))
+    # If that worker is only cut off, not dead, the attempt must not go on running there.
+    step.emit(TaskKillRequested(at=now, task=t.name, attempt=t.attempt,
+                                dispatch_id=t.dispatch_id or "", worker_id=t.worker_id,
+                                reason=KillReason.STRAY.value))
+    _maybe_retry(step, step.run.tasks[t.name])
+
+
 _NOT_RUNNING = "no attempt of this task is running; report discarded"
 _FINISHED_TASK = "task already finished; late or duplicated report discarded"
 _ACTIVE: Mapping[str, TaskHandler | str] = {
     "TaskStarted": _t_started, "TaskSucceeded": _t_succeeded,
-    "TaskFailed": _t_ended, "TaskKilled": _t_ended,
+    "TaskFailed": _t_ended, "TaskKilled": _t_ended, "ExpireLease": _t_lost,
 }
 
 TASK_TABLE: Mapping[TaskState, Mapping[str, TaskHandler | str]] = {
     TaskState.SUBMITTED: dict.fromkeys(_ACTIVE, _NOT_RUNNING),
-    TaskState.DISPATCHED: _ACTIVE,
+    TaskState.DISPATCHED: {**_ACTIVE,
+                           "ExpireLease": "no worker started this attempt yet; no lease"},
     TaskState.RUNNING: {**_ACTIVE,
                         "TaskStarted": "task already running; duplicated start discarded"},
     TaskState.RETRY_WAIT: dict.fromkeys(_ACTIVE, _NOT_RUNNING),
@@ -476,6 +494,7 @@ TASK_TABLE: Mapping[TaskState, Mapping[str, TaskHandler | str]] = {
     TaskState.KILLED: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
     TaskState.SKIPPED: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
     TaskState.FORCED_SUCCESS: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
+    TaskState.LOST: dict.fromkeys(_ACTIVE, _FINISHED_TASK),
 }
 
 
@@ -488,7 +507,8 @@ def _finished(state: str) -> str:
 
 _LIVE: Mapping[str, Handler | str] = {
     "StartWorkflow": _reject_existing, "ForceTaskSuccess": _force, "FireTimer": _timer,
-    **dict.fromkeys(("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskKilled"), _report),
+    **dict.fromkeys(("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskKilled",
+                     "ExpireLease"), _report),
 }
 
 
@@ -572,7 +592,8 @@ def _advance(step: Step) -> None:
             return
         if run.state is RunState.PAUSED:
             return
-        failed = [t for t in run.tasks.values() if t.state is TaskState.FAILED]
+        failed = [t for t in run.tasks.values()
+                  if t.state in (TaskState.FAILED, TaskState.LOST)]
         if failed and run.definition.failure_strategy is FailureStrategy.END:
             _kill_all(step, KillReason.FAILURE)
             if not any(t.state.active for t in step.run.tasks.values()):
@@ -653,7 +674,7 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
 
 
 def _failure_reason(run: Run) -> str:
-    failed = [t for t in run.tasks.values() if t.state is TaskState.FAILED]
+    failed = [t for t in run.tasks.values() if t.state in (TaskState.FAILED, TaskState.LOST)]
     if failed:
         first = failed[0]
         return f"task '{first.name}' failed ({first.error or f'exit code {first.exit_code}'})"

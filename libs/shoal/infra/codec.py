@@ -17,6 +17,7 @@ from shoal.core.model import (
     COMMAND_TYPES,
     CONTROL_TYPES,
     Command,
+    ExpireLease,
     FireTimer,
     ForceTaskSuccess,
     Scope,
@@ -105,6 +106,8 @@ def decode_command(value: bytes | None) -> Command:
                              outputs=dict(obj.get("outputs") or {}))
     if kind == "TaskKilled":
         return TaskKilled(**report, exit_code=obj.get("exit_code"), error=obj.get("error", ""))
+    if kind == "ExpireLease":
+        return ExpireLease(**report)
     return TaskFailed(**report, exit_code=obj.get("exit_code"), error=obj.get("error", ""))
 
 

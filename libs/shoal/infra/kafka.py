@@ -14,7 +14,8 @@ from shoal.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INSTANCE_TOPICS = ("commands", "events", "task-logs", "dead-letters", "worker-control")
+INSTANCE_TOPICS = ("commands", "events", "task-logs", "dead-letters", "worker-control",
+                   "worker-heartbeats")
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:
@@ -39,6 +40,8 @@ def consumer(settings: Settings, *topics: str, group_id: str | None,
         # The broker may hold a fetch for this long when no data is waiting; it bounds the
         # latency of every hop (dispatch -> worker -> report -> orchestrator).
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 100),
         **kwargs,
     )
 

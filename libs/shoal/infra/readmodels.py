@@ -15,5 +15,6 @@ async def rebuild(pool: asyncpg.Pool) -> None:
     """
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PROJECTOR_LOCK)
+        # Logs and workers come from Kafka, not from the event log: they are kept.
         await conn.execute("TRUNCATE shoal_read.workflow_runs, shoal_read.task_runs")
         await conn.execute("DELETE FROM shoal_read.checkpoints WHERE name = $1", CHECKPOINT)

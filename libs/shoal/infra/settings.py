@@ -22,11 +22,16 @@ class Settings(BaseSettings):
     worker_slots: int = 8
     worker_prefetch: int = 16
     worker_kill_grace: float = 5.0
+    worker_keep_workdir: bool = False
+    worker_heartbeat_interval: float = 2.0
+    lease_timeout: float = 10.0
     worker_id: str | None = None
     data_dir: Path = Path(".shoal")
     # Idempotent producers need broker support the embedded broker lacks; on for real Kafka.
     kafka_idempotence: bool = False
     kafka_fetch_max_wait_ms: int = 50
+    # How long a dead group member keeps its partitions; bounds failover time.
+    kafka_session_timeout_ms: int = 10_000
     outbox_relay_interval: float = 1.0
     projector_batch: int = 1000
     log_level: str = "INFO"

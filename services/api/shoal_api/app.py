@@ -12,7 +12,7 @@ from shoal.infra.db import connect_pool, migrate
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_api.deps import Resources
-from shoal_api.routes import runs, workflows
+from shoal_api.routes import logs, runs, workflows
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Shoal", version="0.1.0", lifespan=lifespan)
     app.include_router(workflows.router)
     app.include_router(runs.router)
+    app.include_router(logs.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -82,6 +82,9 @@ class Cache:
     def clear(self) -> None:
         self._runs.clear()
 
+    def runs(self) -> list[Run]:
+        return [r for _, r in self._runs.values()]
+
     def __len__(self) -> int:
         return len(self._runs)
 
@@ -132,6 +135,31 @@ class BatchHandler:
             result.dead_letters.extend(dead)
             return result
         raise StreamConflict(f"gave up after {self.MAX_FENCES} conflicts in one batch")
+
+    async def load_partitions(self, partitions: Sequence[int], page: int = 500) -> int:
+        """Load the unfinished instances of newly assigned partitions, page by page.
+
+        This is DolphinScheduler's failover scan, bounded to what this orchestrator now
+        owns: their running attempts get leases, and nothing waits for a next input.
+        """
+        loaded, after = 0, "00000000-0000-0000-0000-000000000000"
+        while True:
+            rows = await self.store.pool.fetch(
+                "SELECT instance_id, partition FROM shoal.streams WHERE partition = ANY($1) "
+                "AND state NOT IN ('succeeded', 'failed', 'stopped') AND instance_id > $2 "
+                "ORDER BY instance_id LIMIT $3", list(partitions), after, page)
+            if not rows:
+                return loaded
+            histories = await self.store.load(str(r["instance_id"]) for r in rows)
+            for r in rows:
+                iid = str(r["instance_id"])
+                run: Run | None = None
+                for e in histories.get(iid, []):
+                    run = evolve(run, e, instance_id=iid)
+                if run is not None:
+                    self.cache.put(iid, r["partition"], run)
+                    loaded += 1
+            after = str(rows[-1]["instance_id"])
 
     async def _decide_all(
         self, inputs: Sequence[tuple[Record, Command]], dead: list[tuple[Record, str]],

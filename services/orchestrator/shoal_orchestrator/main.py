@@ -16,6 +16,7 @@ from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_orchestrator.handler import BatchHandler, BatchResult, Cache, Record
+from shoal_orchestrator.leases import LeaseMonitor
 from shoal_orchestrator.relay import OutboxRelay
 from shoal_orchestrator.timers import run_timers
 
@@ -34,6 +35,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, cache: Cache, lock: asyncio.Lock) -> None:
         self.cache = cache
         self.lock = lock
+        self.to_load: set[int] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.lock:
@@ -42,21 +44,31 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.cache.drop_partitions({tp.partition for tp in assigned})
+        self.to_load |= {tp.partition for tp in assigned}
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
 
 
-async def consume(settings: Settings, store: EventStore, relay: OutboxRelay,
+async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cache: Cache,
                   stop: asyncio.Event) -> None:
-    cache = Cache()
     handler = BatchHandler(settings, store, cache)
     lock = asyncio.Lock()
     consumer: AIOKafkaConsumer = kafka.consumer(
         settings, group_id=f"{settings.topic_prefix}.orchestrator", max_poll_records=1000)
-    consumer.subscribe([settings.commands_topic], listener=Ownership(cache, lock))
+    ownership = Ownership(cache, lock)
+    consumer.subscribe([settings.commands_topic], listener=ownership)
     producer = relay.producer
     await consumer.start()
     try:
         while not stop.is_set():
+            if ownership.to_load:
+                parts, ownership.to_load = sorted(ownership.to_load), set()
+                async with lock:
+                    try:
+                        n = await handler.load_partitions(parts)
+                        log.info("loaded %d unfinished instances of partitions %s", n, parts)
+                    except (OSError, asyncpg.PostgresError) as exc:
+                        log.warning("could not load partitions %s: %r", parts, exc)
+                        ownership.to_load |= set(parts)
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
             if not batch:
                 continue
@@ -111,9 +123,12 @@ async def main(settings: Settings) -> None:
     await producer.start()
     store = EventStore(pool)
     relay = OutboxRelay(settings, pool, producer)
+    cache = Cache()
+    leases = LeaseMonitor(settings, cache, producer)
     try:
         await run_service("orchestrator", [
-            lambda stop: consume(settings, store, relay, stop),
+            lambda stop: consume(settings, store, relay, cache, stop),
+            leases.run,
             relay.run,
             lambda stop: run_timers(pool, producer, settings, stop),
         ])

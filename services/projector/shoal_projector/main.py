@@ -8,10 +8,12 @@ import logging
 
 import asyncpg
 
+from shoal.infra import kafka
 from shoal.infra.db import connect_pool, migrate
 from shoal.infra.lifecycle import run_service, setup_logging
 from shoal.infra.settings import Settings
 from shoal_projector.projection import project_once
+from shoal_projector.streams import follow_heartbeats, follow_logs
 
 log = logging.getLogger("shoal.projector")
 
@@ -42,7 +44,12 @@ async def main(settings: Settings) -> None:
     await migrate(settings.database_url)
     pool = await connect_pool(settings.database_url, max_size=3)
     try:
-        await run_service("projector", [lambda stop: follow(settings, pool, stop)])
+        await kafka.ensure_topics(settings, kafka.base_topics(settings))
+        await run_service("projector", [
+            lambda stop: follow(settings, pool, stop),
+            lambda stop: follow_logs(settings, pool, stop),
+            lambda stop: follow_heartbeats(settings, pool, stop),
+        ])
     finally:
         await pool.close()
 

@@ -102,6 +102,9 @@ async def apply(conn: asyncpg.Connection, e: StoredEvent) -> None:
                         "finished_at = $6, duration_ms = "
                         + _DURATION.format(end="$6", start="started_at"),
                         d.get("exit_code"), f"killed ({d.get('reason')})", at)
+        case "TaskLost":
+            await _task(conn, e, "state = 'lost', error = 'lease lapsed', finished_at = $4, "
+                        "duration_ms = " + _DURATION.format(end="$4", start="started_at"), at)
         case "TaskPaused":
             await _task(conn, e, "state = 'paused'")
         case "TaskForcedSuccess":

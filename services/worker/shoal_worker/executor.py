@@ -8,11 +8,15 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.core.params import parse_outputs
+
+LineSink = Callable[[list[tuple[str, str]]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -31,13 +35,16 @@ def exit_code_of(returncode: int) -> int:
 class Attempt:
     """One running attempt; ``kill`` ends its whole process group."""
 
-    def __init__(self, dispatch: dict[str, Any], data_dir: Path, base_env: dict[str, str]) -> None:
+    def __init__(self, dispatch: dict[str, Any], data_dir: Path, base_env: dict[str, str],
+                 on_lines: LineSink | None = None, keep_workdir: bool = False) -> None:
         self.dispatch = dispatch
         self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
                         / str(dispatch["attempt"]))
         self.base_env = base_env
         self.proc: asyncio.subprocess.Process | None = None
         self.killed_for: str | None = None
+        self.on_lines = on_lines
+        self.keep_workdir = keep_workdir
 
     async def run(self) -> Outcome:
         d = self.dispatch
@@ -62,7 +69,7 @@ class Attempt:
             return Outcome(exit_code=None, error=f"could not start: {exc}")
         assert self.proc.stdout is not None
         with log_path.open("wb") as log:
-            reader = asyncio.create_task(_copy_output(self.proc.stdout, log))
+            reader = asyncio.create_task(_copy_output(self.proc.stdout, log, self.on_lines))
             code = exit_code_of(await self.proc.wait())
             # A background child may keep the pipe open after the task's main process
             # ended; read what it wrote for a moment, then stop waiting for it.
@@ -73,7 +80,7 @@ class Attempt:
         if self.killed_for:
             return Outcome(exit_code=code, error=f"killed ({self.killed_for})", killed=True)
         outputs = parse_outputs(marked, d.get("outputs", []))
-        if code == 0:
+        if code == 0 and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             return Outcome(exit_code=0, outputs=outputs)
         return Outcome(exit_code=code, outputs=outputs, error=f"exit code {code}")
@@ -107,10 +114,12 @@ _CHUNK = 64 * 1024
 _MAX_LINE = 1024 * 1024  # a longer "line" is cut; setValue markers are short
 
 
-async def _copy_output(stream: asyncio.StreamReader, log: BinaryIO) -> list[str]:
-    """Copy the process output to ``log``; return the lines carrying setValue markers.
+async def _copy_output(stream: asyncio.StreamReader, log: BinaryIO,
+                       on_lines: LineSink | None = None) -> list[str]:
+    """Copy the process output to ``log`` and ``on_lines``; return the setValue lines.
 
-    Reads chunks rather than lines so a line of any length cannot break the reader.
+    Reads chunks rather than lines so a line of any length cannot break the reader; every
+    line is stamped with the time its chunk was read.
     """
     marked: list[str] = []
     pending = b""
@@ -122,6 +131,12 @@ async def _copy_output(stream: asyncio.StreamReader, log: BinaryIO) -> list[str]
             lines.append(pending)
             pending = b""
         marked.extend(ln.decode("utf-8", "replace") for ln in lines if b"${setValue(" in ln)
-    if b"${setValue(" in pending:
-        marked.append(pending.decode("utf-8", "replace"))
+        if on_lines is not None and lines:
+            stamp = datetime.now(UTC).isoformat()
+            await on_lines([(stamp, ln.decode("utf-8", "replace")) for ln in lines])
+    if pending:
+        if b"${setValue(" in pending:
+            marked.append(pending.decode("utf-8", "replace"))
+        if on_lines is not None:
+            await on_lines([(datetime.now(UTC).isoformat(), pending.decode("utf-8", "replace"))])
     return marked

@@ -33,6 +33,7 @@ from shoal.infra import codec, kafka
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
 from shoal_worker.executor import Attempt, Outcome
+from shoal_worker.logship import LogShipper
 
 log = logging.getLogger("shoal.worker")
 _REPORT_NS = uuid.UUID("1b6c7e0a-53a2-4c55-8f4e-2f1d8c3e9b21")
@@ -58,6 +59,7 @@ class Worker:
         self.producer = producer
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.running: dict[str, Attempt] = {}
+        self.shippers: dict[str, LogShipper] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.base_env = dict(os.environ)
         self.queue: list[Pending] = []
@@ -127,7 +129,10 @@ class Worker:
             d = p.dispatch
             if d["dispatch_id"] in self.running:
                 continue  # redelivered while still running here
-            attempt = Attempt(d, self.settings.data_dir, self.base_env)
+            shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
+            attempt = Attempt(d, self.settings.data_dir, self.base_env, on_lines=shipper.add,
+                              keep_workdir=self.settings.worker_keep_workdir)
+            self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             await self._report(TaskStarted(**self._fields(d, "started")))
             t = asyncio.create_task(self._run(attempt))
@@ -167,6 +172,10 @@ class Worker:
             except Exception as exc:  # the attempt must still be reported
                 log.exception("attempt %s of %s failed in the worker", d["attempt"], d["task"])
                 outcome = Outcome(exit_code=None, error=f"worker error: {exc!r}")
+            try:
+                await self.shippers[d["dispatch_id"]].close()
+            except KafkaError as exc:
+                log.warning("could not ship the end of the log: %r", exc)
             fields = self._fields(d, "finished")
             if outcome.killed:
                 await self._report(TaskKilled(**fields, exit_code=outcome.exit_code,
@@ -179,6 +188,7 @@ class Worker:
                                               error=outcome.error))
         finally:
             self.running.pop(d["dispatch_id"], None)
+            self.shippers.pop(d["dispatch_id"], None)
             self.slot_freed.set()
 
     # ------------------------------------------------------------------ kills
@@ -233,6 +243,29 @@ class Worker:
             await self._report(TaskKilled(**self._fields(d, f"kill/{msg['reason']}"),
                                           error="not running on this worker"))
 
+    # ------------------------------------------------------------------ heartbeats
+    async def heartbeat(self, stop: asyncio.Event) -> None:
+        """Tell the orchestrators we live and what we run; go on while draining."""
+        s = self.settings
+        topic = s.topic("worker-heartbeats")
+        while not (stop.is_set() and not self.running):
+            beat = {"worker_id": self.worker_id, "group": s.worker_group,
+                    "host": socket.gethostname(), "pid": os.getpid(), "slots": s.worker_slots,
+                    "running": [{k: a.dispatch[k] for k in
+                                 ("instance_id", "task", "attempt", "dispatch_id")}
+                                for a in self.running.values()],
+                    "sent_at": utcnow_iso(), "stopping": stop.is_set()}
+            try:
+                await self.producer.send_and_wait(topic, codec.dumps(beat),
+                                                  key=self.worker_id.encode())
+            except KafkaError as exc:
+                log.warning("heartbeat not sent: %r", exc)
+            if stop.is_set():  # draining: keep the leases of what still runs alive
+                await asyncio.sleep(min(s.worker_heartbeat_interval, 0.5))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), s.worker_heartbeat_interval)
+
     # ------------------------------------------------------------------ reports
     def _fields(self, d: dict[str, Any], kind: str) -> dict[str, Any]:
         return {"message_id": report_id(d["dispatch_id"], kind),
@@ -274,7 +307,8 @@ async def main(settings: Settings) -> None:
     await producer.start()
     worker = Worker(settings, producer)
     try:
-        await run_service("worker", [worker.consume, worker.control], grace=45.0)
+        await run_service("worker", [worker.consume, worker.control, worker.heartbeat],
+                          grace=45.0)
     finally:
         await producer.stop()
 

@@ -1,0 +1,106 @@
+"""Leases on running attempts, kept alive by worker heartbeats (in memory, not events).
+
+Every worker publishes a heartbeat listing the attempts it runs. An attempt of an
+instance this orchestrator owns, in state ``running``, holds a lease that each heartbeat
+listing it renews for ``SHOAL_LEASE_TIMEOUT`` seconds; an attempt seen for the first time
+(after a start, a restart or a rebalance) gets a full lease before it can lapse. When a
+lease lapses the monitor publishes ``ExpireLease`` to the instance's partition, where the
+ordered handler records the attempt ``lost`` (or ``killed``, if we were killing it) and
+retries or fails it by policy. A late report from that attempt is then a superseded one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from shoal.core.errors import MessageInvalid
+from shoal.core.model import ExpireLease, TaskState
+from shoal.infra import codec, kafka
+from shoal.infra.lifecycle import utcnow_iso
+from shoal.infra.settings import Settings
+from shoal_orchestrator.handler import Cache
+
+log = logging.getLogger(__name__)
+_NS = uuid.UUID("4c0a9f5e-2d3b-4b7e-9f61-8e2a7c5d1b03")
+
+
+class LeaseMonitor:
+    def __init__(self, settings: Settings, cache: Cache, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.producer = producer
+        self.expiry: dict[str, float] = {}     # dispatch_id -> monotonic deadline
+        self.expired: set[str] = set()
+
+    def heard(self, heartbeat: dict[str, object], now: float) -> None:
+        running = heartbeat.get("running")
+        if not isinstance(running, list):
+            return
+        for item in running:
+            if isinstance(item, dict) and isinstance(item.get("dispatch_id"), str):
+                self.expiry[item["dispatch_id"]] = now + self.settings.lease_timeout
+
+    async def check(self, now: float) -> int:
+        """Publish ExpireLease for every lapsed lease; forget leases of finished attempts."""
+        live: set[str] = set()
+        published = 0
+        for run in self.cache.runs():
+            for t in run.tasks.values():
+                if t.state is not TaskState.RUNNING or not t.dispatch_id:
+                    continue
+                live.add(t.dispatch_id)
+                deadline = self.expiry.setdefault(t.dispatch_id,
+                                                  now + self.settings.lease_timeout)
+                if now < deadline or t.dispatch_id in self.expired:
+                    continue
+                cmd = ExpireLease(
+                    message_id=str(uuid.uuid5(_NS, t.dispatch_id)), instance_id=run.instance_id,
+                    sent_at=utcnow_iso(), task=t.name, attempt=t.attempt,
+                    dispatch_id=t.dispatch_id, worker_id=t.worker_id or "unknown")
+                log.warning("lease of %s attempt %d (worker %s) lapsed", t.name, t.attempt,
+                            t.worker_id)
+                await self.producer.send_and_wait(self.settings.commands_topic,
+                                                  codec.encode_command(cmd),
+                                                  key=run.instance_id.encode())
+                self.expired.add(t.dispatch_id)
+                published += 1
+        for gone in set(self.expiry) - live:
+            del self.expiry[gone]
+        self.expired &= live
+        return published
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        topic = s.topic("worker-heartbeats")
+        consumer = kafka.consumer(s, group_id=None)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            last_check = 0.0
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=250)
+                now = time.monotonic()
+                for msgs in batch.values():
+                    for m in msgs:
+                        with contextlib.suppress(MessageInvalid, ValueError):
+                            beat = codec.loads(m.value or b"")
+                            if isinstance(beat, dict):
+                                self.heard(beat, now)
+                if now - last_check >= 1.0:
+                    last_check = now
+                    try:
+                        await self.check(now)
+                    except KafkaError as exc:
+                        log.warning("lease check could not publish: %r", exc)
+        finally:
+            await consumer.stop()
