@@ -153,3 +153,21 @@ async def test_sigterm_lets_the_running_task_finish_and_report(stack: Stack):
     assert run["state"] == "succeeded"
     assert await asyncio.to_thread(worker.proc.wait, 30) == 0
     assert [(t["attempt"], t["state"]) for t in run["tasks"]] == [(1, "succeeded")]
+
+
+async def test_a_group_without_workers_waits_and_loses_nothing(stack: Stack):
+    await stack.apply({"name": "patient", "tasks": [
+        {"name": "later", "command": "echo finally", "worker_group": "night"}]})
+    iid = await start(stack, "patient")
+
+    async def waiting() -> dict | None:
+        run = await stack.run_state(iid)
+        tasks = (run or {}).get("tasks", [])
+        return run if tasks and tasks[0]["waiting_for_worker"] else None
+
+    run = await eventually(waiting, what="the task shown as waiting for a worker")
+    assert run["state"] == "running" and run["tasks"][0]["state"] == "dispatched"
+    assert run["tasks"][0]["worker_group"] == "night"
+    stack.start("worker", SHOAL_WORKER_GROUP="night")
+    run = await stack.wait_run(iid, timeout=60)
+    assert run["state"] == "succeeded" and run["tasks"][0]["waiting_for_worker"] is False

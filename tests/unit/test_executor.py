@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from shoal_worker.executor import Attempt, exit_code_of
+from shoal_worker.executor import Attempt, describe_exit, exit_code_of
 
 
 def dispatch(command: str, **extra: object) -> dict:
@@ -34,5 +34,35 @@ async def test_python_tasks_run_with_the_interpreter(tmp_path):
     assert (await Attempt(d, tmp_path, dict(os.environ)).run()).outputs == {"rows": "42"}
 
 
-def test_signal_deaths_map_to_128_plus_n():
+def test_signal_deaths_map_to_128_plus_n_and_read_like_dolphinscheduler():
     assert exit_code_of(-signal.SIGKILL) == 137 and exit_code_of(3) == 3
+    assert describe_exit(137) == "killed by SIGKILL (exit code 137)"
+    assert describe_exit(143) == "killed by SIGTERM (exit code 143)"
+    assert describe_exit(127) == "command not found (exit code 127)"
+    assert describe_exit(2) == "exit code 2"
+
+
+async def test_workdir_policies(tmp_path):
+    for keep, ok_kept, failed_kept in [("failed", False, True), ("always", True, True),
+                                       ("never", False, False)]:
+        ok = Attempt(dispatch("true", task=f"ok-{keep}"), tmp_path, dict(os.environ),
+                     keep_workdir=keep)
+        bad = Attempt(dispatch("nosuchcommand-xyz", task=f"bad-{keep}"), tmp_path,
+                      dict(os.environ), keep_workdir=keep)
+        assert (await ok.run()).exit_code == 0
+        out = await bad.run()
+        assert out.exit_code == 127 and out.error == "command not found (exit code 127)"
+        assert ok.workdir.exists() is ok_kept and bad.workdir.exists() is failed_kept, keep
+
+
+async def test_an_unknown_run_as_user_fails_the_attempt_cleanly(tmp_path):
+    out = await Attempt(dispatch("true"), tmp_path, dict(os.environ),
+                        run_as="no-such-user-shoal").run()
+    assert out.exit_code is None and out.error.startswith("could not start")
+
+
+async def test_context_variables(tmp_path):
+    d = dispatch("echo \"$SHOAL_SCHEDULE_TIME\" > ctx", schedule_time="2026-01-02T00:00:00Z")
+    a = Attempt(d, tmp_path, dict(os.environ), keep_workdir="always")
+    await a.run()
+    assert (a.workdir / "ctx").read_text().strip() == "2026-01-02T00:00:00Z"

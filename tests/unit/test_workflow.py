@@ -586,7 +586,8 @@ def test_a_lapsed_lease_loses_the_attempt_and_retries_it():
     assert types(d.report(ExpireLease, "a")) == ["InputRejected"]  # not started: no lease
     d.report(TaskStarted, "a")
     lost = d.report(ExpireLease, "a")
-    assert types(lost) == ["TaskLost", "TaskRetryScheduled", "TimerArmed"]
+    assert types(lost) == ["TaskLost", "TaskKillRequested", "TaskRetryScheduled", "TimerArmed"]
+    assert lost[1].reason == "stray" and lost[1].worker_id == "w1"
     assert d.r.tasks["a"].attempt == 2
     first_dispatch = next(e.dispatch_id for e in d.log if isinstance(e, TaskDispatched))
     late = d.report(TaskSucceeded, "a", attempt=1, dispatch_id=first_dispatch, exit_code=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -22,7 +23,8 @@ class Settings(BaseSettings):
     worker_slots: int = 8
     worker_prefetch: int = 16
     worker_kill_grace: float = 5.0
-    worker_keep_workdir: bool = False
+    worker_keep_workdir: Literal["failed", "always", "never"] = "failed"
+    worker_run_as: str | None = None
     worker_heartbeat_interval: float = 2.0
     lease_timeout: float = 10.0
     worker_id: str | None = None

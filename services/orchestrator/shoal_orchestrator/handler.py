@@ -244,7 +244,7 @@ class BatchHandler:
                     "task": e.task, "attempt": e.attempt, "dispatch_id": e.dispatch_id,
                     "task_type": e.task_type, "worker_group": e.worker_group,
                     "command": e.command, "env": dict(e.env), "outputs": list(e.outputs),
-                    "priority": e.priority})))
+                    "priority": e.priority, "schedule_time": run.schedule_time})))
             elif isinstance(e, TaskKillRequested):
                 rows.append(OutboxRow(self.settings.topic("worker-control"), key, codec.dumps({
                     "type": "KillTask", "message_id": f"{e.dispatch_id}/kill/{e.reason}",

@@ -78,6 +78,8 @@ async def apply(conn: asyncpg.Connection, e: StoredEvent) -> None:
             state = {"TaskDispatched": "dispatched", "TaskDelayed": "submitted",
                      "TaskRetryScheduled": "retry_wait"}[e.type]
             await _task_row(conn, e, state)
+            if e.type == "TaskDispatched":
+                await _task(conn, e, "worker_group = $4", d.get("worker_group"))
         case "TaskSkipped" | "TaskDryRun":
             state = "skipped" if e.type == "TaskSkipped" else "succeeded"
             await _task_row(conn, e, state)

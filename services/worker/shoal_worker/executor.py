@@ -32,11 +32,24 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+KILLED_CODES = {128 + signal.SIGKILL: "SIGKILL", 128 + signal.SIGTERM: "SIGTERM"}
+
+
+def describe_exit(code: int) -> str:
+    """How DolphinScheduler reads a shell exit code (0 ok, 137 killed, 127 not found)."""
+    if code in KILLED_CODES:
+        return f"killed by {KILLED_CODES[code]} (exit code {code})"
+    if code == 127:
+        return "command not found (exit code 127)"
+    return f"exit code {code}"
+
+
 class Attempt:
     """One running attempt; ``kill`` ends its whole process group."""
 
     def __init__(self, dispatch: dict[str, Any], data_dir: Path, base_env: dict[str, str],
-                 on_lines: LineSink | None = None, keep_workdir: bool = False) -> None:
+                 on_lines: LineSink | None = None, keep_workdir: str = "failed",
+                 run_as: str | None = None) -> None:
         self.dispatch = dispatch
         self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
                         / str(dispatch["attempt"]))
@@ -45,6 +58,7 @@ class Attempt:
         self.killed_for: str | None = None
         self.on_lines = on_lines
         self.keep_workdir = keep_workdir
+        self.run_as = run_as
 
     async def run(self) -> Outcome:
         d = self.dispatch
@@ -57,15 +71,17 @@ class Attempt:
         env = {**self.base_env, **d.get("env", {}),
                "SHOAL_INSTANCE_ID": d["instance_id"], "SHOAL_WORKFLOW": d.get("workflow", ""),
                "SHOAL_TASK": d["task"], "SHOAL_ATTEMPT": str(d["attempt"]),
-               "SHOAL_DISPATCH_ID": d["dispatch_id"]}
+               "SHOAL_DISPATCH_ID": d["dispatch_id"],
+               "SHOAL_SCHEDULE_TIME": d.get("schedule_time") or ""}
         log_path = self.workdir / "task.log"
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, str(script), cwd=self.workdir, env=env,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # own process group: kill reaches every child
+                user=self.run_as,
             )
-        except OSError as exc:
+        except (OSError, ValueError, KeyError) as exc:  # KeyError/ValueError: unknown user
             return Outcome(exit_code=None, error=f"could not start: {exc}")
         assert self.proc.stdout is not None
         with log_path.open("wb") as log:
@@ -79,11 +95,13 @@ class Attempt:
                 reader.cancel()
         if self.killed_for:
             return Outcome(exit_code=code, error=f"killed ({self.killed_for})", killed=True)
+        if code != 0 and self.keep_workdir == "never":
+            shutil.rmtree(self.workdir, ignore_errors=True)
         outputs = parse_outputs(marked, d.get("outputs", []))
-        if code == 0 and not self.keep_workdir:
+        if code == 0 and self.keep_workdir != "always":
             shutil.rmtree(self.workdir, ignore_errors=True)
             return Outcome(exit_code=0, outputs=outputs)
-        return Outcome(exit_code=code, outputs=outputs, error=f"exit code {code}")
+        return Outcome(exit_code=code, outputs=outputs, error=describe_exit(code))
 
     def signal(self, sig: int) -> None:
         if self.proc is not None:

@@ -131,7 +131,8 @@ class Worker:
                 continue  # redelivered while still running here
             shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
             attempt = Attempt(d, self.settings.data_dir, self.base_env, on_lines=shipper.add,
-                              keep_workdir=self.settings.worker_keep_workdir)
+                              keep_workdir=self.settings.worker_keep_workdir,
+                              run_as=self.settings.worker_run_as)
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             await self._report(TaskStarted(**self._fields(d, "started")))

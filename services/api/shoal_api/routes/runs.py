@@ -118,13 +118,19 @@ async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
         raise HTTPException(404, {"message": f"no run {instance_id} (yet: a run appears once "
                                              "the orchestrator accepted it)"})
     tasks = await res.pool.fetch(
-        "SELECT task, attempt, state, worker_id, started_at, finished_at, duration_ms, "
-        "exit_code, outputs::text AS outputs, error FROM shoal_read.task_runs "
+        "SELECT task, attempt, state, worker_id, worker_group, started_at, finished_at, "
+        "duration_ms, exit_code, outputs::text AS outputs, error FROM shoal_read.task_runs "
         "WHERE instance_id = $1 ORDER BY coalesce(started_at, finished_at), task, attempt",
         instance_id)
+    live_groups = {r["worker_group"] for r in await res.pool.fetch(
+        "SELECT DISTINCT worker_group FROM shoal_read.workers WHERE NOT stopping AND "
+        "last_heartbeat > now() - make_interval(secs => $1)", res.settings.lease_timeout)}
     return {**_run_row(row), "tasks": [
         {"task": t["task"], "attempt": t["attempt"], "state": t["state"],
-         "worker_id": t["worker_id"], "started_at": _iso(t["started_at"]),
+         "worker_id": t["worker_id"], "worker_group": t["worker_group"],
+         "waiting_for_worker": t["state"] == "dispatched" and t["worker_group"] not in
+         live_groups,
+         "started_at": _iso(t["started_at"]),
          "finished_at": _iso(t["finished_at"]), "duration_ms": t["duration_ms"],
          "exit_code": t["exit_code"], "outputs": codec.loads(t["outputs"]), "error": t["error"]}
         for t in tasks]}
