@@ -34,6 +34,9 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Clear before the pass, not after: a wake that arrives during the pass must
+            # survive it, or its rows would wait for the next interval.
+            self.wake.clear()
             try:
                 n = await self.relay_once()
             except (OSError, asyncpg.PostgresError) as exc:
@@ -42,7 +45,6 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
             if n >= BATCH:
                 continue
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.settings.outbox_relay_interval)
 

@@ -24,6 +24,7 @@ async def follow(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) ->
     await listener.add_listener("shoal_events", lambda *_: wake.set())
     try:
         while not stop.is_set():
+            wake.clear()  # before the pass: a NOTIFY during it must not be lost
             try:
                 n = await project_once(pool, settings.projector_batch)
             except (OSError, asyncpg.PostgresError) as exc:
@@ -32,7 +33,6 @@ async def follow(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) ->
                 continue
             if n:
                 continue
-            wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), 0.5)
     finally:
