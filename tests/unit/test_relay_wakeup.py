@@ -1,0 +1,36 @@
+"""A wake that arrives while the relay is in a pass must cause another pass."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shoal.infra.settings import Settings
+from shoal_orchestrator.relay import OutboxRelay
+
+
+class Probe(OutboxRelay):
+    def __init__(self) -> None:
+        super().__init__(Settings(outbox_relay_interval=60.0), None, None)  # type: ignore[arg-type]
+        self.passes = 0
+        self.second = asyncio.Event()
+
+    async def relay_once(self) -> int:
+        self.passes += 1
+        if self.passes == 1:
+            self.wake.set()  # a batch commits while this pass is publishing
+        else:
+            self.second.set()
+        return 0
+
+
+async def test_a_wake_during_a_pass_is_not_lost():
+    relay, stop = Probe(), asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        # With the wake lost, the second pass would come only after the 60 s interval.
+        await asyncio.wait_for(relay.second.wait(), 10)
+    finally:
+        stop.set()
+        relay.wake.set()
+        await asyncio.wait_for(task, 5)
+    assert relay.passes >= 2
