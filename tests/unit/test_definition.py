@@ -73,8 +73,11 @@ def test_all_problems_reported_at_once():
 
 
 def test_not_yet_supported_fields_are_refused_not_ignored():
-    assert problems(wf(sh("a"), execution="serial_wait")) == [
-        "execution: is not supported yet by this release"]
+    assert problems(wf(sh("a"), schedule="0 0 * * *")) == [
+        "schedule: is not supported yet by this release"]
+    assert problems(wf(sh("a"), execution="serial")) == [
+        "execution: must be one of parallel | serial_wait | serial_discard | serial_priority, "
+        "not 'serial'"]
 
 
 def test_policies_are_validated():

@@ -34,6 +34,7 @@ from shoal.core.model import (
     TaskStarted,
     TaskState,
     TaskSucceeded,
+    WakeWorkflow,
     event_data,
     event_from_data,
 )
@@ -58,10 +59,10 @@ class Driver:
         assert self.run is not None
         return self.run
 
-    def feed(self, inp: Any) -> list[AnyEvent]:
+    def feed(self, inp: Any, slot_free: bool = True) -> list[AnyEvent]:
         self.n += 1
         ctx = Context(now=f"2026-01-01T00:{self.n // 60 % 60:02d}:{self.n % 60:02d}+00:00",
-                      message_id=f"m{self.n}")
+                      message_id=f"m{self.n}", slot_free=slot_free)
         d = decide(self.run, inp, ctx)
         assert d.dead_letter is None, d.dead_letter
         for e in d.events:
@@ -72,9 +73,10 @@ class Driver:
     def msg(self) -> dict[str, str]:
         return {"message_id": f"x{self.n}", "instance_id": IID, "sent_at": "t"}
 
-    def start(self) -> list[AnyEvent]:
+    def start(self, slot_free: bool = True) -> list[AnyEvent]:
         cmd = StartWorkflow(**self.msg(), workflow=self.definition.name, **self.start_fields)
-        return self.feed(ResolvedStart(command=cmd, definition=self.definition, version=1))
+        return self.feed(ResolvedStart(command=cmd, definition=self.definition, version=1),
+                         slot_free)
 
     def command(self, cls: type, **kw: Any) -> list[AnyEvent]:
         return self.feed(cls(**self.msg(), **kw))
@@ -151,6 +153,9 @@ EXPECTED_RUN = {  # (state, command) -> handled (True) or refused (False)
                        "StopWorkflow": False, "RerunWorkflow": True, "RecoverWorkflow": True},
     RunState.SUBMITTED: {"PauseWorkflow": True, "ResumeWorkflow": False, "StopWorkflow": True,
                          "RerunWorkflow": False, "RecoverWorkflow": False},
+    RunState.SERIAL_WAIT: {"PauseWorkflow": False, "ResumeWorkflow": False,
+                           "StopWorkflow": True, "RerunWorkflow": False,
+                           "RecoverWorkflow": False},
 }
 
 
@@ -164,6 +169,7 @@ def test_each_run_input_is_handled_or_refused_as_specified(state):
                 "ForceTaskSuccess": state in FORCE_ALLOWED,
                 "StartWorkflow": True,   # handled: recorded as an idempotent no-op
                 "FireTimer": True,       # handled: a stale timer is refused by its handler
+                "WakeWorkflow": state is RunState.SERIAL_WAIT,
                 **dict.fromkeys(REPORT_TYPES, True)}  # routed to the task table
     assert set(expected) == set(INPUT_TYPES)
     for command, handled in expected.items():
@@ -604,3 +610,34 @@ def test_a_lapsed_lease_while_stopping_confirms_the_kill():
     d.report(TaskStarted, "a")
     d.command(StopWorkflow)
     assert types(d.report(ExpireLease, "a"))[-2:] == ["TaskKilled", "WorkflowStopped"]
+
+
+def test_serial_wait_queues_then_wakes():
+    d = Driver(chain("a", execution="serial_wait"))
+    assert types(d.start(slot_free=False)) == ["WorkflowSubmitted", "WorkflowQueued"]
+    assert d.r.state is RunState.SERIAL_WAIT and not d.r.tasks
+    assert "waiting for its turn" in d.command(PauseWorkflow)[0].reason
+    woken = d.command(WakeWorkflow)
+    assert types(woken)[0] == "WorkflowStarted" and dispatched(woken) == ["a"]
+    assert "not waiting" in d.command(WakeWorkflow)[0].reason
+
+
+def test_serial_discard_stops_the_new_run():
+    d = Driver(chain("a", execution="serial_discard"))
+    events = d.start(slot_free=False)
+    assert types(events)[-1] == "WorkflowStopped" and "serial_discard" in d.r.failure
+
+
+def test_a_waiting_run_can_be_stopped():
+    d = Driver(chain("a", execution="serial_priority"))
+    d.start(slot_free=False)
+    assert types(d.command(StopWorkflow))[-1] == "WorkflowStopped"
+
+
+def test_serial_rerun_needs_the_slot():
+    d = Driver(chain("a", execution="serial_wait"))
+    d.start()
+    d.report(TaskSucceeded, "a", exit_code=0)
+    refused = d.feed(RerunWorkflow(**d.msg()), slot_free=False)
+    assert types(refused) == ["InputRejected"] and "another run" in refused[0].reason
+    assert dispatched(d.feed(RerunWorkflow(**d.msg()))) == ["a"]

@@ -49,9 +49,9 @@ CONTRACT_TYPES = frozenset(
 
 _WORKFLOW_FIELDS = frozenset(
     {"name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks",
-     "timeout", "timeout_strategy"}
+     "timeout", "timeout_strategy", "execution"}
 )
-_WORKFLOW_LATER = frozenset({"execution", "schedule"})
+_WORKFLOW_LATER = frozenset({"schedule"})
 _TASK_FIELDS = frozenset(
     {
         "name", "type", "command", "script", "depends_on", "outputs", "priority",
@@ -60,6 +60,19 @@ _TASK_FIELDS = frozenset(
     }
 )
 _TASK_LATER: frozenset[str] = frozenset()
+
+
+class Execution(StrEnum):
+    """What a new run does while another run of the same workflow is running."""
+
+    PARALLEL = "parallel"              # runs alongside
+    SERIAL_WAIT = "serial_wait"        # waits its turn, first come first served
+    SERIAL_DISCARD = "serial_discard"  # is discarded (ends stopped)
+    SERIAL_PRIORITY = "serial_priority"  # waits its turn, most urgent first
+
+    @property
+    def serial(self) -> bool:
+        return self is not Execution.PARALLEL
 
 
 class TimeoutStrategy(StrEnum):
@@ -115,6 +128,7 @@ class WorkflowDefinition:
     worker_group: str = "default"
     timeout: float | None = None
     timeout_strategy: TimeoutStrategy = TimeoutStrategy.FAIL
+    execution: Execution = Execution.PARALLEL
 
     def task(self, name: str) -> TaskDefinition:
         for t in self.tasks:
@@ -140,6 +154,7 @@ class WorkflowDefinition:
             "worker_group": self.worker_group,
             "timeout": self.timeout,
             "timeout_strategy": self.timeout_strategy.value,
+            "execution": self.execution.value,
             "tasks": [
                 {
                     "name": t.name,
@@ -191,6 +206,8 @@ def parse_definition(raw: object) -> WorkflowDefinition:
     wf_timeout = _seconds(raw.get("timeout"), "timeout", problems, positive=True)
     wf_timeout_strategy = _enum(TimeoutStrategy, raw.get("timeout_strategy", "fail"),
                                 "timeout_strategy", problems, TimeoutStrategy.FAIL)
+    execution = _enum(Execution, raw.get("execution", "parallel"), "execution", problems,
+                      Execution.PARALLEL)
 
     raw_tasks = raw.get("tasks")
     tasks: list[TaskDefinition] = []
@@ -233,6 +250,7 @@ def parse_definition(raw: object) -> WorkflowDefinition:
         worker_group=worker_group or "default",
         timeout=wf_timeout,
         timeout_strategy=wf_timeout_strategy,
+        execution=execution,
     )
 
 

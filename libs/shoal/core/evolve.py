@@ -37,6 +37,7 @@ from shoal.core.model import (
     WorkflowFailed,
     WorkflowPaused,
     WorkflowPausing,
+    WorkflowQueued,
     WorkflowRestarted,
     WorkflowResumed,
     WorkflowStarted,
@@ -68,6 +69,8 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
     match event:
         case WorkflowStarted():
             return replace(run, state=RunState.RUNNING, started_at=event.at)
+        case WorkflowQueued():
+            return replace(run, state=RunState.SERIAL_WAIT)
         case WorkflowPausing():
             return replace(run, state=RunState.READY_PAUSE)
         case WorkflowPaused():

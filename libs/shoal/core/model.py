@@ -27,6 +27,7 @@ class RunState(StrEnum):
     STOPPED = "stopped"
     FAILED = "failed"
     SUCCEEDED = "succeeded"
+    SERIAL_WAIT = "serial_wait"  # serial execution: waits until no other run of it runs
 
     @property
     def finished(self) -> bool:
@@ -152,6 +153,14 @@ class ForceTaskSuccess(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WakeWorkflow(Message):
+    """Published by the orchestrator that released a serial workflow's slot to the run
+    that now holds it: it may start."""
+
+    type: ClassVar[str] = "WakeWorkflow"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FireTimer(Message):
     """Published by an orchestrator's timer poller when a durable timer is due."""
 
@@ -209,16 +218,16 @@ class ExpireLease(TaskReport):
 Command = (
     StartWorkflow | PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow
     | RecoverWorkflow | ForceTaskSuccess | FireTimer | TaskStarted | TaskSucceeded
-    | TaskFailed | TaskKilled | ExpireLease
+    | TaskFailed | TaskKilled | ExpireLease | WakeWorkflow
 )
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.type: c for c in (
         StartWorkflow, PauseWorkflow, ResumeWorkflow, StopWorkflow, RerunWorkflow,
         RecoverWorkflow, ForceTaskSuccess, FireTimer, TaskStarted, TaskSucceeded, TaskFailed,
-        TaskKilled, ExpireLease)
+        TaskKilled, ExpireLease, WakeWorkflow)
 }
 CONTROL_TYPES = ("PauseWorkflow", "ResumeWorkflow", "StopWorkflow", "RerunWorkflow",
-                 "RecoverWorkflow")
+                 "RecoverWorkflow", "WakeWorkflow")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,12 +251,12 @@ class ResolvedStart:
 Input = (
     ResolvedStart | PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow
     | RecoverWorkflow | ForceTaskSuccess | FireTimer | TaskStarted | TaskSucceeded
-    | TaskFailed | TaskKilled | ExpireLease
+    | TaskFailed | TaskKilled | ExpireLease | WakeWorkflow
 )
 INPUT_TYPES: tuple[str, ...] = (
     "StartWorkflow", "PauseWorkflow", "ResumeWorkflow", "StopWorkflow", "RerunWorkflow",
-    "RecoverWorkflow", "ForceTaskSuccess", "FireTimer", "TaskStarted", "TaskSucceeded",
-    "TaskFailed", "TaskKilled", "ExpireLease",
+    "RecoverWorkflow", "ForceTaskSuccess", "FireTimer", "WakeWorkflow", "TaskStarted",
+    "TaskSucceeded", "TaskFailed", "TaskKilled", "ExpireLease",
 )
 REPORT_TYPES: tuple[str, ...] = ("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskKilled",
                                  "ExpireLease")
@@ -284,6 +293,13 @@ class WorkflowSubmitted(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowStarted(Event):
     type: ClassVar[str] = "WorkflowStarted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowQueued(Event):
+    """Serial execution: another run of this workflow runs; this one waits (serial_wait)."""
+
+    type: ClassVar[str] = "WorkflowQueued"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -524,6 +540,7 @@ AnyEvent = (
     | TaskDelayed | TaskDispatched | TaskDryRun | TaskStartedEvent | TaskSucceededEvent
     | TaskFailedEvent | TaskKilledEvent | TaskKillRequested | TaskRetryScheduled
     | TaskTimedOut | TaskPaused | TaskSkipped | TaskForcedSuccess | InputRejected | TaskLost
+    | WorkflowQueued
 )
 EVENT_TYPES: dict[str, type[AnyEvent]] = {
     e.type: e
@@ -534,6 +551,7 @@ EVENT_TYPES: dict[str, type[AnyEvent]] = {
         TaskDelayed, TaskDispatched, TaskDryRun, TaskStartedEvent, TaskSucceededEvent,
         TaskFailedEvent, TaskKilledEvent, TaskKillRequested, TaskRetryScheduled,
         TaskTimedOut, TaskPaused, TaskSkipped, TaskForcedSuccess, InputRejected, TaskLost,
+        WorkflowQueued,
     )
 }
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shoal.core.definition import FailureStrategy, Priority, TimeoutStrategy
+from shoal.core.definition import Execution, FailureStrategy, Priority, TimeoutStrategy
 from shoal.core.evolve import evolve, evolve_all, fold
 from shoal.core.model import (
     AnyEvent,
@@ -64,6 +64,7 @@ from shoal.core.model import (
     WorkflowFailed,
     WorkflowPaused,
     WorkflowPausing,
+    WorkflowQueued,
     WorkflowRestarted,
     WorkflowResumed,
     WorkflowStarted,
@@ -87,6 +88,9 @@ class Context:
 
     now: str
     message_id: str
+    # Serial execution: whether this run may hold its workflow's slot now (looked up by
+    # the adapter; always True for parallel workflows).
+    slot_free: bool = True
 
     def new_id(self, n: int) -> str:
         """The n-th id of this decision: the same input always yields the same ids."""
@@ -178,10 +182,27 @@ def _start(inp: ResolvedStart, ctx: Context) -> Decision:
     )
     step = Step(fold([submitted], instance_id=cmd.instance_id), ctx)
     step.events.append(submitted)
+    execution = definition.execution
+    if execution.serial and not ctx.slot_free:
+        if execution is Execution.SERIAL_DISCARD:
+            step.emit(WorkflowStopping(at=ctx.now, outcome=RunState.STOPPED.value,
+                                       reason=f"discarded: another run of '{definition.name}'"
+                                              " is running (serial_discard)"))
+            _advance(step)
+        else:
+            step.emit(WorkflowQueued(at=ctx.now))
+        return Decision(events=tuple(step.events))
     step.emit(WorkflowStarted(at=ctx.now))
     _arm_workflow_timeout(step)
     _advance(step)
     return Decision(events=tuple(step.events))
+
+
+def _wake(step: Step, inp: Input) -> None:
+    """Its serial slot is free now: → running."""
+    step.emit(WorkflowStarted(at=step.ctx.now))
+    _arm_workflow_timeout(step)
+    _advance(step)
 
 
 def _scope(names: tuple[str, ...], start: tuple[str, ...], scope: Scope,
@@ -266,6 +287,12 @@ def _kill_all(step: Step, reason: KillReason) -> None:
 
 def _restart(step: Step, mode: str) -> None:
     run = step.run
+    if run.definition.execution.serial and not step.ctx.slot_free:
+        step.emit(InputRejected(
+            at=step.ctx.now, input_type="RerunWorkflow" if mode == "rerun" else "RecoverWorkflow",
+            input_message_id=step.ctx.message_id,
+            reason=f"another run of '{run.workflow}' is running ({run.definition.execution})"))
+        return
     kept = ([n for n, t in run.tasks.items() if t.state.done_ok] if mode == "recover" else [])
     step.emit(WorkflowRestarted(at=step.ctx.now, attempt=run.attempt + 1, mode=mode,
                                 kept=sorted(kept)))
@@ -507,6 +534,7 @@ def _finished(state: str) -> str:
 
 _LIVE: Mapping[str, Handler | str] = {
     "StartWorkflow": _reject_existing, "ForceTaskSuccess": _force, "FireTimer": _timer,
+    "WakeWorkflow": "run is not waiting for its turn",
     **dict.fromkeys(("TaskStarted", "TaskSucceeded", "TaskFailed", "TaskKilled",
                      "ExpireLease"), _report),
 }
@@ -551,6 +579,15 @@ WORKFLOW_TABLE: Mapping[RunState, Mapping[str, Handler | str]] = {
         "RecoverWorkflow": "run is stopping; recover once it stopped",
         "ForceTaskSuccess": "run is stopping",
     },
+    RunState.SERIAL_WAIT: {
+        **_LIVE, "PauseWorkflow": "run is waiting for its turn (serial execution)",
+        "ResumeWorkflow": "run is waiting for its turn (serial execution)",
+        "StopWorkflow": _stop_command,
+        "RerunWorkflow": "run is waiting for its turn; stop it first",
+        "RecoverWorkflow": "run is waiting for its turn; stop it first",
+        "ForceTaskSuccess": "run is waiting for its turn; no task ran yet",
+        "WakeWorkflow": _wake,
+    },
     RunState.STOPPED: _ended("stopped", recover=True),
     RunState.FAILED: _ended("failed", recover=True),
     RunState.SUCCEEDED: _ended("succeeded", recover=False),
@@ -590,7 +627,7 @@ def _advance(step: Step) -> None:
             if not active:
                 _finish(step, run.stopping_to or RunState.STOPPED, run.failure or "stopped")
             return
-        if run.state is RunState.PAUSED:
+        if run.state in (RunState.PAUSED, RunState.SERIAL_WAIT):
             return
         failed = [t for t in run.tasks.values()
                   if t.state in (TaskState.FAILED, TaskState.LOST)]

@@ -10,7 +10,7 @@ lock costs one round trip per batch, not per event (group commit).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,17 @@ class OutboxRow:
     topic: str
     key: bytes | None
     value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SerialOp:
+    """Take the slot, queue for it, or release it (promoting and waking the next run)."""
+
+    op: str  # run | wait | release
+    workflow: str
+    instance_id: str
+    mode: str = "serial_wait"
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +117,18 @@ class EventStore:
             ids)
         return {str(r["message_id"]) for r in rows}
 
+    async def serial_holder(self, workflow: str) -> str | None:
+        """The run holding a serial workflow's slot, if any."""
+        holder = await self.pool.fetchval(
+            "SELECT instance_id FROM shoal.serial_slots WHERE workflow = $1 AND "
+            "state = 'running'", workflow)
+        return str(holder) if holder else None
+
     async def commit(self, appends: Sequence[Append], outbox: Sequence[OutboxRow],
                      arm: Sequence[TimerRow] = (),
-                     cancel: Sequence[tuple[str, str]] = ()) -> None:
+                     cancel: Sequence[tuple[str, str]] = (),
+                     serial: Sequence[SerialOp] = (),
+                     wake: Callable[[str], OutboxRow] | None = None) -> None:
         """Append every stream's events, the done-markers, the outbox and the timer
         changes in one transaction.
 
@@ -146,6 +166,9 @@ class EventStore:
                     [(a.instance_id, a.partition, a.first_seq + len(a.events) - 1, a.state)
                      for a in last.values()])
                 await conn.execute("SELECT pg_notify('shoal_events', '')")
+            woken = await _apply_serial(conn, serial)
+            if wake is not None:
+                outbox = [*outbox, *(wake(iid) for iid in woken)]
             if outbox:
                 await conn.executemany(
                     "INSERT INTO shoal.outbox (topic, key, value) VALUES ($1, $2, $3)",
@@ -180,6 +203,48 @@ class EventStore:
         if row is None:
             return None
         return row["version"], codec.loads(row["d"])
+
+
+async def _apply_serial(conn: asyncpg.Connection, ops: Sequence[SerialOp]) -> list[str]:
+    """Apply slot operations in order; return the runs promoted to the slot (to wake).
+
+    After the operations, every touched workflow whose slot is free and which has waiting
+    runs promotes the next one (first come, or most urgent for serial_priority), whatever
+    order the batch's releases and queueings came in: a waiting run is never stranded.
+    """
+    woken: list[str] = []
+    touched = list(dict.fromkeys(op.workflow for op in ops))
+    for op in ops:
+        try:
+            if op.op == "run":
+                await conn.execute(
+                    "INSERT INTO shoal.serial_slots (workflow, instance_id, state, mode, "
+                    "priority) VALUES ($1, $2, 'running', $3, $4) ON CONFLICT "
+                    "(workflow, instance_id) DO UPDATE SET state = 'running'",
+                    op.workflow, op.instance_id, op.mode, op.priority)
+            elif op.op == "wait":
+                await conn.execute(
+                    "INSERT INTO shoal.serial_slots (workflow, instance_id, state, mode, "
+                    "priority) VALUES ($1, $2, 'waiting', $3, $4) ON CONFLICT DO NOTHING",
+                    op.workflow, op.instance_id, op.mode, op.priority)
+        except asyncpg.UniqueViolationError as exc:
+            raise StreamConflict(f"serial slot of {op.workflow} taken meanwhile") from exc
+        if op.op == "release":
+            await conn.execute(
+                "DELETE FROM shoal.serial_slots WHERE workflow = $1 AND instance_id = $2",
+                op.workflow, op.instance_id)
+    for workflow in touched:
+        if await conn.fetchval("SELECT 1 FROM shoal.serial_slots WHERE workflow = $1 AND "
+                               "state = 'running'", workflow):
+            continue
+        nxt = await conn.fetchval(
+            "UPDATE shoal.serial_slots SET state = 'running' WHERE (workflow, instance_id) = "
+            "(SELECT workflow, instance_id FROM shoal.serial_slots WHERE workflow = $1 AND "
+            "state = 'waiting' ORDER BY CASE WHEN mode = 'serial_priority' THEN priority "
+            "ELSE 0 END, seq LIMIT 1 FOR UPDATE) RETURNING instance_id", workflow)
+        if nxt is not None:
+            woken.append(str(nxt))
+    return woken
 
 
 async def read_from(conn: asyncpg.Connection, after: int, limit: int) -> list[StoredEvent]:

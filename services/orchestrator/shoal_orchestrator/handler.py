@@ -9,6 +9,7 @@ be parsed or applied go to dead letters with the reason and never stop the consu
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from shoal.core.model import (
     AnyEvent,
     Command,
     Input,
+    RecoverWorkflow,
+    RerunWorkflow,
     ResolvedStart,
     Run,
     StartWorkflow,
@@ -26,13 +29,20 @@ from shoal.core.model import (
     TaskKillRequested,
     TimerArmed,
     TimerCancelled,
+    WakeWorkflow,
+    WorkflowFailed,
+    WorkflowQueued,
+    WorkflowRestarted,
+    WorkflowStarted,
+    WorkflowStopped,
+    WorkflowSucceeded,
     event_data,
 )
 from shoal.core.workflow import Context, decide, evolve
 from shoal.infra import codec
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.settings import Settings
-from shoal.infra.store import Append, EventStore, OutboxRow, TimerRow
+from shoal.infra.store import Append, EventStore, OutboxRow, SerialOp, TimerRow
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +129,11 @@ class BatchHandler:
             try:
                 dead: list[tuple[Record, str]] = []
                 timers: dict[tuple[str, str], TimerRow | None] = {}
-                appends, outbox, runs = await self._decide_all(fresh, dead, timers)
+                serial: list[SerialOp] = []
+                appends, outbox, runs = await self._decide_all(fresh, dead, timers, serial)
                 await self.store.commit(
                     appends, outbox, [t for t in timers.values() if t is not None],
-                    [k for k, t in timers.items() if t is None])
+                    [k for k, t in timers.items() if t is None], serial, self._wake)
             except StreamConflict as exc:
                 # Another orchestrator (a zombie or a new owner) wrote one of these streams:
                 # our view is stale. Drop it, reload from the log, decide again.
@@ -163,7 +174,7 @@ class BatchHandler:
 
     async def _decide_all(
         self, inputs: Sequence[tuple[Record, Command]], dead: list[tuple[Record, str]],
-        timers: dict[tuple[str, str], TimerRow | None],
+        timers: dict[tuple[str, str], TimerRow | None], serial: list[SerialOp],
     ) -> tuple[list[Append], list[OutboxRow], dict[str, tuple[int, Run]]]:
         missing = {c.instance_id for _, c in inputs if c.instance_id not in self.cache}
         histories = await self.store.load(missing)
@@ -175,6 +186,7 @@ class BatchHandler:
                     run = evolve(run, e, instance_id=iid)
             working[iid] = (-1, run, run.seq if run else 0)
         definitions: dict[tuple[str, int | None], tuple[int, Any] | None] = {}
+        holders: dict[str, str | None] = {}  # serial workflow -> run holding its slot
         appends: list[Append] = []
         outbox: list[OutboxRow] = []
         for rec, cmd in inputs:
@@ -184,7 +196,9 @@ class BatchHandler:
                 if isinstance(inp, str):
                     dead.append((rec, inp))
                     continue
-                decision = decide(run, inp, Context(now=utcnow_iso(), message_id=cmd.message_id))
+                slot_free = await self._slot_free(inp, run, holders)
+                decision = decide(run, inp, Context(now=utcnow_iso(), message_id=cmd.message_id,
+                                                    slot_free=slot_free))
                 if decision.dead_letter:
                     dead.append((rec, decision.dead_letter))
                     continue
@@ -202,9 +216,31 @@ class BatchHandler:
                                   rec.partition, new.state.value))
             outbox.extend(self._effects(cmd.instance_id, first_seq, decision.events,
                                         new, cmd.message_id, timers))
+            serial.extend(_serial_ops(new, decision.events, holders))
             working[cmd.instance_id] = (rec.partition, new, 0)
         runs = {iid: (p, r) for iid, (p, r, _) in working.items() if r is not None and p >= 0}
         return appends, outbox, runs
+
+    async def _slot_free(self, inp: Input, run: Run | None,
+                         holders: dict[str, str | None]) -> bool:
+        """For inputs that may start a serial workflow's run: is its slot free (or ours)?"""
+        if isinstance(inp, ResolvedStart) and run is None:
+            definition, iid = inp.definition, inp.command.instance_id
+        elif isinstance(inp, RerunWorkflow | RecoverWorkflow) and run is not None:
+            definition, iid = run.definition, run.instance_id
+        else:
+            return True
+        if not definition.execution.serial:
+            return True
+        if definition.name not in holders:
+            holders[definition.name] = await self.store.serial_holder(definition.name)
+        return holders[definition.name] in (None, iid)
+
+    def _wake(self, instance_id: str) -> OutboxRow:
+        cmd = WakeWorkflow(message_id=str(uuid.uuid4()), instance_id=instance_id,
+                           sent_at=utcnow_iso())
+        return OutboxRow(self.settings.commands_topic, instance_id.encode(),
+                         codec.encode_command(cmd))
 
     async def _resolve(self, cmd: Command, run: Run | None,
                        definitions: dict[tuple[str, int | None], tuple[int, Any] | None],
@@ -256,3 +292,30 @@ class BatchHandler:
             elif isinstance(e, TimerCancelled):
                 timers[(instance_id, e.timer_id)] = None
         return rows
+
+
+def _serial_ops(run: Run, events: Sequence[AnyEvent],
+                holders: dict[str, str | None]) -> list[SerialOp]:
+    """Slot operations a serial workflow's events imply (and the batch's view of holders)."""
+    execution = run.definition.execution
+    if not execution.serial:
+        return []
+    ops: list[SerialOp] = []
+
+    def op(kind: str) -> SerialOp:
+        return SerialOp(op=kind, workflow=run.workflow, instance_id=run.instance_id,
+                        mode=execution.value, priority=run.priority.rank)
+
+    for e in events:
+        if isinstance(e, WorkflowStarted | WorkflowRestarted):
+            ops.append(op("run"))
+            holders[run.workflow] = run.instance_id
+        elif isinstance(e, WorkflowQueued):
+            ops.append(op("wait"))
+        elif isinstance(e, WorkflowSucceeded | WorkflowFailed | WorkflowStopped):
+            ops.append(op("release"))
+            if holders.get(run.workflow) == run.instance_id:
+                # The commit hands the slot to the next waiting run; a start later in
+                # this batch queues, and is woken at once if nobody else was waiting.
+                holders[run.workflow] = "released in this batch"
+    return ops

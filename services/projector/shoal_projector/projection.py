@@ -39,7 +39,8 @@ async def project_once(pool: asyncpg.Pool, limit: int = 1000) -> int:
         return len(events)
 
 
-_RUN_STATE = {"WorkflowPausing": "ready_pause", "WorkflowPaused": "paused",
+_RUN_STATE = {"WorkflowQueued": "serial_wait", "WorkflowPausing": "ready_pause",
+              "WorkflowPaused": "paused",
               "WorkflowResumed": "running", "WorkflowStopping": "ready_stop"}
 _FINISHED = {"WorkflowSucceeded": "succeeded", "WorkflowFailed": "failed",
              "WorkflowStopped": "stopped"}
@@ -71,7 +72,9 @@ async def apply(conn: asyncpg.Connection, e: StoredEvent) -> None:
         case _ if e.type in _RUN_STATE:
             await _run(conn, e, "state = $3", _RUN_STATE[e.type])
         case _ if e.type in _FINISHED:
-            await _run(conn, e, "state = $3, finished_at = $4, failure = $5, duration_ms = "
+            # A stop keeps the reason WorkflowStopping gave; success clears any.
+            await _run(conn, e, "state = $3, finished_at = $4, failure = CASE WHEN "
+                       "$3 = 'succeeded' THEN NULL ELSE coalesce($5, failure) END, duration_ms = "
                        + _DURATION.format(end="$4", start="started_at"),
                        _FINISHED[e.type], at, d.get("reason"))
         case "TaskDispatched" | "TaskDelayed" | "TaskRetryScheduled":
