@@ -34,3 +34,26 @@ async def test_a_wake_during_a_pass_is_not_lost():
         relay.wake.set()
         await asyncio.wait_for(task, 5)
     assert relay.passes >= 2
+
+
+class Flaky(Probe):
+    async def relay_once(self) -> int:
+        from aiokafka.errors import NotLeaderForPartitionError
+
+        self.passes += 1
+        if self.passes == 1:
+            raise NotLeaderForPartitionError()  # a topic created a moment ago
+        self.second.set()
+        return 0
+
+
+async def test_a_broker_error_does_not_stop_the_relay():
+    relay, stop = Flaky(), asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await asyncio.wait_for(relay.second.wait(), 10)
+    finally:
+        stop.set()
+        relay.wake.set()
+        await asyncio.wait_for(task, 5)
+    assert relay.passes >= 2 and not task.cancelled() and task.exception() is None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shoal.infra.settings import Settings
 
@@ -65,3 +66,23 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
 
 def base_topics(settings: Settings) -> list[str]:
     return [settings.topic(t) for t in INSTANCE_TOPICS] + [settings.tasks_topic("default")]
+
+
+async def send_reliably(producer: AIOKafkaProducer, topic: str, value: bytes,
+                        key: bytes | None = None, *, give_up_after: float = 120.0) -> None:
+    """send_and_wait, retrying transient broker errors (a leader not elected yet for a
+    topic just created, a broker restarting) with backoff; raise after ``give_up_after``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after
+    delay = 0.1
+    while True:
+        try:
+            await producer.send_and_wait(topic, value, key=key)
+        except KafkaError as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("publish to %s failed (%r); retrying in %.1fs", topic, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            return

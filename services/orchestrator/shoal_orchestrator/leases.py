@@ -66,9 +66,9 @@ class LeaseMonitor:
                     dispatch_id=t.dispatch_id, worker_id=t.worker_id or "unknown")
                 log.warning("lease of %s attempt %d (worker %s) lapsed", t.name, t.attempt,
                             t.worker_id)
-                await self.producer.send_and_wait(self.settings.commands_topic,
-                                                  codec.encode_command(cmd),
-                                                  key=run.instance_id.encode())
+                await kafka.send_reliably(self.producer, self.settings.commands_topic,
+                                          codec.encode_command(cmd), run.instance_id.encode(),
+                                          give_up_after=10.0)
                 self.expired.add(t.dispatch_id)
                 published += 1
         for gone in set(self.expiry) - live:

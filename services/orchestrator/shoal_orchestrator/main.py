@@ -81,12 +81,12 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                 for rec, reason in result.dead_letters:
                     log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition,
                                 rec.offset, reason)
-                    await producer.send_and_wait(settings.dead_letters_topic, codec.dumps({
+                    await kafka.send_reliably(producer, settings.dead_letters_topic, codec.dumps({
                         "reason": reason, "topic": rec.topic, "partition": rec.partition,
                         "offset": rec.offset,
                         "key": rec.key.decode("utf-8", "replace") if rec.key else None,
                         "value": (rec.value or b"").decode("utf-8", "replace"),
-                        "dead_at": utcnow_iso()}), key=rec.key)
+                        "dead_at": utcnow_iso()}), rec.key)
                 relay.wake.set()
                 try:
                     await consumer.commit({tp: msgs[-1].offset + 1

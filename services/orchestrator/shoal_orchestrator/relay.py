@@ -13,6 +13,7 @@ import logging
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from shoal.infra.kafka import ensure_topics
 from shoal.infra.settings import Settings
@@ -39,10 +40,12 @@ class OutboxRelay:
             self.wake.clear()
             try:
                 n = await self.relay_once()
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("outbox relay: %s; retrying", exc)
+            except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+                # The transaction rolled back: the rows are still there for the next pass.
+                log.warning("outbox relay: %r; retrying", exc)
                 n = 0
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
+                self.wake.set()
             if n >= BATCH:
                 continue
             with contextlib.suppress(TimeoutError):

@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from shoal.infra import codec
+from shoal.infra.kafka import send_reliably
 
 MAX_LINES = 2000
 MAX_BYTES = 256 * 1024
@@ -57,7 +58,7 @@ class LogShipper:
             value = codec.dumps({**self.head, "chunk": self.chunk, "lines": lines,
                                  "final": final})
             self.chunk += 1
-            await self.producer.send_and_wait(self.topic, value, key=self.key)
+            await send_reliably(self.producer, self.topic, value, self.key)
 
     async def close(self) -> None:
         if self.flusher is not None:

@@ -112,7 +112,7 @@ class Worker:
                 raise MessageInvalid("a dispatch must be a JSON object")
             codec.validate("tasks", "DispatchTask", d)
         except (MessageInvalid, ValueError) as exc:
-            await self.producer.send_and_wait(self.settings.dead_letters_topic, codec.dumps({
+            await kafka.send_reliably(self.producer, self.settings.dead_letters_topic, codec.dumps({
                 "reason": f"invalid dispatch: {exc}", "topic": tp.topic,
                 "partition": tp.partition, "offset": offset,
                 "key": key.decode("utf-8", "replace") if key else None,
@@ -275,9 +275,10 @@ class Worker:
                 "worker_id": self.worker_id}
 
     async def _report(self, cmd: TaskStarted | TaskSucceeded | TaskFailed | TaskKilled) -> None:
-        await self.producer.send_and_wait(self.settings.commands_topic,
-                                          codec.encode_command(cmd),
-                                          key=cmd.instance_id.encode())
+        # Reports carry deterministic message ids, so a retried send is harmless; if the
+        # broker stays away past the retry window the lease machinery recovers the attempt.
+        await kafka.send_reliably(self.producer, self.settings.commands_topic,
+                                  codec.encode_command(cmd), cmd.instance_id.encode())
 
     async def _drain(self, grace: float = 25.0) -> None:
         """On shutdown let running attempts finish, then kill what is left and report it."""

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
@@ -24,6 +25,7 @@ from shoal.core.model import (
 )
 from shoal.core.workflow import rejection
 from shoal.infra import codec
+from shoal.infra.kafka import send_reliably
 from shoal.infra.lifecycle import utcnow_iso
 from shoal_api.deps import Res
 
@@ -70,8 +72,7 @@ async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[
         start_from=tuple(body.start_from) if body.start_from else None,
         scope=Scope(body.scope), dry_run=body.dry_run,
     )
-    await res.producer.send_and_wait(res.settings.commands_topic, codec.encode_command(cmd),
-                                     key=instance_id.encode())
+    await _send(res, cmd)
     return {"instance_id": instance_id}
 
 
@@ -159,9 +160,18 @@ async def _current_state(res: Res, instance_id: uuid.UUID) -> RunState:
     return RunState(state)
 
 
+async def _send(res: Res, cmd: Command) -> None:
+    try:
+        await send_reliably(res.producer, res.settings.commands_topic,
+                            codec.encode_command(cmd), cmd.instance_id.encode(),
+                            give_up_after=10.0)
+    except KafkaError as exc:
+        raise HTTPException(503, {"message": f"the broker did not accept the command: {exc!r};"
+                                             " nothing was started, try again"}) from exc
+
+
 async def _publish(res: Res, cmd: Command) -> dict[str, str]:
-    await res.producer.send_and_wait(res.settings.commands_topic, codec.encode_command(cmd),
-                                     key=cmd.instance_id.encode())
+    await _send(res, cmd)
     return {"instance_id": cmd.instance_id, "message_id": cmd.message_id,
             "command": cmd.type}
 
