@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -86,3 +86,22 @@ async def send_reliably(producer: AIOKafkaProducer, topic: str, value: bytes,
             delay = min(delay * 2, 5.0)
         else:
             return
+
+
+async def tail(settings: Settings, topic: str) -> AIOKafkaConsumer:
+    """A started consumer reading every partition of ``topic`` from its current end.
+
+    For broadcast topics where only what happens from now on matters (kills, heartbeats):
+    no consumer group, so every reader sees every message and nothing waits for a join.
+    """
+    c = consumer(settings, group_id=None)
+    await c.start()
+    try:
+        await c.topics()  # refreshes metadata
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
+        c.assign(tps)
+        await c.seek_to_end(*tps)
+    except BaseException:
+        await c.stop()
+        raise
+    return c

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shoal.core.errors import MessageInvalid
@@ -77,15 +77,8 @@ class LeaseMonitor:
         return published
 
     async def run(self, stop: asyncio.Event) -> None:
-        s = self.settings
-        topic = s.topic("worker-heartbeats")
-        consumer = kafka.consumer(s, group_id=None)
-        await consumer.start()
+        consumer = await kafka.tail(self.settings, self.settings.topic("worker-heartbeats"))
         try:
-            await consumer.topics()
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
             last_check = 0.0
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=250)

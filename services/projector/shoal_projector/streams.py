@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from shoal.infra import codec, kafka
@@ -76,14 +75,8 @@ async def follow_logs(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Even
 
 
 async def follow_heartbeats(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-    topic = settings.topic("worker-heartbeats")
-    consumer = kafka.consumer(settings, group_id=None)
-    await consumer.start()
+    consumer = await kafka.tail(settings, settings.topic("worker-heartbeats"))
     try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500)
             latest: dict[str, dict[str, Any]] = {}

@@ -195,16 +195,8 @@ class Worker:
     # ------------------------------------------------------------------ kills
     async def control(self, stop: asyncio.Event) -> None:
         """Read every partition of worker-control from its end (kills are for now)."""
-        s = self.settings
-        topic = s.topic("worker-control")
-        consumer = kafka.consumer(s, group_id=None)
-        await consumer.start()
+        consumer = await kafka.tail(self.settings, self.settings.topic("worker-control"))
         try:
-            await consumer.topics()
-            parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200)
                 for msgs in batch.values():
