@@ -171,3 +171,24 @@ async def test_a_group_without_workers_waits_and_loses_nothing(stack: Stack):
     stack.start("worker", SHOAL_WORKER_GROUP="night")
     run = await stack.wait_run(iid, timeout=60)
     assert run["state"] == "succeeded" and run["tasks"][0]["waiting_for_worker"] is False
+
+
+async def test_a_worker_started_before_anything_else_comes_up(broker: str, database: str,
+                                                             tmp_path):
+    """Services start in any order: a worker first must create what it reads, not crash."""
+    fresh = Stack(broker, database, tmp_path)
+    try:
+        worker = fresh.start("worker")
+
+        async def serving() -> bool:
+            return "serving group" in worker.log_path.read_text()
+
+        await eventually(serving, timeout=60, what="the worker serving")
+        await asyncio.sleep(1)  # the control and heartbeat readers start alongside
+        assert worker.alive(), worker.log_path.read_text()[-3000:]
+        await fresh.start_all()
+        await fresh.apply({"name": "late", "tasks": [{"name": "x", "command": "true"}]})
+        assert (await fresh.wait_run(await start(fresh, "late"), timeout=60))["state"] == \
+            "succeeded"
+    finally:
+        fresh.stop()

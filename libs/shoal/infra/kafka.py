@@ -93,12 +93,23 @@ async def tail(settings: Settings, topic: str) -> AIOKafkaConsumer:
 
     For broadcast topics where only what happens from now on matters (kills, heartbeats):
     no consumer group, so every reader sees every message and nothing waits for a join.
+    Services start in any order, so the topic is created here if needed, and its
+    partitions are waited for until the broker's metadata shows them.
     """
+    await ensure_topics(settings, [topic])
     c = consumer(settings, group_id=None)
     await c.start()
     try:
-        await c.topics()  # refreshes metadata
-        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
+        parts: set[int] = set()
+        for _ in range(100):
+            await c.topics()  # refreshes metadata
+            parts = c.partitions_for_topic(topic) or set()
+            if parts:
+                break
+            await asyncio.sleep(0.1)
+        if not parts:
+            raise KafkaError(f"topic {topic} has no partitions after 10 s")
+        tps = [TopicPartition(topic, p) for p in parts]
         c.assign(tps)
         await c.seek_to_end(*tps)
     except BaseException:
