@@ -118,6 +118,21 @@ class Stack:
             print(self.logs())
             raise
 
+    async def wait_state(self, instance_id: str, state: str, timeout: float = 30.0) -> None:
+        """Wait until the run is in ``state`` (e.g. running, serial_wait)."""
+        async def probe() -> bool:
+            run = await self.run_state(instance_id)
+            return bool(run and run["state"] == state)
+        await eventually(probe, timeout=timeout, what=f"run {instance_id} {state}")
+
+    async def wait_task_state(self, instance_id: str, state: str,
+                              timeout: float = 30.0) -> None:
+        """Wait until some task of the run is in ``state`` (e.g. running, retry_wait)."""
+        async def probe() -> bool:
+            run = await self.run_state(instance_id)
+            return bool(run and any(t["state"] == state for t in run["tasks"]))
+        await eventually(probe, timeout=timeout, what=f"a task of {instance_id} {state}")
+
     async def events(self, instance_id: str) -> list[dict[str, Any]]:
         r = await self.request("GET", f"/api/v1/runs/{instance_id}/events")
         assert r.status_code == 200, r.text

@@ -65,11 +65,7 @@ async def test_a_retry_timer_fires_after_the_orchestrator_is_sigkilled(stack: St
     iid = (await stack.request("POST", "/api/v1/workflows/retry-later/runs", json={})).json()[
         "instance_id"]
 
-    async def waiting() -> bool:
-        run = await stack.run_state(iid)
-        return bool(run and any(t["state"] == "retry_wait" for t in run["tasks"]))
-
-    await eventually(waiting, what="the task in retry_wait")
+    await stack.wait_task_state(iid, "retry_wait")
     next(p for p in stack.processes if p.name == "orchestrator").kill9()
     stack.start("orchestrator")
     run = await stack.wait_run(iid, timeout=90)
@@ -83,11 +79,7 @@ async def test_a_workflow_timeout_fires_after_the_orchestrator_is_sigkilled(stac
     iid = (await stack.request("POST", "/api/v1/workflows/bounded/runs", json={})).json()[
         "instance_id"]
 
-    async def running() -> bool:
-        run = await stack.run_state(iid)
-        return bool(run and any(t["state"] == "running" for t in run["tasks"]))
-
-    await eventually(running, what="the task running")
+    await stack.wait_task_state(iid, "running")
     next(p for p in stack.processes if p.name == "orchestrator").kill9()
     stack.start("orchestrator")
     run = await stack.wait_run(iid, timeout=90)

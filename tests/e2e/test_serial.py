@@ -53,12 +53,7 @@ async def test_serial_discard_stops_a_run_while_another_runs(stack: Stack):
     await stack.apply({"name": "single", "execution": "serial_discard",
                        "tasks": [{"name": "hold", "command": "sleep 2"}]})
     first = await start(stack, "single")
-
-    async def running() -> bool:
-        run = await stack.run_state(first)
-        return bool(run and run["state"] == "running")
-
-    await eventually(running, what="the first run running")
+    await stack.wait_state(first, "running")
     second = await stack.wait_run(await start(stack, "single"), states=("stopped",))
     assert "serial_discard" in second["failure"] and second["tasks"] == []
     assert (await stack.wait_run(first))["state"] == "succeeded"
@@ -70,12 +65,7 @@ async def test_serial_priority_wakes_the_most_urgent_waiting_run(stack: Stack):
     await stack.apply({"name": "ranked", "execution": "serial_priority",
                        "tasks": [{"name": "hold", "command": "sleep 1"}]})
     blocker = await start(stack, "ranked")
-
-    async def running() -> bool:
-        run = await stack.run_state(blocker)
-        return bool(run and run["state"] == "running")
-
-    await eventually(running, what="the blocker running")
+    await stack.wait_state(blocker, "running")
     low = await start(stack, "ranked", priority="lowest")
     high = await start(stack, "ranked", priority="highest")
     runs = {name: await stack.wait_run(i, timeout=60)

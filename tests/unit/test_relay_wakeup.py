@@ -23,16 +23,23 @@ class Probe(OutboxRelay):
         return 0
 
 
-async def test_a_wake_during_a_pass_is_not_lost():
-    relay, stop = Probe(), asyncio.Event()
+async def run_until_second_pass(relay: Probe) -> asyncio.Task[None]:
+    """Run the relay loop until it makes a second pass (the interval is 60 s), then stop it."""
+    stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
-        # With the wake lost, the second pass would come only after the 60 s interval.
         await asyncio.wait_for(relay.second.wait(), 10)
     finally:
         stop.set()
         relay.wake.set()
         await asyncio.wait_for(task, 5)
+    return task
+
+
+async def test_a_wake_during_a_pass_is_not_lost():
+    relay = Probe()
+    # With the wake lost, the second pass would come only after the 60 s interval.
+    await run_until_second_pass(relay)
     assert relay.passes >= 2
 
 
@@ -48,12 +55,6 @@ class Flaky(Probe):
 
 
 async def test_a_broker_error_does_not_stop_the_relay():
-    relay, stop = Flaky(), asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        await asyncio.wait_for(relay.second.wait(), 10)
-    finally:
-        stop.set()
-        relay.wake.set()
-        await asyncio.wait_for(task, 5)
+    relay = Flaky()
+    task = await run_until_second_pass(relay)
     assert relay.passes >= 2 and not task.cancelled() and task.exception() is None

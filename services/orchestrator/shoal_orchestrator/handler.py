@@ -89,14 +89,8 @@ class Cache:
         for iid in [i for i, (p, _) in self._runs.items() if p in partitions]:
             del self._runs[iid]
 
-    def clear(self) -> None:
-        self._runs.clear()
-
     def runs(self) -> list[Run]:
         return [r for _, r in self._runs.values()]
-
-    def __len__(self) -> int:
-        return len(self._runs)
 
 
 class BatchHandler:
@@ -178,19 +172,19 @@ class BatchHandler:
     ) -> tuple[list[Append], list[OutboxRow], dict[str, tuple[int, Run]]]:
         missing = {c.instance_id for _, c in inputs if c.instance_id not in self.cache}
         histories = await self.store.load(missing)
-        working: dict[str, tuple[int, Run | None, int]] = {}  # partition, run, seq at start
+        working: dict[str, Run | None] = {}         # each instance's state as decided so far
+        changed: dict[str, tuple[int, Run]] = {}    # instances this batch wrote: partition, run
         for iid in {c.instance_id for _, c in inputs}:
             run = self.cache.get(iid)
-            if iid in histories:
-                for e in histories[iid]:
-                    run = evolve(run, e, instance_id=iid)
-            working[iid] = (-1, run, run.seq if run else 0)
+            for e in histories.get(iid, ()):
+                run = evolve(run, e, instance_id=iid)
+            working[iid] = run
         definitions: dict[tuple[str, int | None], tuple[int, Any] | None] = {}
         holders: dict[str, str | None] = {}  # serial workflow -> run holding its slot
         appends: list[Append] = []
         outbox: list[OutboxRow] = []
         for rec, cmd in inputs:
-            _, run, _ = working[cmd.instance_id]
+            run = working[cmd.instance_id]
             try:
                 inp = await self._resolve(cmd, run, definitions)
                 if isinstance(inp, str):
@@ -217,9 +211,9 @@ class BatchHandler:
             outbox.extend(self._effects(cmd.instance_id, first_seq, decision.events,
                                         new, cmd.message_id, timers))
             serial.extend(_serial_ops(new, decision.events, holders))
-            working[cmd.instance_id] = (rec.partition, new, 0)
-        runs = {iid: (p, r) for iid, (p, r, _) in working.items() if r is not None and p >= 0}
-        return appends, outbox, runs
+            working[cmd.instance_id] = new
+            changed[cmd.instance_id] = (rec.partition, new)
+        return appends, outbox, changed
 
     async def _slot_free(self, inp: Input, run: Run | None,
                          holders: dict[str, str | None]) -> bool:
