@@ -206,8 +206,11 @@ def cmd_service(args: argparse.Namespace) -> None:
         from shoal_worker.main import run
     elif name == "projector":
         from shoal_projector.main import run
+    elif name == "scheduler":
+        from shoal_scheduler.main import run
     else:
-        sys.exit(f"shoal: unknown service {name!r} (api, orchestrator, worker, projector)")
+        sys.exit(f"shoal: unknown service {name!r} "
+                 "(api, orchestrator, worker, projector, scheduler)")
     run()
 
 
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(fn=cmd_dev)
     s = sub.add_parser("service", help="run one service in the foreground")
-    s.add_argument("name", choices=["api", "orchestrator", "worker", "projector"])
+    s.add_argument("name", choices=["api", "orchestrator", "worker", "projector", "scheduler"])
     s.set_defaults(fn=cmd_service)
     s = sub.add_parser("apply", help="publish a workflow definition (YAML or JSON)")
     s.add_argument("file")

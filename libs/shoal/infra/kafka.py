@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 INSTANCE_TOPICS = ("commands", "events", "task-logs", "dead-letters", "worker-control",
                    "worker-heartbeats")
+# Tables rather than streams: only the latest record per key matters.
+COMPACTED_TOPICS = ("schedules",)
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:
@@ -56,16 +58,21 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
         missing = [n for n in dict.fromkeys(names) if n not in existing]
         if missing:
             # Created concurrently by another service: what we wanted.
+            compacted = {settings.topic(t) for t in COMPACTED_TOPICS}
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(n, settings.partitions, 1) for n in missing])
+                await admin.create_topics([
+                    NewTopic(n, settings.partitions, 1,
+                             topic_configs={"cleanup.policy": "compact"} if n in compacted
+                             else {})
+                    for n in missing])
             log.info("created topics %s", missing)
     finally:
         await admin.close()
 
 
 def base_topics(settings: Settings) -> list[str]:
-    return [settings.topic(t) for t in INSTANCE_TOPICS] + [settings.tasks_topic("default")]
+    return ([settings.topic(t) for t in (*INSTANCE_TOPICS, *COMPACTED_TOPICS)]
+            + [settings.tasks_topic("default")])
 
 
 async def send_reliably(producer: AIOKafkaProducer, topic: str, value: bytes,

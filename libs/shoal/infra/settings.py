@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # How long a dead group member keeps its partitions; bounds failover time.
     kafka_session_timeout_ms: int = 10_000
     outbox_relay_interval: float = 1.0
+    # The scheduler re-plans at least this often (seconds) and checks backfill progress.
+    scheduler_tick: float = 1.0
     projector_batch: int = 1000
     log_level: str = "INFO"
 
@@ -48,6 +50,10 @@ class Settings(BaseSettings):
     @property
     def events_topic(self) -> str:
         return self.topic("events")
+
+    @property
+    def schedules_topic(self) -> str:
+        return self.topic("schedules")
 
     @property
     def dead_letters_topic(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,10 @@ from shoal.infra.db import connect_pool, migrate
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_api.deps import Resources
-from shoal_api.routes import logs, runs, workflows
+from shoal_api.records import republish_all
+from shoal_api.routes import backfills, logs, runs, schedules, workflows
+
+log = logging.getLogger("shoal.api")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -24,6 +28,9 @@ def create_app(settings: Settings) -> FastAPI:
         producer = kafka.producer(settings)
         await producer.start()
         app.state.resources = Resources(settings, pool, producer, EventStore(pool))
+        n = await republish_all(settings, pool, producer)
+        if n:
+            log.info("re-published %d schedule and backfill records", n)
         try:
             yield
         finally:
@@ -34,6 +41,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(logs.router)
+    app.include_router(schedules.router)
+    app.include_router(backfills.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

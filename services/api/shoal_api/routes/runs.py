@@ -28,6 +28,7 @@ from shoal.infra import codec
 from shoal.infra.kafka import send_reliably
 from shoal.infra.lifecycle import utcnow_iso
 from shoal_api.deps import Res
+from shoal_api.records import workflow_status
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
 
@@ -56,6 +57,12 @@ async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[
     if found is None:
         which = f" version {body.version}" if body.version else ""
         raise HTTPException(404, {"message": f"no workflow named '{name}'{which}"})
+    status = await workflow_status(res.pool, name)
+    if status == "deleted":
+        raise HTTPException(404, {"message": f"no workflow named '{name}'"})
+    if status == "offline":
+        raise HTTPException(409, {"message": f"workflow '{name}' is offline; put it online "
+                                             "to start it"})
     known = {t["name"] for t in found[1]["tasks"]}
     unknown = [t for t in body.start_from or [] if t not in known]
     if unknown:

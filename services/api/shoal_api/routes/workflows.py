@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -11,6 +11,7 @@ from shoal.core.definition import parse_definition
 from shoal.core.errors import DefinitionInvalid
 from shoal.infra import codec
 from shoal_api.deps import Res
+from shoal_api.records import workflow_status
 
 router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
 
@@ -44,8 +45,15 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
             "SELECT version, definition::text AS d FROM shoal.workflow_definitions "
             "WHERE name = $1 ORDER BY version DESC LIMIT 1", definition.name)
         if latest is not None and codec.loads(latest["d"]) == normalized:
+            restored = await conn.fetchval(
+                "DELETE FROM shoal.workflow_status WHERE name = $1 AND deleted RETURNING true",
+                definition.name)
             response.status_code = 200
-            return {"name": definition.name, "version": latest["version"], "changed": False}
+            return {"name": definition.name, "version": latest["version"],
+                    "changed": bool(restored)}
+        # Publishing a deleted workflow's name again brings it back, online.
+        await conn.execute("DELETE FROM shoal.workflow_status WHERE name = $1 AND deleted",
+                           definition.name)
         version = (latest["version"] if latest else 0) + 1
         await conn.execute(
             "INSERT INTO shoal.workflow_definitions (name, version, definition, source) "
@@ -57,21 +65,26 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
 @router.get("")
 async def list_workflows(res: Res) -> list[dict[str, Any]]:
     rows = await res.pool.fetch(
-        "SELECT DISTINCT ON (name) name, version, definition->>'description' AS description, "
-        "created_at FROM shoal.workflow_definitions ORDER BY name, version DESC")
+        "SELECT DISTINCT ON (d.name) d.name, d.version, d.definition->>'description' AS "
+        "description, d.created_at, coalesce(s.online, true) AS online FROM "
+        "shoal.workflow_definitions d LEFT JOIN shoal.workflow_status s ON s.name = d.name "
+        "WHERE NOT coalesce(s.deleted, false) ORDER BY d.name, d.version DESC")
     return [{"name": r["name"], "latest_version": r["version"],
-             "description": r["description"], "updated_at": r["created_at"].isoformat()}
+             "description": r["description"], "updated_at": r["created_at"].isoformat(),
+             "online": r["online"]}
             for r in rows]
 
 
 @router.get("/{name}")
 async def get_workflow(name: str, res: Res) -> dict[str, Any]:
+    status = await workflow_status(res.pool, name)
     rows = await res.pool.fetch(
         "SELECT version, definition::text AS d, created_at FROM shoal.workflow_definitions "
         "WHERE name = $1 ORDER BY version DESC", name)
-    if not rows:
+    if not rows or status == "deleted":
         raise HTTPException(404, {"message": f"no workflow named '{name}'"})
     return {"name": name, "version": rows[0]["version"], "definition": codec.loads(rows[0]["d"]),
+            "online": status == "online",
             "versions": [{"version": r["version"], "created_at": r["created_at"].isoformat()}
                          for r in rows]}
 
@@ -85,3 +98,38 @@ async def get_version(name: str, version: int, res: Res) -> dict[str, Any]:
         raise HTTPException(404, {"message": f"workflow '{name}' has no version {version}"})
     return {"name": name, "version": version, "definition": codec.loads(row["d"]),
             "created_at": row["created_at"].isoformat()}
+
+
+@router.post("/{name}/online")
+async def put_online(name: str, res: Res) -> dict[str, Any]:
+    """Put a workflow online (DolphinScheduler's release state; the default)."""
+    return await _release(name, "online", res)
+
+
+@router.post("/{name}/offline")
+async def put_offline(name: str, res: Res) -> dict[str, Any]:
+    """Put a workflow offline: it cannot be started, and its schedules do not fire."""
+    return await _release(name, "offline", res)
+
+
+async def _release(name: str, action: Literal["online", "offline"], res: Res) -> dict[str, Any]:
+    if await workflow_status(res.pool, name) in (None, "deleted"):
+        raise HTTPException(404, {"message": f"no workflow named '{name}'"})
+    await res.pool.execute(
+        "INSERT INTO shoal.workflow_status (name, online) VALUES ($1, $2) ON CONFLICT (name) "
+        "DO UPDATE SET online = $2, updated_at = now()", name, action == "online")
+    return {"name": name, "online": action == "online"}
+
+
+@router.delete("/{name}", status_code=204)
+async def delete_workflow(name: str, res: Res) -> Response:
+    """Delete a workflow: it disappears from listings, cannot be started and its schedules
+    do not fire. Its versions stay (past runs refer to them); publishing it again
+    restores it."""
+    if await workflow_status(res.pool, name) in (None, "deleted"):
+        raise HTTPException(404, {"message": f"no workflow named '{name}'"})
+    await res.pool.execute(
+        "INSERT INTO shoal.workflow_status (name, online, deleted) VALUES ($1, false, true) "
+        "ON CONFLICT (name) DO UPDATE SET deleted = true, online = false, updated_at = now()",
+        name)
+    return Response(status_code=204)

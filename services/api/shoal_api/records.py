@@ -1,0 +1,50 @@
+"""Schedule and backfill records: stored by the API, published to ``<prefix>.schedules``.
+
+A change is written in a transaction that commits only after the broker acknowledged the
+record, so the table never holds a change the schedulers were not told about. Each record
+carries a ``revision`` (strictly increasing per key) so a scheduler ignores a stale copy
+(for instance one re-published by another API instance at its start).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import HTTPException
+
+from shoal.infra import codec
+from shoal.infra.catalog import workflow_status
+from shoal.infra.kafka import send_reliably
+from shoal.infra.settings import Settings
+from shoal_api.deps import Resources
+
+log = logging.getLogger(__name__)
+
+__all__ = ["publish", "republish_all", "workflow_status"]
+
+
+async def publish(res: Resources, key: str, record: dict[str, Any]) -> None:
+    try:
+        await send_reliably(res.producer, res.settings.schedules_topic, codec.dumps(record),
+                            key.encode(), give_up_after=10.0)
+    except KafkaError as exc:
+        raise HTTPException(503, {"message": f"the broker did not accept the change: {exc!r};"
+                                             " nothing was changed, try again"}) from exc
+
+
+async def republish_all(settings: Settings, pool: asyncpg.Pool,
+                        producer: AIOKafkaProducer) -> int:
+    """Publish every stored record again (at API start): heals a change whose commit
+    failed after its publish, and a broker that lost its data. Revisions make it safe."""
+    n = 0
+    for table in ("schedules", "backfills"):
+        rows = await pool.fetch(f"SELECT id, record::text AS r FROM shoal.{table}")
+        for row in rows:
+            await send_reliably(producer, settings.schedules_topic, row["r"].encode(),
+                                str(row["id"]).encode())
+            n += 1
+    return n

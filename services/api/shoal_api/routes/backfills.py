@@ -1,0 +1,213 @@
+"""Backfills (DolphinScheduler's complement data): a fixed plan of runs, admitted at the
+backfill's pace by the scheduler that owns it, tracked and controllable here."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, time
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Response
+from pydantic import BaseModel, Field
+
+from shoal.core.schedule import (
+    BACKFILL_NAMESPACE,
+    DEFAULT_BACKFILL_CRON,
+    MAX_BACKFILL_RUNS,
+    BackfillMode,
+    CronInvalid,
+    backfill_times,
+    localize,
+    parse_cron,
+    parse_timezone,
+    scheduled_instance_id,
+)
+from shoal.infra import codec
+from shoal_api.deps import Res
+from shoal_api.records import publish, workflow_status
+
+router = APIRouter(prefix="/api/v1", tags=["backfills"])
+
+Scalar = str | int | float | bool | None
+TERMINAL = ("succeeded", "failed", "stopped")
+
+
+class BackfillCreate(BaseModel):
+    """Body of ``POST /workflows/{name}/backfill``."""
+
+    model_config = {"extra": "forbid"}
+
+    start: datetime | date | None = Field(default=None, description="first time (inclusive)")
+    end: datetime | date | None = Field(default=None, description="last time (inclusive)")
+    cron: str | None = Field(default=None, description="default: the workflow's schedule, "
+                                                       "else daily at midnight")
+    timezone: str | None = Field(default=None, description="default: the schedule's, else UTC")
+    dates: list[datetime | date] | None = Field(default=None, max_length=MAX_BACKFILL_RUNS)
+    mode: Literal["serial", "parallel"] = "serial"
+    parallelism: int = Field(default=1, ge=1, le=1000)
+    reverse: bool = False
+    params: dict[str, Scalar] = {}
+    priority: Literal["highest", "high", "medium", "low", "lowest"] | None = None
+    backfill_id: uuid.UUID | None = Field(
+        default=None, description="default: derived from the workflow, times and params, so "
+                                  "submitting the same backfill twice starts nothing new")
+
+
+def _as_dt(v: datetime | date) -> datetime:
+    return v if isinstance(v, datetime) else datetime.combine(v, time())
+
+
+def _problem(path: str, message: str) -> HTTPException:
+    return HTTPException(422, {"message": f"{path}: {message}",
+                               "problems": [{"path": path, "message": message}]})
+
+
+async def _timetable(res: Res, name: str, body: BackfillCreate) -> tuple[str, str]:
+    """(cron, timezone): the body's, else the workflow's first schedule's, else defaults."""
+    row = await res.pool.fetchrow(
+        "SELECT record->>'cron' AS cron, record->>'timezone' AS tz FROM shoal.schedules "
+        "WHERE workflow = $1 AND NOT deleted ORDER BY created_at LIMIT 1", name)
+    cron = body.cron or (row["cron"] if row else DEFAULT_BACKFILL_CRON)
+    tz = body.timezone or (row["tz"] if row else "UTC")
+    return cron, tz
+
+
+@router.post("/workflows/{name}/backfill", status_code=202)
+async def create_backfill(name: str, body: BackfillCreate, res: Res,
+                          response: Response) -> dict[str, Any]:
+    status = await workflow_status(res.pool, name)
+    if status in (None, "deleted"):
+        raise HTTPException(404, {"message": f"no workflow named '{name}'"})
+    if status == "offline":
+        raise HTTPException(409, {"message": f"workflow '{name}' is offline; put it online "
+                                             "before backfilling"})
+    cron_expr, tz_name = await _timetable(res, name, body)
+    try:
+        cron = parse_cron(cron_expr)
+    except CronInvalid as exc:
+        raise _problem("cron", str(exc)) from None
+    try:
+        tz = parse_timezone(tz_name)
+    except ValueError as exc:
+        raise _problem("timezone", str(exc)) from None
+    if not body.dates and (body.start is None or body.end is None):
+        raise _problem("start", "give start and end, or dates")
+    try:
+        times = backfill_times(
+            cron=cron, tz=tz,
+            start=localize(_as_dt(body.start), tz) if body.start else None,
+            end=localize(_as_dt(body.end), tz) if body.end else None,
+            dates=[localize(_as_dt(d), tz) for d in body.dates] if body.dates else None,
+            reverse=body.reverse)
+    except ValueError as exc:
+        raise _problem("end", str(exc)) from None
+    if not times:
+        raise _problem("start", f"no fire of '{cron_expr}' ({tz_name}) between start and end")
+    params = {k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
+              for k, v in body.params.items()}
+    bid = str(body.backfill_id or uuid.uuid5(BACKFILL_NAMESPACE, codec.dumps(
+        {"workflow": name, "times": sorted(t.isoformat() for t in times),
+         "params": params}).decode()))
+    ids = [scheduled_instance_id(bid, t) for t in times]
+    record = {"kind": "backfill", "id": bid, "workflow": name, "mode": body.mode,
+              "parallelism": body.parallelism if body.mode == "parallel" else 1,
+              "reverse": body.reverse, "total": len(times), "params": params,
+              "priority": body.priority, "cron": cron_expr, "timezone": tz_name,
+              "state": "running", "revision": 1}
+    async with res.pool.acquire() as conn, conn.transaction():
+        inserted = await conn.fetchval(
+            "INSERT INTO shoal.backfills (id, workflow, record, total) VALUES ($1, $2, "
+            "$3::jsonb, $4) ON CONFLICT (id) DO NOTHING RETURNING true", uuid.UUID(bid), name,
+            codec.dumps(record).decode(), len(times))
+        if not inserted:
+            existing = await conn.fetch("SELECT instance_id FROM shoal.backfill_runs WHERE "
+                                        "backfill_id = $1 ORDER BY idx", uuid.UUID(bid))
+            response.status_code = 200
+            return {"backfill_id": bid, "instance_ids": [str(r[0]) for r in existing],
+                    "created": False}
+        await conn.copy_records_to_table(
+            "backfill_runs", schema_name="shoal",
+            columns=["backfill_id", "idx", "schedule_time", "instance_id"],
+            records=[(uuid.UUID(bid), i, t, uuid.UUID(iid))
+                     for i, (t, iid) in enumerate(zip(times, ids, strict=True))])
+        await publish(res, bid, record)
+    return {"backfill_id": bid, "instance_ids": ids, "created": True}
+
+
+async def _progress(res: Res, bid: uuid.UUID) -> dict[str, Any]:
+    row = await res.pool.fetchrow(
+        "SELECT record::text AS record, total, created_at, updated_at FROM shoal.backfills "
+        "WHERE id = $1", bid)
+    if row is None:
+        raise HTTPException(404, {"message": f"no backfill {bid}"})
+    record = codec.loads(row["record"])
+    by_state = {r["state"]: r["n"] for r in await res.pool.fetch(
+        "SELECT r.state, count(*) AS n FROM shoal.backfill_runs b JOIN shoal_read.workflow_runs"
+        " r USING (instance_id) WHERE b.backfill_id = $1 GROUP BY r.state", bid)}
+    span = await res.pool.fetchrow(
+        "SELECT min(schedule_time) AS first, max(schedule_time) AS last FROM "
+        "shoal.backfill_runs WHERE backfill_id = $1", bid)
+    started = sum(by_state.values())
+    finished = sum(n for s, n in by_state.items() if s in TERMINAL)
+    state = record["state"]
+    if state == "running" and finished == row["total"]:
+        state = "finished"
+    return {"backfill_id": str(bid), "workflow": record["workflow"], "mode": record["mode"],
+            "parallelism": record["parallelism"], "reverse": record["reverse"],
+            "cron": record["cron"], "timezone": record["timezone"], "params": record["params"],
+            "state": state, "planned": row["total"], "started": started, "finished": finished,
+            "succeeded": by_state.get("succeeded", 0), "failed": by_state.get("failed", 0),
+            "active": started - finished, "by_state": by_state,
+            "first_schedule_time": span["first"].astimezone(UTC).isoformat(),
+            "last_schedule_time": span["last"].astimezone(UTC).isoformat(),
+            "created_at": row["created_at"].isoformat(),
+            "updated_at": row["updated_at"].isoformat()}
+
+
+@router.get("/backfills")
+async def list_backfills(res: Res, workflow: str | None = None,
+                         limit: int = 50) -> list[dict[str, Any]]:
+    rows = await res.pool.fetch(
+        "SELECT id FROM shoal.backfills WHERE ($1::text IS NULL OR workflow = $1) "
+        "ORDER BY created_at DESC LIMIT $2", workflow, max(1, min(limit, 500)))
+    return [await _progress(res, r["id"]) for r in rows]
+
+
+@router.get("/backfills/{backfill_id}")
+async def get_backfill(backfill_id: uuid.UUID, res: Res) -> dict[str, Any]:
+    return await _progress(res, backfill_id)
+
+
+@router.get("/backfills/{backfill_id}/runs")
+async def backfill_runs(backfill_id: uuid.UUID, res: Res, offset: int = 0,
+                        limit: int = 100) -> list[dict[str, Any]]:
+    rows = await res.pool.fetch(
+        "SELECT b.idx, b.schedule_time, b.instance_id, r.state FROM shoal.backfill_runs b "
+        "LEFT JOIN shoal_read.workflow_runs r USING (instance_id) WHERE b.backfill_id = $1 "
+        "ORDER BY b.idx OFFSET $2 LIMIT $3", backfill_id, max(0, offset),
+        max(1, min(limit, 1000)))
+    return [{"index": r["idx"], "schedule_time": r["schedule_time"].astimezone(UTC).isoformat(),
+             "instance_id": str(r["instance_id"]), "state": r["state"] or "planned"}
+            for r in rows]
+
+
+_NEXT = {"pause": "paused", "resume": "running", "cancel": "cancelled"}
+
+
+@router.post("/backfills/{backfill_id}/{action}", status_code=202)
+async def control_backfill(backfill_id: uuid.UUID, action: Literal["pause", "resume", "cancel"],
+                           res: Res) -> dict[str, Any]:
+    async with res.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT record::text AS record FROM shoal.backfills "
+                                  "WHERE id = $1 FOR UPDATE", backfill_id)
+        if row is None:
+            raise HTTPException(404, {"message": f"no backfill {backfill_id}"})
+        record = codec.loads(row["record"])
+        if record["state"] == "cancelled":
+            raise HTTPException(409, {"message": "the backfill was cancelled",
+                                      "state": "cancelled"})
+        record = {**record, "state": _NEXT[action], "revision": record["revision"] + 1}
+        await conn.execute("UPDATE shoal.backfills SET record = $2::jsonb, updated_at = now() "
+                           "WHERE id = $1", backfill_id, codec.dumps(record).decode())
+        await publish(res, str(backfill_id), record)
+    return {"backfill_id": str(backfill_id), "state": record["state"]}

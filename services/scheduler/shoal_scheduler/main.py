@@ -1,0 +1,188 @@
+"""Scheduler entry point: a faust-streaming app over ``<prefix>.schedules``.
+
+Schedulers form one consumer group over the compacted schedules topic; each owns the
+schedules and backfills of its partitions. Two faust tables, both changelogged to Kafka
+and co-partitioned with the topic, hold everything a new owner needs after a rebalance:
+
+* ``records``: the latest schedule/backfill record per id (the topic folded by revision);
+* ``cursors``: per schedule the last fire handled, per backfill the runs admitted.
+
+Ownership change (faust's rebalance + table recovery): while faust rebalances or
+recovers tables nothing fires; afterwards a newly owned partition counts as owned from
+that moment, so fires between its stored cursor and then were missed and follow the
+schedule's ``catchup``. Nothing else is kept between passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+
+from shoal.core.schedule import Schedule
+from shoal.infra import codec, kafka
+from shoal.infra.db import connect_pool, migrate
+from shoal.infra.settings import Settings
+from shoal_scheduler.firing import Firer
+
+log = logging.getLogger("shoal.scheduler")
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition the default (murmur2) partitioner gives ``key``: where the API's
+    records and this scheduler's cursors for it land."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def build_app(settings: Settings) -> faust.App:
+    session = settings.kafka_session_timeout_ms / 1000
+    app = faust.App(
+        f"{settings.topic_prefix}.scheduler",
+        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        topic_partitions=settings.partitions,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        # Standbys would double the changelog reads; recovery from the changelog is quick
+        # at the sizes a schedule table has.
+        table_standby_replicas=0,
+        broker_session_timeout=session,
+        broker_heartbeat_interval=max(session / 5, 0.1),
+        broker_rebalance_timeout=max(session * 2, 10.0),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
+    topic = app.topic(settings.schedules_topic, key_type=bytes, value_type=bytes,
+                      partitions=settings.partitions)
+    records = app.Table("records", partitions=settings.partitions, key_type=bytes,
+                        value_type=bytes)
+    # Written outside a stream (by the fire loop): the producer's partitioner places each
+    # key where the API's record for it is, so both move together on a rebalance.
+    cursors = app.Table("cursors", partitions=settings.partitions, key_type=bytes,
+                        value_type=bytes, use_partitioner=True)
+    changed = asyncio.Event()
+
+    @app.agent(topic)
+    async def ingest(stream: Any) -> None:
+        async for key, value in stream.items():
+            if key is None or value is None:
+                continue
+            try:
+                new = codec.loads(value)
+                revision = int(new["revision"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignored a malformed schedules record for %r: %r", key, exc)
+                continue
+            old = records.get(key)
+            if old is not None and int(codec.loads(old).get("revision", 0)) >= revision:
+                continue  # a stale copy (re-published at an API start)
+            records[key] = value
+            changed.set()
+
+    @app.task
+    async def fire_loop() -> None:
+        await _fire_loop(app, settings, topic.get_topic_name(), records, cursors, changed)
+
+    return app
+
+
+async def _fire_loop(app: faust.App, settings: Settings, topic_name: str,
+                     records: Any, cursors: Any, changed: asyncio.Event) -> None:
+    await migrate(settings.database_url)
+    pool = await connect_pool(settings.database_url, max_size=3)
+    producer = kafka.producer(settings)
+    await producer.start()
+    firer = Firer(settings, pool, producer)
+    owned_since: dict[int, datetime] = {}
+    try:
+        while not app.should_stop:
+            if app.rebalancing or app.in_recovery:
+                await _sleep(changed, 0.1)
+                continue
+            now = datetime.now(UTC)
+            actives = {tp.partition for tp in app.assignor.assigned_actives()
+                       if tp.topic == topic_name}
+            for p in actives - owned_since.keys():
+                owned_since[p] = now
+                log.info("owning schedules partition %d from %s", p, now.isoformat())
+            for p in owned_since.keys() - actives:
+                del owned_since[p]
+            next_due = now + timedelta(seconds=settings.scheduler_tick)
+            try:
+                due = await _pass(firer, records, cursors, owned_since, now,
+                                  settings.partitions)
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.warning("scheduler pass failed (%r); retrying", exc)
+                due = None
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
+                log.warning("scheduler pass failed (%r); retrying", exc)
+                due = None
+            if due is not None:
+                next_due = min(next_due, due)
+            await _sleep(changed, (next_due - datetime.now(UTC)).total_seconds())
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+def _is_transient(exc: Exception) -> bool:
+    import asyncpg
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, asyncpg.PostgresError | KafkaError)
+
+
+async def _pass(firer: Firer, records: Any, cursors: Any, owned_since: dict[int, datetime],
+                now: datetime, partitions: int) -> datetime | None:
+    earliest: datetime | None = None
+    for key, value in list(records.items()):
+        part = partition_of(key, partitions)
+        if part not in owned_since:
+            continue
+        record = codec.loads(value)
+        if record.get("deleted"):
+            continue
+        raw = cursors.get(key)
+        cursor = codec.loads(raw) if raw is not None else {}
+        if record.get("kind") == "backfill":
+            admitted = int(cursor.get("admitted", 0))
+            new = await firer.backfill_pass(record, admitted)
+            if new != admitted:
+                cursors[key] = codec.dumps({"admitted": new})
+            continue
+        schedule = Schedule.from_dict(record)
+        last = datetime.fromisoformat(cursor["last"]) if cursor.get("last") else None
+        new_last, due = await firer.schedule_pass(schedule, last, owned_since[part], now)
+        if new_last is not None and new_last != last:
+            cursors[key] = codec.dumps({"last": new_last.isoformat()})
+        if due is not None and (earliest is None or due < earliest):
+            earliest = due
+    return earliest
+
+
+async def _sleep(changed: asyncio.Event, seconds: float) -> None:
+    if seconds <= 0:
+        return
+    try:
+        await asyncio.wait_for(changed.wait(), timeout=seconds)
+    except TimeoutError:
+        return
+    changed.clear()
+
+
+def run() -> None:
+    from faust import Worker
+
+    settings = Settings()
+    # The API creates the topic (compacted); here too in case the scheduler starts first.
+    asyncio.run(kafka.ensure_topics(settings, [settings.schedules_topic]))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = build_app(settings)
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
