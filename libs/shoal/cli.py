@@ -131,6 +131,100 @@ def cmd_logs(args: argparse.Namespace) -> None:
                 event = "message"
 
 
+def _params(pairs: list[str] | None) -> dict[str, str]:
+    params = {}
+    for p in pairs or []:
+        if "=" not in p:
+            sys.exit(f"shoal: --param expects k=v, got {p!r}")
+        k, v = p.split("=", 1)
+        params[k] = v
+    return params
+
+
+def _schedule_line(s: dict[str, Any]) -> str:
+    nxt = s["next_fires"][0] if s["next_fires"] and s["enabled"] else "-"
+    return (f"{s['id']}  {s['workflow']:<20} {s['cron']:<18} {s['timezone']:<16} "
+            f"{'enabled' if s['enabled'] else 'disabled':<8} catchup={s['catchup']:<6} "
+            f"next={nxt}")
+
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    if args.action == "create":
+        body: dict[str, Any] = {"workflow": args.workflow, "cron": args.cron,
+                                "timezone": args.timezone, "catchup": args.catchup,
+                                "enabled": not args.disabled, "params": _params(args.param)}
+        if args.start:
+            body["start"] = args.start
+        if args.end:
+            body["end"] = args.end
+        out = _request("POST", "/api/v1/schedules", json=body)
+        print(_schedule_line(out))
+        print("next fires: " + ", ".join(out["next_fires"]))
+    elif args.action == "list":
+        path = "/api/v1/schedules" + (f"?workflow={args.workflow}" if args.workflow else "")
+        for s in _request("GET", path):
+            print(_schedule_line(s))
+    elif args.action == "show":
+        _print(_request("GET", f"/api/v1/schedules/{args.id}"))
+    elif args.action in ("enable", "disable"):
+        change: dict[str, Any] = {"enabled": args.action == "enable"}
+        if getattr(args, "catchup", None):
+            change["catchup"] = args.catchup
+        print(_schedule_line(_request("PUT", f"/api/v1/schedules/{args.id}", json=change)))
+    elif args.action == "delete":
+        _request("DELETE", f"/api/v1/schedules/{args.id}")
+        print(f"schedule {args.id} deleted")
+
+
+def _backfill_line(b: dict[str, Any]) -> str:
+    return (f"{b['backfill_id']}  {b['workflow']:<20} {b['state']:<9} {b['mode']:<8} "
+            f"planned={b['planned']} started={b['started']} finished={b['finished']} "
+            f"succeeded={b['succeeded']} failed={b['failed']}")
+
+
+def cmd_backfill(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"mode": args.mode, "parallelism": args.parallelism,
+                            "reverse": args.reverse, "params": _params(args.param)}
+    for k in ("start", "end", "cron", "timezone"):
+        if getattr(args, k):
+            body[k] = getattr(args, k)
+    if args.date:
+        body["dates"] = args.date
+    out = _request("POST", f"/api/v1/workflows/{args.workflow}/backfill", json=body)
+    n = len(out["instance_ids"])
+    print(f"backfill {out['backfill_id']}: {n} run(s)"
+          + ("" if out.get("created", True) else " (already submitted: nothing new)"))
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            b = _request("GET", f"/api/v1/backfills/{out['backfill_id']}")
+            if b["state"] in ("finished", "cancelled"):
+                print(_backfill_line(b))
+                sys.exit(0 if b["failed"] == 0 and b["state"] == "finished" else 1)
+            time.sleep(0.5)
+        sys.exit(f"shoal: backfill not finished after {args.timeout}s")
+
+
+def cmd_backfills(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        for b in _request("GET", "/api/v1/backfills"):
+            print(_backfill_line(b))
+    elif args.action == "show":
+        print(_backfill_line(_request("GET", f"/api/v1/backfills/{args.id}")))
+    else:
+        out = _request("POST", f"/api/v1/backfills/{args.id}/{args.action}")
+        print(f"backfill {out['backfill_id']}: {out['state']}")
+
+
+def cmd_workflow(args: argparse.Namespace) -> None:
+    if args.action == "delete":
+        _request("DELETE", f"/api/v1/workflows/{args.name}")
+        print(f"workflow {args.name} deleted")
+    else:
+        _request("POST", f"/api/v1/workflows/{args.name}/{args.action}")
+        print(f"workflow {args.name} is {args.action}")
+
+
 def cmd_workers(args: argparse.Namespace) -> None:
     for w in _request("GET", "/api/v1/workers"):
         print(f"{w['worker_id']:<32} group={w['group']:<12} slots={w['slots']:<3} "
@@ -275,6 +369,52 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("id")
     s.add_argument("--until", type=int)
     s.set_defaults(fn=cmd_replay)
+    s = sub.add_parser("schedule", help="cron schedules of workflows")
+    ssub = s.add_subparsers(dest="action", required=True)
+    c = ssub.add_parser("create", help="schedule a workflow")
+    c.add_argument("workflow")
+    c.add_argument("--cron", required=True,
+                   help="5-field cron, or Quartz 6/7-field with seconds first: '0 0 2 * * ?'")
+    c.add_argument("--timezone", default="UTC", help="IANA name, e.g. Europe/Berlin")
+    c.add_argument("--start", help="no fire before this time (RFC 3339; naive = local)")
+    c.add_argument("--end", help="no fire after this time")
+    c.add_argument("--param", action="append", metavar="K=V")
+    c.add_argument("--catchup", choices=["all", "latest", "none"], default="all",
+                   help="fires missed while no scheduler ran or the schedule was off")
+    c.add_argument("--disabled", action="store_true", help="create it switched off")
+    lst = ssub.add_parser("list", help="schedules with their next fire")
+    lst.add_argument("--workflow")
+    for verb in ("show", "enable", "disable", "delete"):
+        v = ssub.add_parser(verb)
+        v.add_argument("id")
+        if verb == "enable":
+            v.add_argument("--catchup", choices=["all", "latest", "none"],
+                           help="what to do with the fires missed while it was off")
+    s.set_defaults(fn=cmd_schedule)
+    s = sub.add_parser("backfill", help="run a workflow for past dates (complement data)")
+    s.add_argument("workflow")
+    s.add_argument("--start", help="first time, e.g. 2026-01-01")
+    s.add_argument("--end", help="last time (inclusive)")
+    s.add_argument("--date", action="append", help="an explicit date (repeatable)")
+    s.add_argument("--cron", help="default: the workflow's schedule, else daily at midnight")
+    s.add_argument("--timezone")
+    s.add_argument("--mode", choices=["serial", "parallel"], default="serial")
+    s.add_argument("--parallelism", type=int, default=1)
+    s.add_argument("--reverse", action="store_true", help="latest date first")
+    s.add_argument("--param", action="append", metavar="K=V")
+    s.add_argument("--wait", action="store_true", help="wait until every run finished")
+    s.add_argument("--timeout", type=float, default=86400)
+    s.set_defaults(fn=cmd_backfill)
+    s = sub.add_parser("backfills", help="backfills: list, show, pause, resume, cancel")
+    bsub = s.add_subparsers(dest="action", required=True)
+    bsub.add_parser("list")
+    for verb in ("show", "pause", "resume", "cancel"):
+        bsub.add_parser(verb).add_argument("id")
+    s.set_defaults(fn=cmd_backfills)
+    s = sub.add_parser("workflow", help="put a workflow online or offline, or delete it")
+    s.add_argument("action", choices=["online", "offline", "delete"])
+    s.add_argument("name")
+    s.set_defaults(fn=cmd_workflow)
     s = sub.add_parser("projections", help="read-model maintenance")
     s.add_argument("action", choices=["rebuild"])
     s.set_defaults(fn=cmd_projections)

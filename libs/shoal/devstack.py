@@ -49,7 +49,7 @@ def run_dev(examples: Path, workers: int = 1) -> None:
         env.setdefault("SHOAL_TOPIC_PREFIX", "shoal")
         api_host = env.setdefault("SHOAL_API_HOST", "127.0.0.1")
         api_port = int(env.setdefault("SHOAL_API_PORT", "8460"))
-        names = ["api", "orchestrator", "projector"] + ["worker"] * workers
+        names = ["api", "orchestrator", "projector", "scheduler"] + ["worker"] * workers
         for i, name in enumerate(names):
             wenv = dict(env)
             if name == "worker":
