@@ -4,6 +4,7 @@ catch-up, offline workflows, validation."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,7 +91,7 @@ async def test_every_fire_once_across_scheduler_sigkills(stack: Stack):
     print(f"\nSIGKILL -> first caught-up fire submitted: {takeovers} s; {len(fired)} fires")
     assert len(fired) >= 20
     assert len({r["instance_id"] for r in runs}) == len(runs)
-    gaps = {(b - a).total_seconds() for a, b in zip(fired, fired[1:], strict=False)}
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(fired)}
     assert gaps == {2.0}, f"schedule times not exactly every 2 s: {fired}"
     assert fired[0] == datetime.fromisoformat(s["next_fires"][0])
     for r in runs:
@@ -138,7 +139,7 @@ async def test_disable_stops_fires_and_enable_follows_catchup(stack: Stack):
     await eventually(caught_up, timeout=30, what="catch-up after enable")
     await update(stack, sid, enabled=False)
     fired = [t for t in times(await scheduled_runs(stack)) if t >= last_before]
-    gaps = {(b - a).total_seconds() for a, b in zip(fired, fired[1:], strict=False)}
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(fired)}
     assert gaps == {2.0}, f"catchup=all left a hole: {fired}"
     assert any(last_before < t < on_at for t in fired), "no missed fire was caught up"
 

@@ -234,7 +234,7 @@ def test_latest_over_a_year_does_not_expand_the_gap() -> None:
 CRONS = ["*/7 * * * *", "0 * * * *", "30 2 * * *", "0 */20 * * * ?", "0 15 1-3 * * ?",
          "0 0 0 ? * 1", "*/15 2-3 * * *"]
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
-instants = st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2026, 12, 31),  # noqa: DTZ001
+instants = st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2026, 12, 31),
                         timezones=st.just(UTC))
 
 

@@ -91,24 +91,22 @@ def _quartz_dow(field_: str) -> str:
     if field_ in ("?", "*"):
         return "*"
     out = []
-    for token in field_.split(","):
-        step = ""
-        if "/" in token:
-            token, s = token.split("/", 1)
-            step = "/" + s
-        if token.upper().endswith("L") and token.upper() != "L":
+    for part in field_.split(","):
+        day_spec, _, step = part.partition("/")
+        step = "/" + step if step else ""
+        if day_spec.upper().endswith("L") and day_spec.upper() != "L":
             raise CronInvalid("'nL' (last given weekday of the month) is not supported; "
                               "use day-of-month 'L' or 'n#k'")
-        if "#" in token:
-            day, nth = token.split("#", 1)
+        if "#" in day_spec:
+            day, nth = day_spec.split("#", 1)
             out.append(f"{_quartz_day(day)}#{nth}{step}")
-        elif "-" in token:
-            lo, hi = token.split("-", 1)
+        elif "-" in day_spec:
+            lo, hi = day_spec.split("-", 1)
             out.append(f"{_quartz_day(lo)}-{_quartz_day(hi)}{step}")
-        elif token == "*":
-            out.append(token + step)
+        elif day_spec == "*":
+            out.append("*" + step)
         else:
-            out.append(_quartz_day(token) + step)
+            out.append(_quartz_day(day_spec) + step)
     return ",".join(out)
 
 

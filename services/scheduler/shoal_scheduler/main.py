@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
 
-from shoal.core.schedule import Schedule
+from shoal.core.schedule import BackfillMode, Schedule
 from shoal.infra import codec, kafka
 from shoal.infra.db import connect_pool, migrate
 from shoal.infra.settings import Settings
@@ -35,7 +36,7 @@ log = logging.getLogger("shoal.scheduler")
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives ``key``: where the API's
     records and this scheduler's cursors for it land."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -75,6 +76,7 @@ def build_app(settings: Settings) -> faust.App:
             try:
                 new = codec.loads(value)
                 revision = int(new["revision"])
+                check_record(new)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignored a malformed schedules record for %r: %r", key, exc)
                 continue
@@ -84,11 +86,31 @@ def build_app(settings: Settings) -> faust.App:
             records[key] = value
             changed.set()
 
-    @app.task
     async def fire_loop() -> None:
         await _fire_loop(app, settings, topic.get_topic_name(), records, cursors, changed)
 
+    app.task(fire_loop)
+
     return app
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise ValueError/KeyError/TypeError for a record the fire loop could not use (the
+    API only publishes valid ones; anyone with topic access could publish others)."""
+    if record.get("deleted"):
+        return
+    if record.get("kind") == "backfill":
+        uuid.UUID(record["id"])
+        int(record["total"])
+        int(record["parallelism"])
+        if record["state"] not in ("running", "paused", "cancelled"):
+            raise ValueError(f"unknown backfill state {record['state']!r}")
+        BackfillMode(record["mode"])
+        return
+    schedule = Schedule.from_dict(record)
+    uuid.UUID(schedule.id)
+    schedule.parsed_cron  # noqa: B018 - raises CronInvalid (a ValueError) when invalid
+    schedule.zone  # noqa: B018
 
 
 async def _fire_loop(app: faust.App, settings: Settings, topic_name: str,
@@ -116,7 +138,7 @@ async def _fire_loop(app: faust.App, settings: Settings, topic_name: str,
             try:
                 due = await _pass(firer, records, cursors, owned_since, now,
                                   settings.partitions)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 log.warning("scheduler pass failed (%r); retrying", exc)
                 due = None
             except Exception as exc:

@@ -14,7 +14,6 @@ from shoal.core.schedule import (
     BACKFILL_NAMESPACE,
     DEFAULT_BACKFILL_CRON,
     MAX_BACKFILL_RUNS,
-    BackfillMode,
     CronInvalid,
     backfill_times,
     localize,

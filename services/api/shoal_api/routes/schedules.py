@@ -9,8 +9,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
 
-from shoal.core.schedule import Catchup, Schedule, localize, parse_timezone, upcoming, \
-    validate_schedule_fields
+from shoal.core.schedule import (
+    Catchup,
+    Schedule,
+    localize,
+    parse_timezone,
+    upcoming,
+    validate_schedule_fields,
+)
 from shoal.infra import codec
 from shoal_api.deps import Res
 from shoal_api.records import publish, workflow_status
