@@ -5,6 +5,10 @@
 2. Burst: 1,000 StartWorkflow of a 1-task DAG published at once with no worker running;
    events appended per second by the orchestrator (3 events per start).
 3. Then one worker (8 slots) drains the 1,000 runs: runs completed per second.
+4. Scheduler: lateness of fires of a schedule every second (run submitted - fire time);
+   the time from SIGKILL of the owning scheduler (two running, default session timeout)
+   to the first fire submitted by the other; a parallel backfill of 200 dates
+   (parallelism 20, one-task runs): runs per second.
 """
 
 from __future__ import annotations
@@ -144,6 +148,7 @@ async def main() -> None:
         results["drain_1000_runs_one_worker_8_slots"] = {
             "seconds_incl_group_join": round(elapsed, 1),
             "runs_per_s": round(1000 / elapsed, 1)}
+        results.update(await bench_scheduler(api, pool, spawn))
     finally:
         await producer.stop()
         await pool.close()
@@ -155,6 +160,69 @@ async def main() -> None:
     out.mkdir(exist_ok=True)
     (out / f"bench-{int(time.time())}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+async def bench_scheduler(api: str, pool: asyncpg.Pool, spawn) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    out: dict[str, object] = {}
+    schedulers = [spawn("scheduler"), spawn("scheduler")]
+    async with httpx.AsyncClient(base_url=api, timeout=30) as c:
+        r = await c.post("/api/v1/schedules", json={"workflow": "one", "cron": "* * * * * ?"})
+        r.raise_for_status()
+        sid = r.json()["id"]
+
+        async def lateness() -> list[float]:
+            rows = await pool.fetch(
+                "SELECT extract(epoch FROM e.recorded_at - r.schedule_time) AS late FROM "
+                "shoal_read.workflow_runs r JOIN shoal.events e ON e.instance_id = "
+                "r.instance_id AND e.seq = 1 WHERE r.workflow = 'one' AND r.schedule_time "
+                "IS NOT NULL ORDER BY r.schedule_time")
+            return [float(x["late"]) * 1000 for x in rows]
+
+        await wait_until(lambda: _len_at_least(lateness, 13), limit_s=120, interval=0.2)
+        late = (await lateness())[3:13]  # after the first fires (groups joining)
+        out["schedule_fire_lateness_ms"] = {"median": round(statistics.median(late), 1),
+                                            "max": round(max(late), 1), "fires": len(late)}
+
+        def fired_last(p: OwnedProcess) -> str:
+            lines = [ln for ln in p.log_path.read_text().splitlines()  # type: ignore[union-attr]
+                     if f"schedule {sid} fired" in ln]
+            return lines[-1][:25] if lines else ""
+
+        victim = max(schedulers, key=fired_last)
+        t_kill = time.time()
+        victim.kill9()
+
+        async def first_after() -> float | None:
+            ts = await pool.fetchval(
+                "SELECT extract(epoch FROM min(e.recorded_at)) FROM shoal.events e JOIN "
+                "shoal_read.workflow_runs r USING (instance_id) WHERE e.seq = 1 AND "
+                "r.workflow = 'one' AND e.recorded_at > to_timestamp($1)", t_kill)
+            return float(ts) if ts is not None else None
+
+        t_first = await wait_until(first_after, limit_s=120, interval=0.2)
+        out["scheduler_sigkill_to_first_caught_up_fire_s"] = round(t_first - t_kill, 1)
+        (await c.put(f"/api/v1/schedules/{sid}", json={"enabled": False})).raise_for_status()
+
+        t0 = time.monotonic()
+        r = await c.post("/api/v1/workflows/one/backfill", json={
+            "start": "2020-01-01", "end": "2020-07-18", "mode": "parallel",
+            "parallelism": 20})
+        r.raise_for_status()
+        bid = r.json()["backfill_id"]
+
+        async def bf_done() -> bool:
+            p = (await c.get(f"/api/v1/backfills/{bid}")).json()
+            return bool(p["state"] == "finished")
+
+        await wait_until(bf_done, limit_s=600, interval=0.2)
+        elapsed = time.monotonic() - t0
+        out["backfill_200_parallel_20"] = {"seconds": round(elapsed, 1),
+                                           "runs_per_s": round(200 / elapsed, 1)}
+    return out
+
+
+async def _len_at_least(probe, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return len(await probe()) >= n
 
 
 async def _at_least(probe, n: int) -> bool:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ carries a ``revision`` (strictly increasing per key) so a scheduler ignores a st
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,13 @@ from shoal_api.deps import Resources
 
 log = logging.getLogger(__name__)
 
-__all__ = ["publish", "republish_all", "workflow_status"]
+__all__ = ["publish", "republish_all", "string_params", "workflow_status"]
+
+
+def string_params(params: Mapping[str, str | int | float | bool | None]) -> dict[str, str]:
+    """Parameter values as the text a task sees (true/false for booleans, "" for null)."""
+    return {k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in params.items()}
 
 
 async def publish(res: Resources, key: str, record: dict[str, Any]) -> None:

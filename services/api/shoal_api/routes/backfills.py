@@ -23,7 +23,7 @@ from shoal.core.schedule import (
 )
 from shoal.infra import codec
 from shoal_api.deps import Res
-from shoal_api.records import publish, workflow_status
+from shoal_api.records import publish, string_params, workflow_status
 
 router = APIRouter(prefix="/api/v1", tags=["backfills"])
 
@@ -102,8 +102,7 @@ async def create_backfill(name: str, body: BackfillCreate, res: Res,
         raise _problem("end", str(exc)) from None
     if not times:
         raise _problem("start", f"no fire of '{cron_expr}' ({tz_name}) between start and end")
-    params = {k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
-              for k, v in body.params.items()}
+    params = string_params(body.params)
     bid = str(body.backfill_id or uuid.uuid5(BACKFILL_NAMESPACE, codec.dumps(
         {"workflow": name, "times": sorted(t.isoformat() for t in times),
          "params": params}).decode()))

@@ -28,7 +28,7 @@ from shoal.infra import codec
 from shoal.infra.kafka import send_reliably
 from shoal.infra.lifecycle import utcnow_iso
 from shoal_api.deps import Res
-from shoal_api.records import workflow_status
+from shoal_api.records import string_params, workflow_status
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
 
@@ -72,8 +72,7 @@ async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[
     cmd = StartWorkflow(
         message_id=str(uuid.uuid4()), instance_id=instance_id, sent_at=utcnow_iso(),
         workflow=name, version=body.version,
-        params={k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
-                for k, v in body.params.items()},
+        params=string_params(body.params),
         priority=Priority(body.priority) if body.priority else None,
         schedule_time=body.schedule_time.isoformat() if body.schedule_time else None,
         start_from=tuple(body.start_from) if body.start_from else None,

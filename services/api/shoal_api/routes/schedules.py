@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, Field
 
@@ -19,7 +20,7 @@ from shoal.core.schedule import (
 )
 from shoal.infra import codec
 from shoal_api.deps import Res
-from shoal_api.records import publish, workflow_status
+from shoal_api.records import publish, string_params, workflow_status
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
 
@@ -58,11 +59,6 @@ class ScheduleUpdate(BaseModel):
     priority: Literal["highest", "high", "medium", "low", "lowest"] | None = None
 
 
-def _params(p: dict[str, Scalar]) -> dict[str, str]:
-    return {k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
-            for k, v in p.items()}
-
-
 def _problems(fields: dict[str, Any]) -> None:
     problems = validate_schedule_fields(fields)
     if problems:
@@ -76,7 +72,7 @@ def _build(sid: str, f: dict[str, Any], *, epoch: datetime, enabled_at: datetime
         id=sid, workflow=f["workflow"], cron=f["cron"], timezone=f["timezone"] or "UTC",
         start=localize(f["start"], tz) if f.get("start") else None,
         end=localize(f["end"], tz) if f.get("end") else None,
-        enabled=f["enabled"], params=_params(f.get("params") or {}),
+        enabled=f["enabled"], params=string_params(f.get("params") or {}),
         catchup=Catchup(f.get("catchup") or "all"), priority=f.get("priority"),
         epoch=epoch, enabled_at=enabled_at)
 
@@ -136,17 +132,22 @@ async def get_schedule(schedule_id: uuid.UUID, res: Res) -> dict[str, Any]:
     return await _public(res, row)
 
 
+async def _locked(conn: asyncpg.Connection, schedule_id: uuid.UUID) -> dict[str, Any]:
+    """The schedule's record, locked until the transaction ends; 404 when there is none."""
+    row = await conn.fetchrow(
+        "SELECT record::text AS record FROM shoal.schedules WHERE id = $1 AND NOT deleted "
+        "FOR UPDATE", schedule_id)
+    if row is None:
+        raise HTTPException(404, {"message": f"no schedule {schedule_id}"})
+    return dict(codec.loads(row["record"]))
+
+
 @router.put("/{schedule_id}")
 async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
                           res: Res) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
     async with res.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "SELECT record::text AS record FROM shoal.schedules WHERE id = $1 AND NOT deleted "
-            "FOR UPDATE", schedule_id)
-        if row is None:
-            raise HTTPException(404, {"message": f"no schedule {schedule_id}"})
-        old = codec.loads(row["record"])
+        old = await _locked(conn, schedule_id)
         fields = {k: old[k] for k in ("workflow", "cron", "timezone", "enabled", "params",
                                       "catchup", "priority")}
         fields["start"] = datetime.fromisoformat(old["start"]) if old["start"] else None
@@ -177,12 +178,7 @@ async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
 @router.delete("/{schedule_id}", status_code=204)
 async def delete_schedule(schedule_id: uuid.UUID, res: Res) -> Response:
     async with res.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "SELECT record::text AS record FROM shoal.schedules WHERE id = $1 AND NOT deleted "
-            "FOR UPDATE", schedule_id)
-        if row is None:
-            raise HTTPException(404, {"message": f"no schedule {schedule_id}"})
-        old = codec.loads(row["record"])
+        old = await _locked(conn, schedule_id)
         record = {"kind": "schedule", "id": str(schedule_id), "deleted": True,
                   "revision": old["revision"] + 1}
         await conn.execute("UPDATE shoal.schedules SET deleted = true, record = $2::jsonb, "
