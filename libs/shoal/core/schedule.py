@@ -138,13 +138,28 @@ def _to_instant(local: datetime, tz: ZoneInfo) -> datetime:
     return local.replace(tzinfo=tz, fold=0).astimezone(UTC)
 
 
+def _local(instant: datetime, tz: ZoneInfo) -> datetime:
+    return instant.astimezone(tz).replace(tzinfo=None)
+
+
+def _slack(tz: ZoneInfo, instant: datetime) -> timedelta:
+    """How far local times and instants can disagree in order near ``instant``: the size
+    of a daylight-saving change within a few hours of it, else nothing. (Far from a
+    change, local time and instants are in the same order, so no margin is needed —
+    and none is paid: a per-second cron would otherwise walk hours of candidates.)"""
+    before = (instant - _DST_SLACK).astimezone(tz).utcoffset() or timedelta(0)
+    after = (instant + _DST_SLACK).astimezone(tz).utcoffset() or timedelta(0)
+    return abs(after - before)
+
+
 def fire_times(cron: Cron, tz: ZoneInfo, after: datetime, until: datetime | None,
                limit: int) -> list[datetime]:
     """The instants (UTC) in ``(after, until]`` at which ``cron`` fires, ascending, each
     once, at most ``limit`` of them. ``until=None`` means no upper bound."""
     if limit <= 0 or (until is not None and until <= after):
         return []
-    start_local = after.astimezone(tz).replace(tzinfo=None) - _DST_SLACK
+    start_local = _local(after, tz) - _slack(tz, after)
+    end_local = None if until is None else _local(until, tz) + _slack(tz, until)
     it = croniter(cron.native, start_local, second_at_beginning=cron.seconds)
     found: set[datetime] = set()
     stop_local: datetime | None = None
@@ -153,9 +168,8 @@ def fire_times(cron: Cron, tz: ZoneInfo, after: datetime, until: datetime | None
             local = it.get_next(datetime)
         except (StopIteration, ValueError):
             break  # a year field that has no more matches
-        if stop_local is not None and local > stop_local:
-            break
-        if until is not None and local > until.astimezone(tz).replace(tzinfo=None) + _DST_SLACK:
+        if (stop_local is not None and local > stop_local) or (
+                end_local is not None and local > end_local):
             break
         instant = _to_instant(local, tz)
         if instant <= after or (until is not None and instant > until):
@@ -164,14 +178,15 @@ def fire_times(cron: Cron, tz: ZoneInfo, after: datetime, until: datetime | None
         if len(found) >= limit and stop_local is None:
             # Around a DST change later local times can map to earlier instants: look a
             # little further before trusting the first ``limit`` found.
-            stop_local = local + _DST_SLACK
+            stop_local = local + _slack(tz, instant)
     return sorted(found)[:limit]
 
 
 def last_fire_before(cron: Cron, tz: ZoneInfo, before: datetime,
                      after: datetime) -> datetime | None:
     """The latest instant in ``(after, before)`` at which ``cron`` fires, if any."""
-    start_local = before.astimezone(tz).replace(tzinfo=None) + _DST_SLACK
+    start_local = _local(before, tz) + _slack(tz, before)
+    floor_local = _local(after, tz) - _slack(tz, after)
     it = croniter(cron.native, start_local, second_at_beginning=cron.seconds)
     best: datetime | None = None
     while True:
@@ -179,12 +194,12 @@ def last_fire_before(cron: Cron, tz: ZoneInfo, before: datetime,
             local = it.get_prev(datetime)
         except (StopIteration, ValueError):
             break
+        if local < floor_local:
+            break
         instant = _to_instant(local, tz)
         if after < instant < before and (best is None or instant > best):
             best = instant
-        if local < after.astimezone(tz).replace(tzinfo=None) - _DST_SLACK:
-            break
-        if best is not None and local < best.astimezone(tz).replace(tzinfo=None) - _DST_SLACK:
+        if best is not None and local < _local(best, tz) - _slack(tz, best):
             break
     return best
 
