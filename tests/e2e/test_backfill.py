@@ -152,3 +152,15 @@ async def test_backfill_validation(stack: Stack):
     r = await stack.request("POST", "/api/v1/workflows/missing/backfill",
                             json={"start": "2026-01-01", "end": "2026-01-02"})
     assert r.status_code == 404
+
+
+async def test_default_timetable_is_the_enabled_schedules(stack: Stack):
+    await stack.apply(daily(0))
+    for cron, enabled in (("0/2 * * * * ?", False), ("0 6 * * *", True)):
+        r = await stack.request("POST", "/api/v1/schedules", json={
+            "workflow": "daily", "cron": cron, "enabled": enabled, "timezone": "Europe/Berlin"})
+        assert r.status_code == 201, r.text
+    out = await backfill(stack, start="2026-01-01", end="2026-01-03T23:00:00")
+    p = await progress(stack, out["backfill_id"])
+    assert (p["cron"], p["timezone"], p["planned"]) == ("0 6 * * *", "Europe/Berlin", 3)
+    assert p["first_schedule_time"] == "2026-01-01T05:00:00+00:00"  # 06:00 CET

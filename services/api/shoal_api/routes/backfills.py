@@ -62,10 +62,12 @@ def _problem(path: str, message: str) -> HTTPException:
 
 
 async def _timetable(res: Res, name: str, body: BackfillCreate) -> tuple[str, str]:
-    """(cron, timezone): the body's, else the workflow's first schedule's, else defaults."""
+    """(cron, timezone): the body's, else the workflow's schedule's (the oldest enabled one,
+    else the oldest), else daily at midnight UTC."""
     row = await res.pool.fetchrow(
         "SELECT record->>'cron' AS cron, record->>'timezone' AS tz FROM shoal.schedules "
-        "WHERE workflow = $1 AND NOT deleted ORDER BY created_at LIMIT 1", name)
+        "WHERE workflow = $1 AND NOT deleted "
+        "ORDER BY (record->>'enabled')::boolean DESC, created_at LIMIT 1", name)
     cron = body.cron or (row["cron"] if row else DEFAULT_BACKFILL_CRON)
     tz = body.timezone or (row["tz"] if row else "UTC")
     return cron, tz
