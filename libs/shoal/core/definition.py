@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from shoal.core.errors import DefinitionInvalid, Problem
+from shoal.core.timeexpr import TimeExpressionInvalid, expand_time
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -180,6 +182,22 @@ class WorkflowDefinition:
         }
 
 
+def _check_time_expressions(params: Mapping[str, str], tasks: Sequence[TaskDefinition],
+                            problems: list[Problem]) -> None:
+    """Every ``$[...]`` must evaluate (at an arbitrary instant: only its form matters)."""
+    sample = datetime(2000, 1, 31, 12)  # noqa: DTZ001 - a fixed sample, not a clock read
+    places = [(f"params.{k}", v) for k, v in params.items()]
+    for i, t in enumerate(tasks):
+        places.append((f"tasks[{i}].{'script' if t.type == 'python' else 'command'}",
+                       t.command))
+        places += [(f"tasks[{i}].env.{k}", v) for k, v in t.env.items()]
+    for path, text in places:
+        try:
+            expand_time(text, sample)
+        except TimeExpressionInvalid as exc:
+            problems.append(Problem(path, str(exc)))
+
+
 def parse_definition(raw: object) -> WorkflowDefinition:
     """Validate ``raw`` and build the definition, or raise :class:`DefinitionInvalid`."""
     problems: list[Problem] = []
@@ -234,6 +252,7 @@ def parse_definition(raw: object) -> WorkflowDefinition:
             if isinstance(dep, str) and dep not in declared:
                 problems.append(Problem(f"tasks[{i}].depends_on[{j}]", f"unknown task '{dep}'"))
 
+    _check_time_expressions(params, tasks, problems)
     if not problems:
         cycle = find_cycle({t.name: t.depends_on for t in tasks})
         if cycle:

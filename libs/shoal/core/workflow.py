@@ -75,6 +75,7 @@ from shoal.core.model import (
     WorkflowTimedOut,
 )
 from shoal.core.params import expand
+from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_params
 
 __all__ = ["TASK_TABLE", "WORKFLOW_TABLE", "Context", "Decision", "decide", "evolve",
            "evolve_all", "fold", "rejection"]
@@ -669,7 +670,8 @@ def _start_ready(step: Step) -> bool:
             instant = True
         elif run.dry_run:
             step.emit(TaskDryRun(at=now, task=name, attempt=run.next_attempt(name),
-                                 command=expand(d.command, _params_for(run, name))))
+                                 command=_expand_time(expand(d.command, _params_for(
+                                     run, name)), business_time(run))))
             instant = True
         elif d.delay > 0:
             attempt = run.next_attempt(name)
@@ -687,15 +689,19 @@ def _dispatch(step: Step, name: str, attempt: int) -> None:
     step.emit(TaskDispatched(
         at=step.ctx.now, task=name, attempt=attempt, dispatch_id=step.new_id(),
         task_type=d.type, worker_group=run.definition.worker_group_of(d),
-        command=expand(d.command, params),
-        env={k: expand(v, params) for k, v in d.env.items()}, outputs=tuple(d.outputs),
+        command=_expand_time(expand(d.command, params), business_time(run)),
+        env={k: _expand_time(expand(v, params), business_time(run)) for k, v in d.env.items()},
+        outputs=tuple(d.outputs),
         priority=run.priority.rank * len(Priority) + d.priority.rank,
     ))
 
 
 def _params_for(run: Run, name: str) -> dict[str, str]:
-    """Global and run params, then outputs of ancestors (nearer producers last)."""
-    params = dict(run.params)
+    """System params, global and run params (their ``$[...]`` evaluated), then outputs of
+    ancestors (nearer producers last)."""
+    base = business_time(run)
+    params = system_params(base) if base else {}
+    params.update(_timed(run.params, base))
     definition = run.definition
     seen: set[str] = set()
     stack = list(definition.task(name).depends_on)
@@ -708,6 +714,28 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
         if t.name in seen and t.name in run.tasks:
             params.update(run.tasks[t.name].outputs)
     return params
+
+
+def business_time(run: Run) -> datetime | None:
+    """What time expressions are relative to: the run's schedule time (a wall-clock time
+    in the offset it was given with), else the time the run was submitted."""
+    stamp = run.schedule_time or run.submitted_at
+    return datetime.fromisoformat(stamp) if stamp else None
+
+
+def _timed(values: Mapping[str, str], base: datetime | None) -> dict[str, str]:
+    return {k: _expand_time(v, base) for k, v in values.items()}
+
+
+def _expand_time(text: str, base: datetime | None) -> str:
+    """Evaluate ``$[...]``; one that cannot be evaluated (definitions are checked when
+    published, but run params are not) is left as written, like an unknown ``${name}``."""
+    if base is None or "$[" not in text:
+        return text
+    try:
+        return expand_time(text, base)
+    except TimeExpressionInvalid:
+        return text
 
 
 def _failure_reason(run: Run) -> str:

@@ -61,7 +61,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
             compacted = {settings.topic(t) for t in COMPACTED_TOPICS}
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([
-                    NewTopic(n, settings.partitions, 1,
+                    NewTopic(n, settings.partitions, settings.kafka_replication_factor,
                              topic_configs={"cleanup.policy": "compact"} if n in compacted
                              else {})
                     for n in missing])

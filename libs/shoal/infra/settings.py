@@ -35,8 +35,12 @@ class Settings(BaseSettings):
     # How long a dead group member keeps its partitions; bounds failover time.
     kafka_session_timeout_ms: int = 10_000
     outbox_relay_interval: float = 1.0
-    # The scheduler re-plans at least this often (seconds) and checks backfill progress.
+    # Replication factor of the topics Shoal creates (and of the scheduler's changelogs).
+    kafka_replication_factor: int = 1
+    # The scheduler re-plans at least this often (seconds).
     scheduler_tick: float = 1.0
+    # While a backfill waits for its runs, the scheduler checks their progress this often.
+    scheduler_backfill_poll: float = 0.25
     projector_batch: int = 1000
     log_level: str = "INFO"
 

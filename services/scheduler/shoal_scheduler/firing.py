@@ -28,6 +28,7 @@ from shoal.core.schedule import (
     backfill_admissions,
     following_fire,
     next_fires,
+    parse_timezone,
     scheduled_instance_id,
 )
 from shoal.infra import codec
@@ -49,6 +50,7 @@ class Start:
     schedule_time: datetime
     params: Mapping[str, str]
     priority: str | None
+    timezone: str = "UTC"
 
     def command(self, now: datetime) -> StartWorkflow:
         iid = scheduled_instance_id(self.owner_id, self.schedule_time)
@@ -57,7 +59,10 @@ class Start:
             sent_at=now.isoformat(), workflow=self.workflow, version=None,
             params=dict(self.params),
             priority=Priority(self.priority) if self.priority else None,
-            schedule_time=self.schedule_time.astimezone(UTC).isoformat())
+            # In the schedule's own offset: time expressions ($[yyyyMMdd]) and
+            # SHOAL_SCHEDULE_TIME then speak of the local business date.
+            schedule_time=self.schedule_time.astimezone(parse_timezone(self.timezone))
+            .isoformat())
 
 
 class Firer:
@@ -96,7 +101,8 @@ class Firer:
             status = await workflow_status(self.pool, schedule.workflow)
             if status == "online":
                 await self.publish([Start(schedule.id, schedule.workflow, t, schedule.params,
-                                          schedule.priority) for t in plan.fire])
+                                          schedule.priority, schedule.timezone)
+                                    for t in plan.fire])
                 log.info("schedule %s fired %s x%d (%s .. %s)", schedule.id,
                          schedule.workflow, len(plan.fire), plan.fire[0].isoformat(),
                          plan.fire[-1].isoformat())
@@ -130,7 +136,8 @@ class Firer:
             "SELECT schedule_time FROM shoal.backfill_runs WHERE backfill_id = $1 AND "
             "idx >= $2 ORDER BY idx LIMIT $3", bid, admitted, n)
         await self.publish([Start(str(bid), record["workflow"], r["schedule_time"],
-                                  record.get("params") or {}, record.get("priority"))
+                                  record.get("params") or {}, record.get("priority"),
+                                  record.get("timezone") or "UTC")
                             for r in rows])
         log.info("backfill %s admitted runs %d..%d of %d", bid, admitted + 1,
                  admitted + len(rows), total)

@@ -57,6 +57,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=max(session * 2, 10.0),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        topic_replication_factor=settings.kafka_replication_factor,
     )
     topic = app.topic(settings.schedules_topic, key_type=bytes, value_type=bytes,
                       partitions=settings.partitions)
@@ -136,8 +137,7 @@ async def _fire_loop(app: faust.App, settings: Settings, topic_name: str,
                 del owned_since[p]
             next_due = now + timedelta(seconds=settings.scheduler_tick)
             try:
-                due = await _pass(firer, records, cursors, owned_since, now,
-                                  settings.partitions)
+                due = await _pass(firer, records, cursors, owned_since, now, settings)
             except (TimeoutError, OSError) as exc:
                 log.warning("scheduler pass failed (%r); retrying", exc)
                 due = None
@@ -162,10 +162,10 @@ def _is_transient(exc: Exception) -> bool:
 
 
 async def _pass(firer: Firer, records: Any, cursors: Any, owned_since: dict[int, datetime],
-                now: datetime, partitions: int) -> datetime | None:
+                now: datetime, settings: Settings) -> datetime | None:
     earliest: datetime | None = None
     for key, value in list(records.items()):
-        part = partition_of(key, partitions)
+        part = partition_of(key, settings.partitions)
         if part not in owned_since:
             continue
         record = codec.loads(value)
@@ -178,6 +178,10 @@ async def _pass(firer: Firer, records: Any, cursors: Any, owned_since: dict[int,
             new = await firer.backfill_pass(record, admitted)
             if new != admitted:
                 cursors[key] = codec.dumps({"admitted": new})
+            if record["state"] == "running" and new < int(record["total"]):
+                # Waiting for runs to finish: look again soon, not at the next tick.
+                poll = now + timedelta(seconds=settings.scheduler_backfill_poll)
+                earliest = poll if earliest is None else min(earliest, poll)
             continue
         schedule = Schedule.from_dict(record)
         last = datetime.fromisoformat(cursor["last"]) if cursor.get("last") else None
