@@ -53,13 +53,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    params = {}
-    for p in args.param or []:
-        if "=" not in p:
-            sys.exit(f"shoal: --param expects k=v, got {p!r}")
-        k, v = p.split("=", 1)
-        params[k] = v
-    body: dict[str, Any] = {"params": params}
+    body: dict[str, Any] = {"params": _params(args.param)}
     if args.version:
         body["version"] = args.version
     if args.start_from:

@@ -193,3 +193,45 @@ async def test_schedule_api_validation_and_next_fires(stack: Stack):
     assert r.status_code == 422
     assert (await stack.request("DELETE", f"/api/v1/schedules/{s['id']}")).status_code == 204
     assert (await stack.request("GET", f"/api/v1/schedules/{s['id']}")).status_code == 404
+
+
+async def test_a_stale_record_does_not_undo_a_newer_change(stack: Stack):
+    """A copy of an older revision (an API re-publishing at its start while another API
+    changed the schedule) reaches the topic after the change: the scheduler keeps the
+    newer one, so the disabled schedule stays off."""
+    import asyncpg
+
+    from tests.e2e.kafka_io import publish_with_librdkafka
+
+    stack.start("scheduler")
+    await stack.apply(TICK)
+    sid = (await create_schedule(stack))["id"]
+    await eventually(lambda: _count_at_least(stack, 1), timeout=60, what="first fire")
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        enabled_record = await conn.fetchval(
+            "SELECT record::text FROM shoal.schedules WHERE id = $1::uuid", sid)
+    finally:
+        await conn.close()
+    off_at = datetime.now(UTC)
+    await update(stack, sid, enabled=False)
+    publish_with_librdkafka(stack.bootstrap, f"{stack.prefix}.schedules",
+                            [(sid, enabled_record.encode())])
+    await asyncio.sleep(6)
+    assert [t for t in times(await scheduled_runs(stack))
+            if t > off_at + timedelta(seconds=2)] == []
+
+
+async def test_publishing_a_deleted_workflow_again_restores_it(stack: Stack):
+    await stack.apply(TICK)
+    assert (await stack.request("DELETE", "/api/v1/workflows/tick")).status_code == 204
+    listed = (await stack.request("GET", "/api/v1/workflows")).json()
+    assert "tick" not in [w["name"] for w in listed]
+    assert (await stack.request("POST", "/api/v1/workflows/tick/runs", json={})
+            ).status_code == 404
+    again = await stack.apply(TICK)
+    assert again["changed"] is True
+    got = (await stack.request("GET", "/api/v1/workflows/tick")).json()
+    assert got["online"] is True
+    assert (await stack.request("POST", "/api/v1/workflows/tick/runs", json={})
+            ).status_code == 202

@@ -32,7 +32,7 @@ from shoal.core.errors import Problem
 
 # Enough to step over any daylight-saving change (the largest shift in use is 2 h).
 _DST_SLACK = timedelta(hours=3)
-# A backfill or a catch-up never expands more than this many fire times at once.
+# The most runs one backfill may plan.
 MAX_BACKFILL_RUNS = 100_000
 DEFAULT_BACKFILL_CRON = "0 0 * * *"
 _QUARTZ_DOW_NAMES = re.compile(r"^[A-Za-z]{3}$")
@@ -60,7 +60,7 @@ class Cron:
     seconds: bool
 
 
-def parse_cron(expr: str) -> Cron:
+def parse_cron(expr: object) -> Cron:
     """Parse a 5-field or a Quartz 6/7-field expression, or raise :class:`CronInvalid`."""
     if not isinstance(expr, str) or not expr.strip():
         raise CronInvalid("must be a non-empty string")
@@ -278,9 +278,7 @@ def next_fires(schedule: Schedule, *, after: datetime | None, until: datetime,
     if not schedule.enabled:
         return FirePlan((), 0, after, more=False)
     cron, tz = schedule.parsed_cron, schedule.zone
-    lower = max(after or schedule.epoch, schedule.epoch)
-    if schedule.start is not None:
-        lower = max(lower, schedule.start - timedelta(microseconds=1))
+    lower = _window_start(schedule, after)
     upper = until if schedule.end is None else min(until, schedule.end)
     if upper <= lower:
         return FirePlan((), 0, after, more=False)
@@ -313,10 +311,26 @@ def next_fires(schedule: Schedule, *, after: datetime | None, until: datetime,
 
 def upcoming(schedule: Schedule, now: datetime, n: int = 5) -> list[datetime]:
     """The next ``n`` fire times after ``now`` (for display: ignores ``enabled``)."""
-    lower = max(now, schedule.epoch)
+    return fire_times(schedule.parsed_cron, schedule.zone, _window_start(schedule, now),
+                      schedule.end, n)
+
+
+def following_fire(schedule: Schedule, after: datetime | None) -> datetime | None:
+    """The first fire after the cursor ``after`` (None: the schedule never fires again)."""
+    if not schedule.enabled:
+        return None
+    found = fire_times(schedule.parsed_cron, schedule.zone, _window_start(schedule, after),
+                       schedule.end, 1)
+    return found[0] if found else None
+
+
+def _window_start(schedule: Schedule, after: datetime | None) -> datetime:
+    """The exclusive lower bound of fires still to come after ``after``: never at or
+    before the epoch, never before ``start`` (which itself may fire)."""
+    lower = max(after or schedule.epoch, schedule.epoch)
     if schedule.start is not None:
         lower = max(lower, schedule.start - timedelta(microseconds=1))
-    return fire_times(schedule.parsed_cron, schedule.zone, lower, schedule.end, n)
+    return lower
 
 
 def scheduled_instance_id(owner_id: str, fire: datetime) -> str:
@@ -331,7 +345,7 @@ def validate_schedule_fields(d: Mapping[str, Any]) -> list[Problem]:
     if not isinstance(d.get("workflow"), str) or not d.get("workflow"):
         problems.append(Problem("workflow", "required: the name of a workflow"))
     try:
-        parse_cron(d.get("cron"))  # type: ignore[arg-type]
+        parse_cron(d.get("cron"))
     except CronInvalid as exc:
         problems.append(Problem("cron", str(exc)))
     try:
@@ -422,13 +436,3 @@ def localize(value: datetime, tz: ZoneInfo) -> datetime:
     """A user-given time: naive means wall-clock time in the schedule's zone."""
     return _to_instant(value, tz) if value.tzinfo is None else value.astimezone(UTC)
 
-
-def following_fire(schedule: Schedule, after: datetime | None) -> datetime | None:
-    """The first fire after the cursor ``after`` (None: the schedule never fires again)."""
-    if not schedule.enabled:
-        return None
-    lower = max(after or schedule.epoch, schedule.epoch)
-    if schedule.start is not None:
-        lower = max(lower, schedule.start - timedelta(microseconds=1))
-    found = fire_times(schedule.parsed_cron, schedule.zone, lower, schedule.end, 1)
-    return found[0] if found else None

@@ -686,11 +686,12 @@ def _dispatch(step: Step, name: str, attempt: int) -> None:
     run = step.run
     d = run.definition.task(name)
     params = _params_for(run, name)
+    base = business_time(run)
     step.emit(TaskDispatched(
         at=step.ctx.now, task=name, attempt=attempt, dispatch_id=step.new_id(),
         task_type=d.type, worker_group=run.definition.worker_group_of(d),
-        command=_expand_time(expand(d.command, params), business_time(run)),
-        env={k: _expand_time(expand(v, params), business_time(run)) for k, v in d.env.items()},
+        command=_expand_time(expand(d.command, params), base),
+        env={k: _expand_time(expand(v, params), base) for k, v in d.env.items()},
         outputs=tuple(d.outputs),
         priority=run.priority.rank * len(Priority) + d.priority.rank,
     ))
@@ -701,7 +702,7 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
     ancestors (nearer producers last)."""
     base = business_time(run)
     params = system_params(base) if base else {}
-    params.update(_timed(run.params, base))
+    params.update({k: _expand_time(v, base) for k, v in run.params.items()})
     definition = run.definition
     seen: set[str] = set()
     stack = list(definition.task(name).depends_on)
@@ -721,10 +722,6 @@ def business_time(run: Run) -> datetime | None:
     in the offset it was given with), else the time the run was submitted."""
     stamp = run.schedule_time or run.submitted_at
     return datetime.fromisoformat(stamp) if stamp else None
-
-
-def _timed(values: Mapping[str, str], base: datetime | None) -> dict[str, str]:
-    return {k: _expand_time(v, base) for k, v in values.items()}
 
 
 def _expand_time(text: str, base: datetime | None) -> str:

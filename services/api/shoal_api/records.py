@@ -18,15 +18,11 @@ from aiokafka.errors import KafkaError
 from fastapi import HTTPException
 
 from shoal.infra import codec
-from shoal.infra.catalog import workflow_status
 from shoal.infra.kafka import send_reliably
 from shoal.infra.settings import Settings
 from shoal_api.deps import Resources
 
 log = logging.getLogger(__name__)
-
-__all__ = ["publish", "republish_all", "string_params", "workflow_status"]
-
 
 def string_params(params: Mapping[str, str | int | float | bool | None]) -> dict[str, str]:
     """Parameter values as the text a task sees (true/false for booleans, "" for null)."""

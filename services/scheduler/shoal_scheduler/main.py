@@ -21,7 +21,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import faust
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from shoal.core.schedule import BackfillMode, Schedule
@@ -138,12 +140,8 @@ async def _fire_loop(app: faust.App, settings: Settings, topic_name: str,
             next_due = now + timedelta(seconds=settings.scheduler_tick)
             try:
                 due = await _pass(firer, records, cursors, owned_since, now, settings)
-            except (TimeoutError, OSError) as exc:
-                log.warning("scheduler pass failed (%r); retrying", exc)
-                due = None
-            except Exception as exc:
-                if not _is_transient(exc):
-                    raise
+            except (TimeoutError, OSError, asyncpg.PostgresError, KafkaError) as exc:
+                # Database or broker unavailable: nothing moved, the next pass retries.
                 log.warning("scheduler pass failed (%r); retrying", exc)
                 due = None
             if due is not None:
@@ -152,13 +150,6 @@ async def _fire_loop(app: faust.App, settings: Settings, topic_name: str,
     finally:
         await producer.stop()
         await pool.close()
-
-
-def _is_transient(exc: Exception) -> bool:
-    import asyncpg
-    from aiokafka.errors import KafkaError
-
-    return isinstance(exc, asyncpg.PostgresError | KafkaError)
 
 
 async def _pass(firer: Firer, records: Any, cursors: Any, owned_since: dict[int, datetime],

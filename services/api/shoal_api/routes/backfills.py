@@ -22,8 +22,9 @@ from shoal.core.schedule import (
     scheduled_instance_id,
 )
 from shoal.infra import codec
+from shoal.infra.catalog import workflow_status
 from shoal_api.deps import Res
-from shoal_api.records import publish, string_params, workflow_status
+from shoal_api.records import publish, string_params
 
 router = APIRouter(prefix="/api/v1", tags=["backfills"])
 

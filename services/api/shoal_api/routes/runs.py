@@ -25,10 +25,11 @@ from shoal.core.model import (
 )
 from shoal.core.workflow import rejection
 from shoal.infra import codec
+from shoal.infra.catalog import workflow_status
 from shoal.infra.kafka import send_reliably
 from shoal.infra.lifecycle import utcnow_iso
 from shoal_api.deps import Res
-from shoal_api.records import string_params, workflow_status
+from shoal_api.records import string_params
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
 

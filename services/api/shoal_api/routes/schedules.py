@@ -19,8 +19,9 @@ from shoal.core.schedule import (
     validate_schedule_fields,
 )
 from shoal.infra import codec
+from shoal.infra.catalog import workflow_status
 from shoal_api.deps import Res
-from shoal_api.records import publish, string_params, workflow_status
+from shoal_api.records import publish, string_params
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from shoal.core.definition import parse_definition
 from shoal.core.errors import DefinitionInvalid
 from shoal.infra import codec
+from shoal.infra.catalog import workflow_status
 from shoal_api.deps import Res
-from shoal_api.records import workflow_status
 
 router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
 
