@@ -55,11 +55,11 @@ def test_duplicate_name_names_both_places():
         "tasks[1].name: duplicate task name 'a' (first at tasks[0])"]
 
 
-def test_unknown_type_and_unsupported_type_are_distinguished():
+def test_unknown_type_and_a_field_of_another_type_are_named():
     msgs = problems(wf({"name": "a", "type": "spark", "command": "x"},
-                       {"name": "b", "type": "sql", "sql": "select 1"}))
+                       {"name": "b", "type": "sql", "sql": "select 1", "url": "http://x"}))
     assert msgs[0].startswith("tasks[0].type: unknown task type 'spark'")
-    assert msgs[1].startswith("tasks[1].type: task type 'sql' is not supported yet")
+    assert msgs[1] == "tasks[1].url: is a field of http tasks"
 
 
 def test_all_problems_reported_at_once():

@@ -28,6 +28,7 @@ from shoal.core.model import (
     Scope,
     StartWorkflow,
     StopWorkflow,
+    TaskDecided,
     TaskDispatched,
     TaskFailed,
     TaskKilled,
@@ -451,7 +452,36 @@ def dags(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.integers(0, 9)) == 0:
             task["delay"] = 1
         tasks.append(task)
+    # Logic nodes: a conditions or switch task choosing among later tasks (each task the
+    # branch of at most one), so branch edges keep the DAG acyclic.
+    free = set(range(n))
+    for i in range(n - 1):
+        kind = draw(st.sampled_from(["plain", "plain", "conditions", "switch"]))
+        later = sorted(j for j in free if j > i)
+        if kind == "plain" or not later or (kind == "conditions" and not tasks[i]["depends_on"]):
+            continue
+        picks = draw(st.lists(st.sampled_from(later), unique=True, min_size=1, max_size=3))
+        free -= set(picks)
+        names = [f"t{j}" for j in picks]
+        task = tasks[i]
+        for key in ("command", "outputs", "retries", "retry_interval", "timeout",
+                    "timeout_strategy", "delay"):
+            task.pop(key, None)
+        task["type"] = kind
+        if kind == "conditions":
+            cut = draw(st.integers(0, len(names)))
+            task["on_success"], task["on_failure"] = names[:cut], names[cut:]
+            if not names[:cut] and not names[cut:]:
+                task["on_success"] = names
+        else:
+            task["cases"] = [{"when": f"${{pick}} == '{k}'", "then": [name]}
+                             for k, name in zip("abc", names[:-1], strict=False)]
+            task["default"] = names[-1:]
+            if not task["cases"]:
+                task["cases"] = [{"when": "${pick} == 'z'", "then": names}]
+                task["default"] = []
     raw: dict[str, Any] = {"name": "random", "tasks": tasks,
+                           "params": {"pick": draw(st.sampled_from("abcd"))},
                            "failure_strategy": draw(st.sampled_from(["end", "continue"]))}
     if draw(st.booleans()):
         raw["timeout"] = 100
@@ -557,7 +587,11 @@ def test_random_interleavings_always_end_consistently(raw, data):
     assert not any(s.active or s.waiting for s in states)
     assert not run.timers
     if run.state is RunState.SUCCEEDED:
-        assert all(run.tasks[n].state.done_ok for n in run.scope)
+        # Every task counts as success, or failed where a conditions task branched on it.
+        handled = {p for t in d.definition.tasks if t.type == "conditions" for p in t.depends_on
+                   if all(s.type == "conditions" for s in d.definition.tasks
+                          if p in s.depends_on and s.name in run.scope)}
+        assert all(run.tasks[n].state.done_ok or n in handled for n in run.scope)
     elif run.state is RunState.FAILED:
         # A failed run names why; a task may have been forced to success after the failure
         # (the run stays failed until it is recovered, as in DolphinScheduler).
@@ -571,7 +605,15 @@ def check_log_invariants(d: Driver) -> None:
     run: Run | None = None
     succeeded: Counter[tuple[str, int]] = Counter()
     dispatched_attempts: Counter[tuple[str, int, str]] = Counter()
+    untaken: set[str] = set()
     for e in d.log:
+        if e.type in ("WorkflowRestarted", "WorkflowSubmitted"):
+            untaken = set()
+        if isinstance(e, TaskDecided):
+            untaken |= set(e.untaken)
+            assert not set(e.taken) & set(e.untaken)
+        if isinstance(e, TaskDispatched):
+            assert e.task not in untaken, f"{e.task} runs though its branch was not taken"
         if isinstance(e, TaskDispatched) and run is not None:
             for dep in d.definition.task(e.task).depends_on:
                 if dep in run.scope:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from shoal.core import expr
 from shoal.core.errors import DefinitionInvalid, Problem
-from shoal.core.timeexpr import TimeExpressionInvalid, expand_time
+from shoal.core.params import references
+from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_params
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -42,12 +44,13 @@ class Priority(StrEnum):
         return list(Priority).index(self)
 
 
-# Task types the contract names. Those this release executes are EXECUTABLE; the others
-# are refused with a message saying so rather than accepted and silently not honoured.
-EXECUTABLE_TYPES = frozenset({"shell", "python"})
-CONTRACT_TYPES = frozenset(
-    {"shell", "python", "sql", "http", "sub_workflow", "dependent", "conditions", "switch"}
-)
+# Task types (CONTRACT §1). Workers execute the first four; the orchestrator decides the
+# logic tasks itself (branches, child runs, waits), without a worker slot.
+WORKER_TYPES = frozenset({"shell", "python", "sql", "http"})
+LOGIC_TYPES = frozenset({"conditions", "switch"})          # decided at once
+HELD_TYPES = frozenset({"sub_workflow", "dependent"})      # run by the orchestrator
+CONTRACT_TYPES = WORKER_TYPES | LOGIC_TYPES | HELD_TYPES
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 _WORKFLOW_FIELDS = frozenset(
     {"name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks",
@@ -56,12 +59,22 @@ _WORKFLOW_FIELDS = frozenset(
 _WORKFLOW_LATER = frozenset({"schedule"})
 _TASK_FIELDS = frozenset(
     {
-        "name", "type", "command", "script", "depends_on", "outputs", "priority",
+        "name", "type", "depends_on", "outputs", "priority", "params",
         "worker_group", "env", "description", "retries", "retry_interval", "retry_backoff",
         "max_retry_interval", "timeout", "timeout_strategy", "delay", "disabled",
     }
 )
-_TASK_LATER: frozenset[str] = frozenset()
+# Fields of one task type only.
+_TYPE_FIELDS: Mapping[str, frozenset[str]] = {
+    "shell": frozenset({"command"}),
+    "python": frozenset({"script"}),
+    "sql": frozenset({"datasource", "sql"}),
+    "http": frozenset({"method", "url", "headers", "body", "expected_status"}),
+    "conditions": frozenset({"on_success", "on_failure"}),
+    "switch": frozenset({"cases", "default"}),
+    "sub_workflow": frozenset({"workflow"}),
+    "dependent": frozenset({"depends_on_workflow", "check_interval"}),
+}
 
 
 class Execution(StrEnum):
@@ -115,6 +128,32 @@ class TaskDefinition:
     timeout_strategy: TimeoutStrategy = TimeoutStrategy.FAIL
     delay: float = 0.0
     disabled: bool = False
+    params: Mapping[str, str] = field(default_factory=dict)   # task-local
+    # The type's own fields, normalized (sql, url, cases, workflow, ...).
+    spec: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """Tasks a conditions/switch task chooses between (each depends on it)."""
+        s = self.spec
+        names = [*s.get("on_success", ()), *s.get("on_failure", ()), *s.get("default", ())]
+        for case in s.get("cases", ()):
+            names.extend(case["then"])
+        return tuple(dict.fromkeys(names))
+
+    def texts(self) -> list[tuple[str, str]]:
+        """(field path, text) of every field where ``${name}`` and ``$[...]`` expand."""
+        out = [(f"params.{k}", v) for k, v in self.params.items()]
+        if self.type in ("shell", "python"):
+            out.append(("script" if self.type == "python" else "command", self.command))
+        s = self.spec
+        for key in ("sql", "url", "body"):
+            if key in s:
+                out.append((key, s[key]))
+        out += [(f"headers.{k}", v) for k, v in s.get("headers", {}).items()]
+        if self.type == "dependent":
+            out.append(("depends_on_workflow.date", s["date"]))
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,9 +200,11 @@ class WorkflowDefinition:
                 {
                     "name": t.name,
                     "type": t.type,
-                    ("script" if t.type == "python" else "command"): t.command,
+                    **_type_fields(t),
                     "depends_on": list(t.depends_on),
-                    "outputs": list(t.outputs),
+                    "outputs": (dict(t.spec["output_paths"]) if t.type == "http"
+                                else list(t.outputs)),
+                    "params": dict(t.params),
                     "priority": t.priority.value,
                     "worker_group": t.worker_group,
                     "env": dict(t.env),
@@ -182,20 +223,65 @@ class WorkflowDefinition:
         }
 
 
-def _check_time_expressions(params: Mapping[str, str], tasks: Sequence[TaskDefinition],
-                            problems: list[Problem]) -> None:
-    """Every ``$[...]`` must evaluate (at an arbitrary instant: only its form matters)."""
-    sample = datetime(2000, 1, 31, 12)  # noqa: DTZ001 - a fixed sample, not a clock read
-    places = [(f"params.{k}", v) for k, v in params.items()]
-    for i, t in enumerate(tasks):
-        places.append((f"tasks[{i}].{'script' if t.type == 'python' else 'command'}",
-                       t.command))
-        places += [(f"tasks[{i}].env.{k}", v) for k, v in t.env.items()]
-    for path, text in places:
+def _type_fields(t: TaskDefinition) -> dict[str, Any]:
+    """The type's own fields in their §1 form."""
+    s = t.spec
+    match t.type:
+        case "shell":
+            return {"command": t.command}
+        case "python":
+            return {"script": t.command}
+        case "sql":
+            return {"datasource": s["datasource"], "sql": s["sql"]}
+        case "http":
+            return {"method": s["method"], "url": s["url"], "headers": dict(s["headers"]),
+                    "body": s["body"], "expected_status": list(s["expected_status"])}
+        case "conditions":
+            return {"on_success": list(s["on_success"]), "on_failure": list(s["on_failure"])}
+        case "switch":
+            return {"cases": [{"when": c["when"], "then": list(c["then"])} for c in s["cases"]],
+                    "default": list(s["default"])}
+        case "sub_workflow":
+            return {"workflow": s["workflow"]}
+        case _:  # dependent
+            return {"depends_on_workflow": {"workflow": s["workflow"], "task": s["task"],
+                                            "date": s["date"]},
+                    "check_interval": s["check_interval"]}
+
+
+_SAMPLE = datetime(2000, 1, 31, 12)  # noqa: DTZ001 - a fixed sample, not a clock read
+SYSTEM_PARAMS = frozenset(system_params(_SAMPLE))
+
+
+def _check_texts(params: Mapping[str, str], tasks: Sequence[TaskDefinition],
+                 where: Mapping[str, int], problems: list[Problem]) -> None:
+    """Every ``$[...]`` must evaluate (at a sample instant: only its form matters), and
+    every ``${name}`` must be a parameter declared somewhere: a global or task-local
+    param, an output of a task, or a system parameter. Shell commands and env values may
+    also name environment variables (``${HOME}``), so they are not checked for names."""
+    declared = set(params) | SYSTEM_PARAMS
+    for t in tasks:
+        declared |= set(t.params) | set(t.outputs)
+    places: list[tuple[str, str, bool]] = [(f"params.{k}", v, True) for k, v in params.items()]
+    for t in tasks:
+        i = where[t.name]
+        places += [(f"tasks[{i}].{path}", text, t.type != "shell" or path != "command")
+                   for path, text in t.texts()]
+        places += [(f"tasks[{i}].env.{k}", v, False) for k, v in t.env.items()]
+        for j, case in enumerate(t.spec.get("cases", ())):
+            places += [(f"tasks[{i}].cases[{j}].when", f"${{{n}}}", True)
+                       for n in sorted(expr.references(expr.parse(case["when"])))]
+    for path, text, check_names in places:
         try:
-            expand_time(text, sample)
+            expand_time(text, _SAMPLE)
         except TimeExpressionInvalid as exc:
             problems.append(Problem(path, str(exc)))
+        if check_names:
+            for name in references(text):
+                if name not in declared:
+                    problems.append(Problem(path, f"${{{name}}} is not a declared parameter "
+                                                  "(declare it in params, a task's params or "
+                                                  "a task's outputs)"))
 
 
 def parse_definition(raw: object) -> WorkflowDefinition:
@@ -252,7 +338,12 @@ def parse_definition(raw: object) -> WorkflowDefinition:
             if isinstance(dep, str) and dep not in declared:
                 problems.append(Problem(f"tasks[{i}].depends_on[{j}]", f"unknown task '{dep}'"))
 
-    _check_time_expressions(params, tasks, problems)
+    tasks = _with_branch_edges(tasks, seen, problems)
+    for t in tasks:
+        if t.type == "sub_workflow" and t.spec["workflow"] == name:
+            problems.append(Problem(f"tasks[{seen[t.name]}].workflow",
+                                    f"a workflow cannot run itself as a sub-workflow ('{name}')"))
+    _check_texts(params, tasks, seen, problems)
     if not problems:
         cycle = find_cycle({t.name: t.depends_on for t in tasks})
         if cycle:
@@ -271,6 +362,26 @@ def parse_definition(raw: object) -> WorkflowDefinition:
         timeout_strategy=wf_timeout_strategy,
         execution=execution,
     )
+
+
+def _with_branch_edges(tasks: list[TaskDefinition], where: Mapping[str, int],
+                       problems: list[Problem]) -> list[TaskDefinition]:
+    """Each branch of a conditions/switch task depends on it (added when not written)."""
+    chooser: dict[str, str] = {}
+    for t in tasks:
+        for b in t.branches:
+            i = where[t.name]
+            if b not in where:
+                problems.append(Problem(f"tasks[{i}]", f"branch names unknown task '{b}'"))
+            elif b == t.name:
+                problems.append(Problem(f"tasks[{i}]", f"task '{b}' cannot be its own branch"))
+            elif b in chooser and chooser[b] != t.name:
+                problems.append(Problem(f"tasks[{i}]", f"task '{b}' is already a branch of "
+                                                       f"'{chooser[b]}'"))
+            else:
+                chooser[b] = t.name
+    return [replace(t, depends_on=(*t.depends_on, chooser[t.name]))
+            if t.name in chooser and chooser[t.name] not in t.depends_on else t for t in tasks]
 
 
 def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
@@ -316,17 +427,13 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         return None
     before = len(problems)
     ttype = raw.get("type", "shell")
-    if ttype in CONTRACT_TYPES and ttype not in EXECUTABLE_TYPES:
-        # Its own fields are not known to this release: one clear message, not a list.
-        problems.append(Problem(f"{where}.type",
-                                f"task type {ttype!r} is not supported yet by this release "
-                                f"(supported: {', '.join(sorted(EXECUTABLE_TYPES))})"))
-        return None
+    own = _TYPE_FIELDS.get(str(ttype), frozenset())
     for key in raw:
-        if key in _TASK_LATER:
-            problems.append(Problem(f"{where}.{key}", "is not supported yet by this release"))
-        elif key not in _TASK_FIELDS:
-            problems.append(Problem(f"{where}.{key}", "unknown field"))
+        if key not in _TASK_FIELDS and key not in own and (
+                ttype in CONTRACT_TYPES or not any(key in f for f in _TYPE_FIELDS.values())):
+            other = [t for t, f in _TYPE_FIELDS.items() if key in f]
+            problems.append(Problem(f"{where}.{key}", f"is a field of {other[0]} tasks" if other
+                                    else "unknown field"))
     name = raw.get("name")
     if not isinstance(name, str) or not TASK_NAME_RE.match(name):
         problems.append(Problem(f"{where}.name", "required; letters, digits, '_', '-' or '.'"))
@@ -335,11 +442,15 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         problems.append(Problem(f"{where}.type",
                                 f"unknown task type {ttype!r} "
                                 f"(one of: {', '.join(sorted(CONTRACT_TYPES))})"))
-    body_key = "script" if ttype == "python" else "command"
-    body = raw.get(body_key)
-    if not isinstance(body, str) or not body.strip():
-        problems.append(Problem(f"{where}.{body_key}", f"required for a {ttype} task"))
-        body = ""
+    body = ""
+    if ttype in ("shell", "python"):
+        body_key = "script" if ttype == "python" else "command"
+        raw_body = raw.get(body_key)
+        if isinstance(raw_body, str) and raw_body.strip():
+            body = raw_body
+        else:
+            problems.append(Problem(f"{where}.{body_key}", f"required for a {ttype} task"))
+    spec, outputs = _spec(str(ttype), raw, where, problems)
     deps_raw = raw.get("depends_on", [])
     deps: list[str] = []
     if not isinstance(deps_raw, list) or not all(isinstance(d, str) for d in deps_raw):
@@ -353,12 +464,6 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
                 problems.append(Problem(f"{where}.depends_on[{j}]", f"'{d}' listed twice"))
             else:
                 deps.append(d)
-    outputs_raw = raw.get("outputs", [])
-    if not isinstance(outputs_raw, list) or not all(
-        isinstance(o, str) and PARAM_NAME_RE.match(o) for o in outputs_raw
-    ):
-        problems.append(Problem(f"{where}.outputs", "must be a list of parameter names"))
-        outputs_raw = []
     priority = _enum(Priority, raw.get("priority", "medium"), f"{where}.priority", problems,
                      Priority.MEDIUM)
     group = raw.get("worker_group")
@@ -366,6 +471,7 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         problems.append(Problem(f"{where}.worker_group", "must be a non-empty string"))
         group = None
     env = _params(raw.get("env", {}), f"{where}.env", problems)
+    local = _params(raw.get("params", {}), f"{where}.params", problems)
     retries = raw.get("retries", 0)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
         problems.append(Problem(f"{where}.retries", "must be an integer from 0 to 100"))
@@ -392,7 +498,7 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         type=str(ttype),
         command=body,
         depends_on=tuple(deps),
-        outputs=tuple(outputs_raw),
+        outputs=outputs,
         priority=priority,
         worker_group=group,
         env=env,
@@ -403,7 +509,158 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         timeout_strategy=timeout_strategy,
         delay=delay,
         disabled=disabled,
+        params=local,
+        spec=spec,
     )
+
+
+def _names(raw: object, where: str, problems: list[Problem], *, required: bool = False,
+           pattern: re.Pattern[str] = TASK_NAME_RE) -> tuple[str, ...]:
+    if raw is None and not required:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(x, str) and pattern.match(x)
+                                            for x in raw) or (required and not raw):
+        problems.append(Problem(where, "must be a " + ("non-empty " if required else "")
+                                + "list of " + ("task" if pattern is TASK_NAME_RE
+                                                 else "parameter") + " names"))
+        return ()
+    return tuple(dict.fromkeys(raw))
+
+
+def _text(raw: Mapping[str, Any], key: str, where: str, problems: list[Problem], *,
+          default: str | None = None) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or (default is None and not value.strip()):
+        problems.append(Problem(f"{where}.{key}", "required; a non-empty string"
+                                if default is None else "must be a string"))
+        return ""
+    return value
+
+
+def _spec(ttype: str, raw: Mapping[str, Any], where: str,
+          problems: list[Problem]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The type's own fields, validated, and the task's declared outputs."""
+    out_raw = raw.get("outputs")
+    if ttype == "http":
+        paths: dict[str, str] = {}
+        if out_raw is not None:
+            if not isinstance(out_raw, Mapping) or not all(
+                    isinstance(k, str) and PARAM_NAME_RE.match(k) and isinstance(v, str)
+                    for k, v in out_raw.items()):
+                problems.append(Problem(f"{where}.outputs", "must map output names to JSON "
+                                                            "paths, e.g. {ticket: '$.id'}"))
+            else:
+                for k, v in out_raw.items():
+                    try:
+                        jsonpath_check(v)
+                    except ValueError as exc:
+                        problems.append(Problem(f"{where}.outputs.{k}", str(exc)))
+                paths = dict(out_raw)
+        outputs: tuple[str, ...] = tuple(paths)
+    else:
+        outputs = _names(out_raw, f"{where}.outputs", problems, pattern=PARAM_NAME_RE)
+    match ttype:
+        case "sql":
+            ds = raw.get("datasource", "default")
+            if not isinstance(ds, str) or not ds:
+                problems.append(Problem(f"{where}.datasource", "must be a datasource name"))
+            return {"datasource": ds, "sql": _text(raw, "sql", where, problems)}, outputs
+        case "http":
+            method = raw.get("method", "GET")
+            if method not in HTTP_METHODS:
+                problems.append(Problem(f"{where}.method",
+                                        f"must be one of {' | '.join(HTTP_METHODS)}"))
+            url = _text(raw, "url", where, problems)
+            headers = _params(raw.get("headers", {}), f"{where}.headers", problems,
+                              names=re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))
+            body = _text(raw, "body", where, problems, default="")
+            status = raw.get("expected_status", [200])
+            if isinstance(status, int):
+                status = [status]
+            if not isinstance(status, list) or not status or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599
+                    for c in status):
+                problems.append(Problem(f"{where}.expected_status",
+                                        "must be a list of HTTP status codes"))
+                status = [200]
+            return {"method": method, "url": url, "headers": headers, "body": body,
+                    "expected_status": status, "output_paths": paths}, outputs
+        case "conditions":
+            if not raw.get("depends_on"):
+                problems.append(Problem(f"{where}.depends_on", "a conditions task branches on "
+                                        "the outcome of its predecessors: name at least one"))
+            spec = {k: _names(raw.get(k), f"{where}.{k}", problems)
+                    for k in ("on_success", "on_failure")}
+            if not spec["on_success"] and not spec["on_failure"]:
+                problems.append(Problem(where, "a conditions task needs on_success or "
+                                               "on_failure"))
+            return spec, outputs
+        case "switch":
+            return _switch(raw, where, problems), outputs
+        case "sub_workflow":
+            wf = raw.get("workflow")
+            if not isinstance(wf, str) or not NAME_RE.match(wf):
+                problems.append(Problem(f"{where}.workflow", "required; a workflow name"))
+            return {"workflow": wf}, outputs
+        case "dependent":
+            return _dependent(raw, where, problems), outputs
+        case _:
+            return {}, outputs
+
+
+def _switch(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict[str, Any]:
+    cases_raw = raw.get("cases")
+    cases: list[dict[str, Any]] = []
+    if not isinstance(cases_raw, list) or not cases_raw:
+        problems.append(Problem(f"{where}.cases", "required; a list of {when, then}"))
+        cases_raw = []
+    for j, c in enumerate(cases_raw):
+        at = f"{where}.cases[{j}]"
+        if not isinstance(c, Mapping) or set(c) - {"when", "then"}:
+            problems.append(Problem(at, "must be {when: EXPRESSION, then: [tasks]}"))
+            continue
+        when = c.get("when")
+        if not isinstance(when, str) or not when.strip():
+            problems.append(Problem(f"{at}.when", "required; an expression"))
+            continue
+        try:
+            expr.parse(when)
+        except expr.ExpressionInvalid as exc:
+            problems.append(Problem(f"{at}.when", str(exc)))
+            continue
+        cases.append({"when": when, "then": _names(c.get("then"), f"{at}.then", problems,
+                                                   required=True)})
+    return {"cases": cases, "default": _names(raw.get("default"), f"{where}.default",
+                                              problems)}
+
+
+def _dependent(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict[str, Any]:
+    dep = raw.get("depends_on_workflow")
+    at = f"{where}.depends_on_workflow"
+    if not isinstance(dep, Mapping) or set(dep) - {"workflow", "task", "date"}:
+        problems.append(Problem(at, "required; {workflow, task, date}"))
+        dep = {}
+    wf = dep.get("workflow")
+    if not isinstance(wf, str) or not NAME_RE.match(wf):
+        problems.append(Problem(f"{at}.workflow", "required; a workflow name"))
+    task = dep.get("task")
+    if task is not None and (not isinstance(task, str) or not TASK_NAME_RE.match(task)):
+        problems.append(Problem(f"{at}.task", "must be a task name or null"))
+    date = dep.get("date") or "$[yyyyMMdd]"
+    if not isinstance(date, str):
+        problems.append(Problem(f"{at}.date", "must be a date expression such as "
+                                              "$[yyyyMMdd-1]"))
+        date = "$[yyyyMMdd]"
+    interval = _seconds(raw.get("check_interval", 10), f"{where}.check_interval", problems,
+                        positive=True)
+    return {"workflow": wf, "task": task, "date": date, "check_interval": interval}
+
+
+def jsonpath_check(path: str) -> None:
+    """The core cannot import the jsonpath library: check the form only (``$`` first);
+    the worker parses it fully and fails the task with the library's message."""
+    if not path.startswith("$"):
+        raise ValueError(f"JSON path {path!r} must start with '$'")
 
 
 def _seconds(raw: object, where: str, problems: list[Problem], *,
@@ -419,7 +676,8 @@ def _seconds(raw: object, where: str, problems: list[Problem], *,
     return float(raw)
 
 
-def _params(raw: object, where: str, problems: list[Problem]) -> dict[str, str]:
+def _params(raw: object, where: str, problems: list[Problem],
+            names: re.Pattern[str] = PARAM_NAME_RE) -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -427,7 +685,7 @@ def _params(raw: object, where: str, problems: list[Problem]) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     for k, v in raw.items():
-        if not isinstance(k, str) or not PARAM_NAME_RE.match(k):
+        if not isinstance(k, str) or not names.match(k):
             problems.append(Problem(f"{where}.{k}", "invalid name"))
         elif isinstance(v, Mapping | list):
             problems.append(Problem(f"{where}.{k}", "must be a scalar value"))

@@ -13,6 +13,7 @@ from shoal.core.model import (
     KillReason,
     Run,
     RunState,
+    TaskDecided,
     TaskDelayed,
     TaskDispatched,
     TaskDryRun,
@@ -62,6 +63,8 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
             params=dict(event.params), priority=Priority(event.priority), tasks={}, seq=1,
             scope=scope, dry_run=event.dry_run, schedule_time=event.schedule_time,
             parent=event.parent, submitted_at=event.at,
+            startup=dict(event.startup) if event.startup is not None else {
+                k: v for k, v in event.params.items() if definition.params.get(k) != v},
         )
     if run is None:
         raise AssertionError(f"{event.type} before WorkflowSubmitted")
@@ -107,11 +110,11 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
             current = run.tasks.get(event.task)
             if current is not None and current.attempt == event.attempt:
                 t = replace(current, state=TaskState.DISPATCHED,
-                            dispatch_id=event.dispatch_id)
+                            dispatch_id=event.dispatch_id, spec=event.spec)
                 return _with_task(run, t)
             run = _new_task(run, event.task, event.attempt, TaskState.DISPATCHED)
             return _with_task(run, replace(run.tasks[event.task],
-                                           dispatch_id=event.dispatch_id))
+                                           dispatch_id=event.dispatch_id, spec=event.spec))
         case TaskDryRun():
             run = _new_task(run, event.task, event.attempt, TaskState.SUCCEEDED)
             return _with_task(run, replace(run.tasks[event.task], started_at=event.at,
@@ -157,7 +160,14 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
             return _with_task(run, replace(run.tasks[event.task], state=TaskState.PAUSED))
         case TaskSkipped():
             run = _new_task(run, event.task, event.attempt, TaskState.SKIPPED)
-            return _with_task(run, replace(run.tasks[event.task], finished_at=event.at))
+            return _with_task(run, replace(run.tasks[event.task], finished_at=event.at,
+                                           branch_skipped=event.propagates))
+        case TaskDecided():
+            state = TaskState.FAILED if event.error else TaskState.SUCCEEDED
+            run = _new_task(run, event.task, event.attempt, state)
+            return _with_task(run, replace(run.tasks[event.task], started_at=event.at,
+                                           finished_at=event.at, error=event.error,
+                                           exit_code=None if event.error else 0))
         case TaskForcedSuccess():
             t = run.tasks[event.task]
             return _with_task(run, replace(t, state=TaskState.FORCED_SUCCESS))

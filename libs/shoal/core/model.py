@@ -288,6 +288,7 @@ class WorkflowSubmitted(Event):
     start_from: list[str] | tuple[str, ...] | None = None
     scope: str = "downstream"
     dry_run: bool = False
+    startup: Mapping[str, str] | None = None  # the run's own params (None: older events)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -406,6 +407,8 @@ class TaskDispatched(Event):
     env: Mapping[str, str]
     outputs: tuple[str, ...] | list[str]
     priority: int
+    # The type's expanded fields: sql/http request, child run, dependency window.
+    spec: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -510,10 +513,28 @@ class TaskPaused(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSkipped(Event):
+    """Passed over. ``propagates``: a branch not taken (its successors whose predecessors
+    are all such are skipped too), not a disabled task (whose successors run)."""
+
     type: ClassVar[str] = "TaskSkipped"
     task: str
     attempt: int
     reason: str
+    propagates: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDecided(Event):
+    """A conditions/switch task decided in the orchestrator: ``taken`` branches may run,
+    the others are skipped. ``error`` set: it could not decide and failed."""
+
+    type: ClassVar[str] = "TaskDecided"
+    task: str
+    attempt: int
+    decision: str
+    taken: list[str] | tuple[str, ...] = ()
+    untaken: list[str] | tuple[str, ...] = ()
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -540,7 +561,7 @@ AnyEvent = (
     | TaskDelayed | TaskDispatched | TaskDryRun | TaskStartedEvent | TaskSucceededEvent
     | TaskFailedEvent | TaskKilledEvent | TaskKillRequested | TaskRetryScheduled
     | TaskTimedOut | TaskPaused | TaskSkipped | TaskForcedSuccess | InputRejected | TaskLost
-    | WorkflowQueued
+    | WorkflowQueued | TaskDecided
 )
 EVENT_TYPES: dict[str, type[AnyEvent]] = {
     e.type: e
@@ -551,7 +572,7 @@ EVENT_TYPES: dict[str, type[AnyEvent]] = {
         TaskDelayed, TaskDispatched, TaskDryRun, TaskStartedEvent, TaskSucceededEvent,
         TaskFailedEvent, TaskKilledEvent, TaskKillRequested, TaskRetryScheduled,
         TaskTimedOut, TaskPaused, TaskSkipped, TaskForcedSuccess, InputRejected, TaskLost,
-        WorkflowQueued,
+        WorkflowQueued, TaskDecided,
     )
 }
 
@@ -606,6 +627,11 @@ class TaskRun:
     kill_reason: KillReason | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    branch_skipped: bool = False       # skipped as an untaken branch (propagates)
+    spec: Mapping[str, Any] | None = None  # the dispatched attempt's expanded fields
+
+
+ORCHESTRATOR = "orchestrator"  # worker_id of attempts the orchestrator itself holds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -633,6 +659,7 @@ class Run:
     started_at: str | None = None
     finished_at: str | None = None
     failure: str | None = None
+    startup: Mapping[str, str] = field(default_factory=dict)
 
     def next_attempt(self, task: str) -> int:
         return self.last_attempts.get(task, 0) + 1

@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
-_SET_VALUE = re.compile(r"\$\{setValue\(\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=(.*?)\)\}")
+MAX_OUTPUT_LINES = 1024          # DolphinScheduler's maxOneParameterRows
+MAX_OUTPUT_BYTES = 64 * 1024
 
 
 def expand(text: str, params: Mapping[str, str]) -> str:
@@ -22,13 +23,64 @@ def expand(text: str, params: Mapping[str, str]) -> str:
     return _REF.sub(lambda m: params.get(m.group(1), m.group(0)), text)
 
 
+def references(text: str) -> set[str]:
+    """The parameter names ``text`` refers to as ``${name}``."""
+    return set(_REF.findall(text))
+
+
+class OutputParser:
+    """DolphinScheduler's ``${setValue(k=v)}`` / ``#{setValue(k=v)}`` reader, fed line by
+    line: a value may span lines until ``)}``; several markers may share a line; the last
+    value of a name wins. Only declared names are kept; a declared value larger than the
+    cap (:data:`MAX_OUTPUT_LINES` lines or :data:`MAX_OUTPUT_BYTES` bytes) is dropped and
+    named in ``errors`` (the task then fails saying so)."""
+
+    def __init__(self, declared: Iterable[str]) -> None:
+        self.wanted = set(declared)
+        self.outputs: dict[str, str] = {}
+        self.errors: list[str] = []
+        self._open: list[str] | None = None
+        self._size = 0
+        self._over = False
+
+    def feed(self, line: str) -> None:
+        while True:
+            if self._open is None:
+                starts = [i for i in (line.find("${setValue("), line.find("#{setValue("))
+                          if i >= 0]
+                if not starts:
+                    return
+                line = line[min(starts) + len("${setValue("):]
+                self._open, self._size, self._over = [], 0, False
+            end = line.find(")}")
+            part = line if end < 0 else line[:end]
+            self._size += len(part.encode())
+            if len(self._open) >= MAX_OUTPUT_LINES or self._size > MAX_OUTPUT_BYTES:
+                self._over = True
+            elif not self._over:
+                self._open.append(part)
+            if end < 0:
+                return
+            self._close("\n".join(self._open))
+            line = line[end + 2:]
+
+    def _close(self, text: str) -> None:
+        self._open = None
+        key, eq, value = text.partition("=")
+        key = key.strip()
+        if not eq or key not in self.wanted:
+            return
+        if self._over:
+            self.outputs.pop(key, None)
+            self.errors.append(f"output '{key}' is larger than the cap ({MAX_OUTPUT_LINES} "
+                               f"lines or {MAX_OUTPUT_BYTES} bytes)")
+        else:
+            self.outputs[key] = value.strip()
+
+
 def parse_outputs(lines: Iterable[str], declared: Iterable[str]) -> dict[str, str]:
-    """Collect ``${setValue(k=v)}`` values for declared names; the last value wins."""
-    wanted = set(declared)
-    found: dict[str, str] = {}
+    """The declared outputs ``lines`` set (see :class:`OutputParser`)."""
+    parser = OutputParser(declared)
     for line in lines:
-        for m in _SET_VALUE.finditer(line):
-            key, value = m.group(1), m.group(2).strip()
-            if key in wanted:
-                found[key] = value
-    return found
+        parser.feed(line)
+    return parser.outputs

@@ -22,10 +22,22 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from shoal.core.definition import Execution, FailureStrategy, Priority, TimeoutStrategy
+from shoal.core import expr
+from shoal.core.definition import (
+    HELD_TYPES,
+    LOGIC_TYPES,
+    Execution,
+    FailureStrategy,
+    Priority,
+    TaskDefinition,
+    TimeoutStrategy,
+)
+from shoal.core.dependent import DateInvalid, date_window
 from shoal.core.evolve import evolve, evolve_all, fold
 from shoal.core.model import (
+    ORCHESTRATOR,
     AnyEvent,
     FireTimer,
     ForceTaskSuccess,
@@ -36,6 +48,7 @@ from shoal.core.model import (
     Run,
     RunState,
     Scope,
+    TaskDecided,
     TaskDelayed,
     TaskDispatched,
     TaskDryRun,
@@ -81,6 +94,12 @@ __all__ = ["TASK_TABLE", "WORKFLOW_TABLE", "Context", "Decision", "decide", "evo
            "evolve_all", "fold", "rejection"]
 
 _ID_NAMESPACE = uuid.UUID("6f1c1c5e-3b1d-4f5e-9a56-5a0a1f0c7d10")
+CHILD_NAMESPACE = uuid.UUID("0c6b6a57-8f7e-4d0c-b2b5-9d5a7a1e2c44")
+
+
+def child_instance_id(dispatch_id: str) -> str:
+    """The instance id of the child run a sub_workflow attempt starts (one per attempt)."""
+    return str(uuid.uuid5(CHILD_NAMESPACE, dispatch_id))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +195,7 @@ def _start(inp: ResolvedStart, ctx: Context) -> Decision:
     submitted = WorkflowSubmitted(
         at=ctx.now, workflow=definition.name, version=inp.version,
         definition=definition.to_dict(), params={**definition.params, **cmd.params},
+        startup=dict(cmd.params),
         priority=(cmd.priority or definition.priority).value,
         schedule_time=cmd.schedule_time, parent=cmd.parent, scope_tasks=scope_tasks,
         start_from=list(cmd.start_from) if cmd.start_from else None, scope=cmd.scope.value,
@@ -237,8 +257,9 @@ def _reject_existing(step: Step, inp: Input) -> None:
 
 
 def _pause(step: Step, inp: Input) -> None:
-    """→ ready_pause while tasks run (nothing new is dispatched), else → paused."""
-    if any(t.state.active for t in step.run.tasks.values()):
+    """→ ready_pause while worker attempts run (nothing new is dispatched), else → paused.
+    Child runs and dependency waits do not hold a pause up; child runs pause with it."""
+    if any(_holds_worker(step.run, t) for t in step.run.tasks.values()):
         step.emit(WorkflowPausing(at=step.ctx.now))
     else:
         step.emit(WorkflowPaused(at=step.ctx.now))
@@ -268,7 +289,12 @@ def _kill_all(step: Step, reason: KillReason) -> None:
     """Request kills for running attempts; close attempts that hold no worker at once."""
     now = step.ctx.now
     for t in list(step.run.tasks.values()):
-        if t.state is TaskState.RUNNING and t.kill_reason is None:
+        if t.state is TaskState.RUNNING and _type(step.run, t.name) == "dependent":
+            # Nothing runs anywhere: the wait just ends.
+            _cancel_task_timers(step, t)
+            step.emit(TaskKilledEvent(at=now, task=t.name, attempt=t.attempt,
+                                      reason=reason.value, worker_id=ORCHESTRATOR))
+        elif t.state is TaskState.RUNNING and t.kill_reason is None:
             step.emit(TaskKillRequested(at=now, task=t.name, attempt=t.attempt,
                                         dispatch_id=t.dispatch_id or "",
                                         worker_id=t.worker_id, reason=reason.value))
@@ -364,7 +390,13 @@ def _task_timed_out(step: Step, t: TaskRun) -> None:
     strategy = d.timeout_strategy.value
     step.emit(TaskTimedOut(at=step.ctx.now, task=t.name, attempt=t.attempt,
                            strategy=strategy, timeout=d.timeout or 0.0))
-    if d.timeout_strategy is TimeoutStrategy.FAIL:
+    if d.type == "dependent" and d.timeout_strategy is TimeoutStrategy.FAIL:
+        spec = t.spec or {}
+        step.emit(TaskFailedEvent(
+            at=step.ctx.now, task=t.name, attempt=t.attempt, worker_id=ORCHESTRATOR,
+            exit_code=None, error=f"timed out after {d.timeout or 0:g}s: {_waiting_for(spec)}"))
+        _maybe_retry(step, step.run.tasks[t.name])
+    elif d.timeout_strategy is TimeoutStrategy.FAIL:
         step.emit(TaskKillRequested(at=step.ctx.now, task=t.name, attempt=t.attempt,
                                     dispatch_id=t.dispatch_id or "", worker_id=t.worker_id,
                                     reason=KillReason.TIMEOUT.value))
@@ -599,7 +631,10 @@ WORKFLOW_TABLE: Mapping[RunState, Mapping[str, Handler | str]] = {
 
 
 def ready_tasks(run: Run) -> list[str]:
-    """Tasks of the scope that may start now, most urgent first."""
+    """Tasks of the scope that may start now, most urgent first.
+
+    A task is ready when every predecessor in scope counts as success; a conditions task
+    when every predecessor in scope has finished, whatever its outcome."""
     ready = []
     for t in run.definition.tasks:
         if t.name not in run.scope:
@@ -609,12 +644,36 @@ def ready_tasks(run: Run) -> list[str]:
             if current.state is TaskState.PAUSED:
                 ready.append(t)
             continue
-        if all(d not in run.scope or (d in run.tasks and run.tasks[d].state.done_ok)
+        any_outcome = t.type == "conditions"
+        if all(d not in run.scope or (d in run.tasks and (
+                run.tasks[d].state.done_ok or (any_outcome and run.tasks[d].state.done_bad)))
                for d in t.depends_on):
             ready.append(t)
     order = {t.name: i for i, t in enumerate(run.definition.tasks)}
     ready.sort(key=lambda t: (t.priority.rank, order[t.name]))
     return [t.name for t in ready]
+
+
+def _type(run: Run, name: str) -> str:
+    return run.definition.task(name).type
+
+
+def _handled(run: Run, name: str) -> bool:
+    """A failure conditions tasks branch on (every successor in scope is a conditions
+    task, and there is one): it does not fail the run, the branches decide."""
+    successors = [t for t in run.definition.tasks
+                  if name in t.depends_on and t.name in run.scope]
+    return bool(successors) and all(t.type == "conditions" for t in successors)
+
+
+def _unhandled_failures(run: Run) -> list[TaskRun]:
+    return [t for t in run.tasks.values()
+            if t.state in (TaskState.FAILED, TaskState.LOST) and not _handled(run, t.name)]
+
+
+def _holds_worker(run: Run, t: TaskRun) -> bool:
+    """Active in a worker (a pause waits for it); held tasks run in the orchestrator."""
+    return t.state.active and _type(run, t.name) not in HELD_TYPES
 
 
 def _advance(step: Step) -> None:
@@ -630,15 +689,15 @@ def _advance(step: Step) -> None:
             return
         if run.state in (RunState.PAUSED, RunState.SERIAL_WAIT):
             return
-        failed = [t for t in run.tasks.values()
-                  if t.state in (TaskState.FAILED, TaskState.LOST)]
-        if failed and run.definition.failure_strategy is FailureStrategy.END:
+        if _unhandled_failures(run) and run.definition.failure_strategy is FailureStrategy.END:
             _kill_all(step, KillReason.FAILURE)
             if not any(t.state.active for t in step.run.tasks.values()):
                 _finish(step, RunState.FAILED, _failure_reason(step.run))
             return
         if run.state is RunState.READY_PAUSE:
-            if not active:
+            # Child runs and dependency waits pause with the run (their children are
+            # paused by the orchestrator's effects); only worker attempts are waited for.
+            if not any(_holds_worker(run, t) for t in run.tasks.values()):
                 step.emit(WorkflowPaused(at=step.ctx.now))
             return
         if not _start_ready(step):
@@ -646,16 +705,24 @@ def _advance(step: Step) -> None:
     run = step.run
     if any(t.state.active or t.state.waiting for t in run.tasks.values()):
         return
-    if any(t.state.done_bad for t in run.tasks.values()):
+    if _unhandled_failures(run) or any(t.state is TaskState.KILLED for t in run.tasks.values()):
         _finish(step, RunState.FAILED, _failure_reason(run))
-    elif all(n in run.tasks and run.tasks[n].state.done_ok for n in run.scope):
+    elif all(n in run.tasks and (run.tasks[n].state.done_ok or _handled(run, n))
+             for n in run.scope):
         _finish(step, RunState.SUCCEEDED, "")
     else:  # pragma: no cover - the DAG is acyclic, so something is always ready or done
         raise AssertionError(f"run {run.instance_id} is stuck: nothing ready, active or failed")
 
 
+def _all_branch_skipped(run: Run, name: str) -> bool:
+    """DolphinScheduler: a task whose predecessors were all skipped as untaken branches
+    is skipped too (a disabled predecessor does not count: its successors run)."""
+    deps = [d for d in run.definition.task(name).depends_on if d in run.scope]
+    return bool(deps) and all(run.tasks[d].branch_skipped for d in deps)
+
+
 def _start_ready(step: Step) -> bool:
-    """Start every ready task; True when something finished at once (skip, dry run)."""
+    """Start every ready task; True when something finished at once (skip, decision)."""
     instant = False
     for name in ready_tasks(step.run):
         run = step.run
@@ -664,14 +731,20 @@ def _start_ready(step: Step) -> bool:
         now = step.ctx.now
         if current is not None:  # paused earlier: same attempt, dispatched now
             _dispatch(step, name, current.attempt)
+        elif _all_branch_skipped(run, name):
+            step.emit(TaskSkipped(at=now, task=name, attempt=run.next_attempt(name),
+                                  reason="all predecessors skipped", propagates=True))
+            instant = True
         elif d.disabled:
             step.emit(TaskSkipped(at=now, task=name, attempt=run.next_attempt(name),
                                   reason="disabled"))
             instant = True
+        elif d.type in LOGIC_TYPES:
+            _decide_branches(step, name)
+            instant = True
         elif run.dry_run:
             step.emit(TaskDryRun(at=now, task=name, attempt=run.next_attempt(name),
-                                 command=_expand_time(expand(d.command, _params_for(
-                                     run, name)), business_time(run))))
+                                 command=_expand(d.command, _params_for(run, name), run)))
             instant = True
         elif d.delay > 0:
             attempt = run.next_attempt(name)
@@ -682,27 +755,121 @@ def _start_ready(step: Step) -> bool:
     return instant
 
 
+def _decide_branches(step: Step, name: str) -> None:
+    """conditions: on_success when every predecessor counts as success, else on_failure.
+    switch: the first case whose ``when`` holds, else ``default``. The branches not taken
+    are skipped; an expression that cannot be evaluated fails the task."""
+    run = step.run
+    d = run.definition.task(name)
+    attempt, spec = run.next_attempt(name), d.spec
+    error = ""
+    if d.type == "conditions":
+        bad = [p for p in d.depends_on if p in run.scope and run.tasks[p].state.done_bad]
+        decision = (f"failure ({', '.join(bad)} {run.tasks[bad[0]].state.value})" if bad
+                    else "success")
+        taken = tuple(spec["on_failure"] if bad else spec["on_success"])
+    else:
+        params = _params_for(run, name)
+        decision, taken = "default", tuple(spec["default"])
+        try:
+            for i, case in enumerate(spec["cases"]):
+                if expr.holds(expr.parse(case["when"]), params):
+                    decision, taken = f"case {i}: {case['when']}", tuple(case["then"])
+                    break
+        except expr.ExpressionInvalid as exc:
+            decision, taken, error = "error", (), f"switch could not decide: {exc}"
+    untaken = [b for b in d.branches if b not in taken and b in run.scope]
+    step.emit(TaskDecided(at=step.ctx.now, task=name, attempt=attempt, decision=decision,
+                          taken=[b for b in taken if b in run.scope], untaken=untaken,
+                          error=error))
+    for b in untaken if not error else ():
+        if b not in step.run.tasks:
+            step.emit(TaskSkipped(at=step.ctx.now, task=b, attempt=step.run.next_attempt(b),
+                                  reason=f"branch not taken by '{name}' ({decision})",
+                                  propagates=True))
+
+
 def _dispatch(step: Step, name: str, attempt: int) -> None:
     run = step.run
     d = run.definition.task(name)
     params = _params_for(run, name)
-    base = business_time(run)
+    dispatch_id = step.new_id()
+    spec, command = _dispatch_spec(run, d, params, dispatch_id)
     step.emit(TaskDispatched(
-        at=step.ctx.now, task=name, attempt=attempt, dispatch_id=step.new_id(),
+        at=step.ctx.now, task=name, attempt=attempt, dispatch_id=dispatch_id,
         task_type=d.type, worker_group=run.definition.worker_group_of(d),
-        command=_expand_time(expand(d.command, params), base),
-        env={k: _expand_time(expand(v, params), base) for k, v in d.env.items()},
+        command=command, env={k: _expand(v, params, run) for k, v in d.env.items()},
         outputs=tuple(d.outputs),
-        priority=run.priority.rank * len(Priority) + d.priority.rank,
+        priority=run.priority.rank * len(Priority) + d.priority.rank, spec=spec,
     ))
+    if d.type not in HELD_TYPES:
+        return
+    # The orchestrator holds it: it runs from now on, with its timeout armed.
+    step.emit(TaskStartedEvent(at=step.ctx.now, task=name, attempt=attempt,
+                               worker_id=ORCHESTRATOR))
+    if d.timeout:
+        _arm(step, TimerKind.TASK_TIMEOUT, d.timeout, name, attempt)
+    if spec and spec.get("error"):
+        step.emit(TaskFailedEvent(at=step.ctx.now, task=name, attempt=attempt,
+                                  worker_id=ORCHESTRATOR, exit_code=None,
+                                  error=str(spec["error"])))
+        _cancel_task_timers(step, step.run.tasks[name])
+        _maybe_retry(step, step.run.tasks[name])
+
+
+def _dispatch_spec(run: Run, d: TaskDefinition, params: Mapping[str, str],
+                   dispatch_id: str) -> tuple[dict[str, Any] | None, str]:
+    """The type's fields with parameters expanded, and the one-line ``command`` shown in
+    the events for it (the script itself for shell and python)."""
+    def x(text: str) -> str:
+        return _expand(text, params, run)
+
+    spec = d.spec
+    match d.type:
+        case "sql":
+            sql = x(spec["sql"])
+            return {"datasource": spec["datasource"], "sql": sql}, sql
+        case "http":
+            out = {"method": spec["method"], "url": x(spec["url"]),
+                   "headers": {k: x(v) for k, v in spec["headers"].items()},
+                   "body": x(spec["body"]), "expected_status": list(spec["expected_status"]),
+                   "output_paths": dict(spec["output_paths"])}
+            return out, f"{out['method']} {out['url']}"
+        case "sub_workflow":
+            local = {k: params[k] for k in d.params}
+            return {"workflow": spec["workflow"], "params": local,
+                    "child_instance_id": child_instance_id(dispatch_id)}, spec["workflow"]
+        case "dependent":
+            out = {"workflow": spec["workflow"], "task": spec["task"], "date": x(spec["date"])}
+            try:
+                start, end = date_window(out["date"])
+                out |= {"window_start": start.isoformat(), "window_end": end.isoformat()}
+            except DateInvalid as exc:
+                out["error"] = str(exc)
+            return out, _waiting_for(out)
+        case _:
+            return None, x(d.command)
+
+
+def _waiting_for(spec: Mapping[str, Any]) -> str:
+    what = spec.get("workflow", "?")
+    if spec.get("task"):
+        what = f"task '{spec['task']}' of {what}"
+    return f"waiting for a successful run of {what} for {spec.get('date', '?')}"
+
+
+def _expand(text: str, params: Mapping[str, str], run: Run) -> str:
+    return _expand_time(expand(text, params), business_time(run))
 
 
 def _params_for(run: Run, name: str) -> dict[str, str]:
-    """System params, global and run params (their ``$[...]`` evaluated), then outputs of
-    ancestors (nearer producers last)."""
+    """What ``${name}`` means for task ``name``; DolphinScheduler's precedence, strongest
+    last: system params < global params < outputs of its ancestors (nearer producers
+    later) < the task's own params < the run's startup params. ``$[...]`` in any value is
+    evaluated; a task's own params may refer to the others (``day: ${bizdate}``)."""
     base = business_time(run)
     params = system_params(base) if base else {}
-    params.update({k: _expand_time(v, base) for k, v in run.params.items()})
+    params.update({k: _expand_time(v, base) for k, v in run.definition.params.items()})
     definition = run.definition
     seen: set[str] = set()
     stack = list(definition.task(name).depends_on)
@@ -714,6 +881,11 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
     for t in definition.tasks:
         if t.name in seen and t.name in run.tasks:
             params.update(run.tasks[t.name].outputs)
+    startup = {k: _expand_time(v, base) for k, v in run.startup.items()}
+    visible = {**params, **startup}
+    params.update({k: _expand(v, visible, run)
+                   for k, v in definition.task(name).params.items()})
+    params.update(startup)
     return params
 
 
@@ -736,7 +908,7 @@ def _expand_time(text: str, base: datetime | None) -> str:
 
 
 def _failure_reason(run: Run) -> str:
-    failed = [t for t in run.tasks.values() if t.state in (TaskState.FAILED, TaskState.LOST)]
+    failed = _unhandled_failures(run)
     if failed:
         first = failed[0]
         return f"task '{first.name}' failed ({first.error or f'exit code {first.exit_code}'})"
