@@ -126,11 +126,12 @@ class Stack:
         await eventually(probe, timeout=timeout, what=f"run {instance_id} {state}")
 
     async def wait_task_state(self, instance_id: str, state: str,
-                              timeout: float = 30.0) -> None:
-        """Wait until some task of the run is in ``state`` (e.g. running, retry_wait)."""
+                              timeout: float = 30.0, task: str | None = None) -> None:
+        """Wait until some task of the run (or ``task``) is in ``state`` (e.g. running)."""
         async def probe() -> bool:
             run = await self.run_state(instance_id)
-            return bool(run and any(t["state"] == state for t in run["tasks"]))
+            return bool(run and any(t["state"] == state and task in (None, t["task"])
+                                    for t in run["tasks"]))
         await eventually(probe, timeout=timeout, what=f"a task of {instance_id} {state}")
 
     async def events(self, instance_id: str) -> list[dict[str, Any]]:

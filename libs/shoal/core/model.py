@@ -115,7 +115,9 @@ class StartWorkflow(Message):
     params: Mapping[str, str] = field(default_factory=dict)
     priority: Priority | None = None
     schedule_time: str | None = None
-    parent: Mapping[str, str] | None = None
+    # {instance_id, task} of the run that started this one; a sub_workflow task also
+    # sends the attempt and dispatch_id its outcome report is fenced with.
+    parent: Mapping[str, Any] | None = None
     start_from: tuple[str, ...] | None = None
     scope: Scope = Scope.DOWNSTREAM
     dry_run: bool = False
@@ -283,7 +285,7 @@ class WorkflowSubmitted(Event):
     priority: str
     attempt: int = 1
     schedule_time: str | None = None
-    parent: Mapping[str, str] | None = None
+    parent: Mapping[str, Any] | None = None
     scope_tasks: list[str] | tuple[str, ...] | None = None  # None: the whole DAG
     start_from: list[str] | tuple[str, ...] | None = None
     scope: str = "downstream"
@@ -654,7 +656,7 @@ class Run:
     timers: Mapping[str, Timer] = field(default_factory=dict)
     stopping_to: RunState | None = None
     schedule_time: str | None = None
-    parent: Mapping[str, str] | None = None
+    parent: Mapping[str, Any] | None = None
     submitted_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None

@@ -479,9 +479,13 @@ def _t_succeeded(step: Step, t: TaskRun, r: TaskReport) -> None:
     """→ succeeded; successors may become ready."""
     assert isinstance(r, TaskSucceeded)
     _cancel_task_timers(step, t)
+    outputs = dict(r.outputs)
+    declared = step.run.definition.task(t.name).outputs
+    if declared and _type(step.run, t.name) == "sub_workflow":
+        outputs = {k: v for k, v in outputs.items() if k in declared}  # the child's, chosen
     step.emit(TaskSucceededEvent(at=step.ctx.now, task=t.name, attempt=t.attempt,
                                  worker_id=r.worker_id, exit_code=r.exit_code,
-                                 outputs=dict(r.outputs), reported_at=r.sent_at))
+                                 outputs=outputs, reported_at=r.sent_at))
 
 
 def _t_ended(step: Step, t: TaskRun, r: TaskReport) -> None:

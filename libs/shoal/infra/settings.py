@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # While a backfill waits for its runs, the scheduler checks their progress this often.
     scheduler_backfill_poll: float = 0.25
     projector_batch: int = 1000
+    # sql tasks: JSON object of datasource name -> connection URL; unset: "default" is
+    # database_url. http tasks: a request gives up after this many seconds.
+    datasources: str | None = None
+    worker_http_timeout: float = 60.0
     log_level: str = "INFO"
 
     def topic(self, name: str) -> str:
@@ -62,6 +66,18 @@ class Settings(BaseSettings):
     @property
     def dead_letters_topic(self) -> str:
         return self.topic("dead-letters")
+
+    def datasource_urls(self) -> dict[str, str]:
+        """The named connections sql tasks may use (a bad SHOAL_DATASOURCES fails start-up)."""
+        if not self.datasources:
+            return {"default": self.database_url}
+        import json
+
+        parsed = json.loads(self.datasources)
+        if not isinstance(parsed, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+            raise ValueError("SHOAL_DATASOURCES must be a JSON object of name -> URL")
+        return parsed
 
     def tasks_topic(self, group: str) -> str:
         return self.topic(f"tasks.{group}")

@@ -60,6 +60,42 @@ class TimerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitRow:
+    """A dependent task attempt waiting for an upstream success in a window."""
+
+    dispatch_id: str
+    instance_id: str
+    task: str
+    attempt: int
+    workflow: str
+    upstream_task: str  # '' = the whole run
+    window_start: datetime
+    window_end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessRow:
+    workflow: str
+    task: str  # '' = the whole run
+    business_time: datetime
+    instance_id: str
+
+
+@dataclass(slots=True)
+class Dependencies:
+    """A batch's dependency bookkeeping; ``met`` turns a satisfied wait into the report
+    that tells its run (an outbox row written in the same transaction)."""
+
+    waits: list[WaitRow]
+    ended: list[tuple[str, str]]  # (instance_id, task) whose waits end
+    successes: list[SuccessRow]
+    met: Callable[[WaitRow], OutboxRow]
+
+    def __bool__(self) -> bool:
+        return bool(self.waits or self.ended or self.successes)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredEvent:
     global_position: int
     instance_id: str
@@ -128,7 +164,8 @@ class EventStore:
                      arm: Sequence[TimerRow] = (),
                      cancel: Sequence[tuple[str, str]] = (),
                      serial: Sequence[SerialOp] = (),
-                     wake: Callable[[str], OutboxRow] | None = None) -> None:
+                     wake: Callable[[str], OutboxRow] | None = None,
+                     deps: Dependencies | None = None) -> None:
         """Append every stream's events, the done-markers, the outbox and the timer
         changes in one transaction.
 
@@ -169,6 +206,8 @@ class EventStore:
             woken = await _apply_serial(conn, serial)
             if wake is not None:
                 outbox = [*outbox, *(wake(iid) for iid in woken)]
+            if deps:
+                outbox = [*outbox, *(deps.met(w) for w in await _apply_dependencies(conn, deps))]
             if outbox:
                 await conn.executemany(
                     "INSERT INTO shoal.outbox (topic, key, value) VALUES ($1, $2, $3)",
@@ -245,6 +284,58 @@ async def _apply_serial(conn: asyncpg.Connection, ops: Sequence[SerialOp]) -> li
         if nxt is not None:
             woken.append(str(nxt))
     return woken
+
+
+_WAIT_COLS = ("dispatch_id, instance_id, task, attempt, workflow, upstream_task, window_start, "
+              "window_end")
+
+
+async def _apply_dependencies(conn: asyncpg.Connection, deps: Dependencies) -> list[WaitRow]:
+    """Record successes and waits; return (and remove) the waits now satisfied.
+
+    Runs after the event-table lock, so every other committing batch is serialized with
+    this one: a success and a wait committed by different orchestrators always meet."""
+    if deps.ended:
+        await conn.executemany(
+            "DELETE FROM shoal.dependent_waits WHERE instance_id = $1 AND task = $2",
+            deps.ended)
+    met: dict[str, WaitRow] = {}
+    if deps.successes:
+        await conn.executemany(
+            "INSERT INTO shoal.successes (workflow, task, business_time, instance_id) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            [(s.workflow, s.task, s.business_time, s.instance_id) for s in deps.successes])
+        rows = await conn.fetch(
+            f"SELECT {', '.join('w.' + c for c in _WAIT_COLS.split(', '))} "
+            "FROM shoal.dependent_waits w JOIN unnest($1::text[], "
+            "$2::text[], $3::timestamp[]) AS s(workflow, task, bt) ON w.workflow = s.workflow "
+            "AND w.upstream_task = s.task AND s.bt >= w.window_start AND s.bt < w.window_end",
+            [s.workflow for s in deps.successes], [s.task for s in deps.successes],
+            [s.business_time for s in deps.successes])
+        met.update((str(r["dispatch_id"]), _wait(r)) for r in rows)
+    for w in deps.waits:
+        found = await conn.fetchval(
+            "SELECT 1 FROM shoal.successes WHERE workflow = $1 AND task = $2 AND "
+            "business_time >= $3 AND business_time < $4 LIMIT 1",
+            w.workflow, w.upstream_task, w.window_start, w.window_end)
+        if found:
+            met[w.dispatch_id] = w
+        else:
+            await conn.execute(
+                f"INSERT INTO shoal.dependent_waits ({_WAIT_COLS}) VALUES ($1, $2, $3, $4, $5, "
+                "$6, $7, $8) ON CONFLICT DO NOTHING", w.dispatch_id, w.instance_id, w.task,
+                w.attempt, w.workflow, w.upstream_task, w.window_start, w.window_end)
+    if met:
+        await conn.execute("DELETE FROM shoal.dependent_waits WHERE dispatch_id = ANY($1::uuid[])",
+                           list(met))
+    return list(met.values())
+
+
+def _wait(r: asyncpg.Record) -> WaitRow:
+    return WaitRow(dispatch_id=str(r["dispatch_id"]), instance_id=str(r["instance_id"]),
+                   task=r["task"], attempt=r["attempt"], workflow=r["workflow"],
+                   upstream_task=r["upstream_task"], window_start=r["window_start"],
+                   window_end=r["window_end"])
 
 
 async def read_from(conn: asyncpg.Connection, after: int, limit: int) -> list[StoredEvent]:

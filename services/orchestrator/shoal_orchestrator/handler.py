@@ -12,27 +12,43 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from shoal.core.definition import parse_definition
+from shoal.core.definition import WORKER_TYPES, parse_definition
 from shoal.core.errors import MessageInvalid, StreamConflict
 from shoal.core.model import (
+    ORCHESTRATOR,
     AnyEvent,
     Command,
     Input,
+    PauseWorkflow,
     RecoverWorkflow,
     RerunWorkflow,
     ResolvedStart,
+    ResumeWorkflow,
     Run,
     StartWorkflow,
+    StopWorkflow,
     TaskDispatched,
+    TaskFailed,
+    TaskFailedEvent,
+    TaskForcedSuccess,
+    TaskKilled,
+    TaskKilledEvent,
     TaskKillRequested,
+    TaskState,
+    TaskSucceeded,
+    TaskSucceededEvent,
     TimerArmed,
     TimerCancelled,
     WakeWorkflow,
     WorkflowFailed,
+    WorkflowPaused,
+    WorkflowPausing,
     WorkflowQueued,
     WorkflowRestarted,
+    WorkflowResumed,
     WorkflowStarted,
     WorkflowStopped,
     WorkflowSucceeded,
@@ -42,9 +58,19 @@ from shoal.core.workflow import Context, decide, evolve
 from shoal.infra import codec
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.settings import Settings
-from shoal.infra.store import Append, EventStore, OutboxRow, SerialOp, TimerRow
+from shoal.infra.store import (
+    Append,
+    Dependencies,
+    EventStore,
+    OutboxRow,
+    SerialOp,
+    SuccessRow,
+    TimerRow,
+    WaitRow,
+)
 
 log = logging.getLogger(__name__)
+_NS = uuid.UUID("5b0f3f0e-2f5c-4a43-9a0e-8f7c6d1e2a31")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +150,12 @@ class BatchHandler:
                 dead: list[tuple[Record, str]] = []
                 timers: dict[tuple[str, str], TimerRow | None] = {}
                 serial: list[SerialOp] = []
-                appends, outbox, runs = await self._decide_all(fresh, dead, timers, serial)
+                deps = Dependencies([], [], [], self._dependency_met)
+                appends, outbox, runs = await self._decide_all(fresh, dead, timers, serial,
+                                                               deps)
                 await self.store.commit(
                     appends, outbox, [t for t in timers.values() if t is not None],
-                    [k for k, t in timers.items() if t is None], serial, self._wake)
+                    [k for k, t in timers.items() if t is None], serial, self._wake, deps)
             except StreamConflict as exc:
                 # Another orchestrator (a zombie or a new owner) wrote one of these streams:
                 # our view is stale. Drop it, reload from the log, decide again.
@@ -169,6 +197,7 @@ class BatchHandler:
     async def _decide_all(
         self, inputs: Sequence[tuple[Record, Command]], dead: list[tuple[Record, str]],
         timers: dict[tuple[str, str], TimerRow | None], serial: list[SerialOp],
+        deps: Dependencies,
     ) -> tuple[list[Append], list[OutboxRow], dict[str, tuple[int, Run]]]:
         missing = {c.instance_id for _, c in inputs if c.instance_id not in self.cache}
         histories = await self.store.load(missing)
@@ -189,12 +218,14 @@ class BatchHandler:
                 inp = await self._resolve(cmd, run, definitions)
                 if isinstance(inp, str):
                     dead.append((rec, inp))
+                    outbox.extend(self._child_not_started(cmd, inp))
                     continue
                 slot_free = await self._slot_free(inp, run, holders)
                 decision = decide(run, inp, Context(now=utcnow_iso(), message_id=cmd.message_id,
                                                     slot_free=slot_free))
                 if decision.dead_letter:
                     dead.append((rec, decision.dead_letter))
+                    outbox.extend(self._child_not_started(cmd, decision.dead_letter))
                     continue
                 new = run
                 for e in decision.events:
@@ -209,7 +240,7 @@ class BatchHandler:
             appends.append(Append(cmd.instance_id, first_seq, decision.events, cmd.message_id,
                                   rec.partition, new.state.value))
             outbox.extend(self._effects(cmd.instance_id, first_seq, decision.events,
-                                        new, cmd.message_id, timers))
+                                        new, cmd.message_id, timers, deps))
             serial.extend(_serial_ops(new, decision.events, holders))
             working[cmd.instance_id] = new
             changed[cmd.instance_id] = (rec.partition, new)
@@ -257,8 +288,9 @@ class BatchHandler:
 
     def _effects(self, instance_id: str, first_seq: int, events: Sequence[AnyEvent], run: Run,
                  message_id: str, timers: dict[tuple[str, str], TimerRow | None],
-                 ) -> list[OutboxRow]:
-        """Outbox rows for the events; timer changes are netted into ``timers``."""
+                 deps: Dependencies) -> list[OutboxRow]:
+        """Outbox rows for the events; timer changes are netted into ``timers``, waits
+        and successes of dependent tasks into ``deps``."""
         key = instance_id.encode()
         now = utcnow_iso()
         rows: list[OutboxRow] = []
@@ -266,7 +298,9 @@ class BatchHandler:
             rows.append(OutboxRow(self.settings.events_topic, key, codec.dumps({
                 "instance_id": instance_id, "seq": first_seq + i, "type": e.type,
                 "data": event_data(e), "causation_id": message_id, "recorded_at": now})))
-            if isinstance(e, TaskDispatched):
+            if isinstance(e, TaskDispatched) and e.task_type not in WORKER_TYPES:
+                rows.extend(self._held(instance_id, run, e, deps))
+            elif isinstance(e, TaskDispatched):
                 rows.append(OutboxRow(self.settings.tasks_topic(e.worker_group), key,
                                       codec.dumps({
                     "type": "DispatchTask", "message_id": e.dispatch_id,
@@ -274,7 +308,12 @@ class BatchHandler:
                     "task": e.task, "attempt": e.attempt, "dispatch_id": e.dispatch_id,
                     "task_type": e.task_type, "worker_group": e.worker_group,
                     "command": e.command, "env": dict(e.env), "outputs": list(e.outputs),
-                    "priority": e.priority, "schedule_time": run.schedule_time})))
+                    "priority": e.priority, "schedule_time": run.schedule_time,
+                    "spec": dict(e.spec) if e.spec else None})))
+            elif isinstance(e, TaskKillRequested) and e.worker_id == ORCHESTRATOR:
+                child = (run.tasks[e.task].spec or {}).get("child_instance_id")
+                if child:
+                    rows.append(self._command(StopWorkflow, child, f"{e.dispatch_id}/stop"))
             elif isinstance(e, TaskKillRequested):
                 rows.append(OutboxRow(self.settings.topic("worker-control"), key, codec.dumps({
                     "type": "KillTask", "message_id": f"{e.dispatch_id}/kill/{e.reason}",
@@ -285,7 +324,115 @@ class BatchHandler:
                 timers[(instance_id, e.timer_id)] = TimerRow(instance_id, e.timer_id, e.fire_at)
             elif isinstance(e, TimerCancelled):
                 timers[(instance_id, e.timer_id)] = None
+            elif isinstance(e, WorkflowPausing | WorkflowPaused | WorkflowResumed):
+                rows.extend(self._cascade(run, e, f"{message_id}/{first_seq + i}"))
+            if isinstance(e, TaskSucceededEvent | TaskFailedEvent | TaskKilledEvent) and \
+                    run.definition.task(e.task).type == "dependent":
+                deps.ended.append((instance_id, e.task))
+            if isinstance(e, TaskSucceededEvent | TaskForcedSuccess) and not run.dry_run:
+                deps.successes.append(SuccessRow(run.workflow, e.task, _business(run),
+                                                 instance_id))
+            elif isinstance(e, WorkflowSucceeded | WorkflowFailed | WorkflowStopped):
+                if isinstance(e, WorkflowSucceeded) and not run.dry_run:
+                    deps.successes.append(SuccessRow(run.workflow, "", _business(run),
+                                                     instance_id))
+                rows.extend(self._tell_parent(run, e))
         return rows
+
+    # ------------------------------------------------------------------ held tasks
+    def _command(self, cls: type[StopWorkflow | PauseWorkflow | ResumeWorkflow],
+                 instance_id: str, token: str) -> OutboxRow:
+        cmd = cls(message_id=str(uuid.uuid5(_NS, token)), instance_id=instance_id,
+                  sent_at=utcnow_iso())
+        return OutboxRow(self.settings.commands_topic, instance_id.encode(),
+                         codec.encode_command(cmd))
+
+    def _held(self, instance_id: str, run: Run, e: TaskDispatched,
+              deps: Dependencies) -> list[OutboxRow]:
+        """A task the orchestrator runs: start the child run, or register the wait."""
+        spec = e.spec or {}
+        if spec.get("error"):
+            return []
+        if e.task_type == "sub_workflow":
+            child = spec["child_instance_id"]
+            cmd = StartWorkflow(
+                message_id=str(uuid.uuid5(_NS, f"{e.dispatch_id}/start")), instance_id=child,
+                sent_at=utcnow_iso(), workflow=spec["workflow"], params=dict(spec["params"]),
+                schedule_time=run.schedule_time,
+                parent={"instance_id": instance_id, "task": e.task, "attempt": e.attempt,
+                        "dispatch_id": e.dispatch_id})
+            return [OutboxRow(self.settings.commands_topic, child.encode(),
+                              codec.encode_command(cmd))]
+        deps.waits.append(WaitRow(
+            dispatch_id=e.dispatch_id, instance_id=instance_id, task=e.task,
+            attempt=e.attempt, workflow=spec["workflow"], upstream_task=spec["task"] or "",
+            window_start=datetime.fromisoformat(spec["window_start"]),
+            window_end=datetime.fromisoformat(spec["window_end"])))
+        return []
+
+    def _cascade(self, run: Run, e: AnyEvent, token: str) -> list[OutboxRow]:
+        """Pausing or resuming a run pauses or resumes its running child runs."""
+        cls = ResumeWorkflow if isinstance(e, WorkflowResumed) else PauseWorkflow
+        return [self._command(cls, child, f"{token}/{t.name}")
+                for t in run.tasks.values()
+                if t.state is TaskState.RUNNING and t.spec
+                and (child := t.spec.get("child_instance_id"))]
+
+    def _tell_parent(self, run: Run, e: AnyEvent) -> list[OutboxRow]:
+        """A child run ended: report its outcome to the parent's sub_workflow attempt,
+        with the child's outputs (every task's, later tasks winning) on success."""
+        parent = run.parent or {}
+        if "dispatch_id" not in parent:
+            return []
+        token = f"{run.instance_id}/{run.attempt}/{e.type}"
+        fields: dict[str, Any] = {
+                  "message_id": str(uuid.uuid5(_NS, token)),
+                  "instance_id": parent["instance_id"], "sent_at": utcnow_iso(),
+                  "task": parent["task"], "attempt": int(parent["attempt"]),
+                  "dispatch_id": parent["dispatch_id"], "worker_id": ORCHESTRATOR}
+        report: TaskSucceeded | TaskFailed | TaskKilled
+        if isinstance(e, WorkflowSucceeded):
+            outputs: dict[str, str] = {}
+            for t in run.definition.tasks:
+                if t.name in run.tasks:
+                    outputs.update(run.tasks[t.name].outputs)
+            report = TaskSucceeded(**fields, exit_code=0, outputs=outputs)
+        elif isinstance(e, WorkflowFailed):
+            report = TaskFailed(**fields, error=f"sub-workflow run {run.instance_id} of "
+                                                f"'{run.workflow}' failed: {e.reason}")
+        else:
+            report = TaskKilled(**fields, error=f"sub-workflow run {run.instance_id} of "
+                                                f"'{run.workflow}' stopped")
+        return [OutboxRow(self.settings.commands_topic, parent["instance_id"].encode(),
+                          codec.encode_command(report))]
+
+    def _child_not_started(self, cmd: Command, reason: str) -> list[OutboxRow]:
+        """A child run that cannot start fails its parent's task instead of hanging it."""
+        if not isinstance(cmd, StartWorkflow) or not cmd.parent or \
+                "dispatch_id" not in cmd.parent:
+            return []
+        p = cmd.parent
+        report = TaskFailed(
+            message_id=str(uuid.uuid5(_NS, f"{cmd.instance_id}/not-started")),
+            instance_id=p["instance_id"], sent_at=utcnow_iso(), task=p["task"],
+            attempt=int(p["attempt"]), dispatch_id=p["dispatch_id"], worker_id=ORCHESTRATOR,
+            error=f"sub-workflow could not start: {reason}")
+        return [OutboxRow(self.settings.commands_topic, p["instance_id"].encode(),
+                          codec.encode_command(report))]
+
+    def _dependency_met(self, w: WaitRow) -> OutboxRow:
+        report = TaskSucceeded(
+            message_id=str(uuid.uuid5(_NS, f"{w.dispatch_id}/met")), instance_id=w.instance_id,
+            sent_at=utcnow_iso(), task=w.task, attempt=w.attempt, dispatch_id=w.dispatch_id,
+            worker_id=ORCHESTRATOR, exit_code=0)
+        return OutboxRow(self.settings.commands_topic, w.instance_id.encode(),
+                         codec.encode_command(report))
+
+
+def _business(run: Run) -> datetime:
+    """The run's business time as wall-clock time in its own offset."""
+    stamp = run.schedule_time or run.submitted_at or "1970-01-01T00:00:00"
+    return datetime.fromisoformat(stamp).replace(tzinfo=None)
 
 
 def _serial_ops(run: Run, events: Sequence[AnyEvent],

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shoal.core.errors import MessageInvalid
-from shoal.core.model import ExpireLease, TaskState
+from shoal.core.model import ORCHESTRATOR, ExpireLease, TaskState
 from shoal.infra import codec, kafka
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.settings import Settings
@@ -53,7 +53,8 @@ class LeaseMonitor:
         published = 0
         for run in self.cache.runs():
             for t in run.tasks.values():
-                if t.state is not TaskState.RUNNING or not t.dispatch_id:
+                if t.state is not TaskState.RUNNING or not t.dispatch_id or \
+                        t.worker_id == ORCHESTRATOR:  # held here: no worker, no lease
                     continue
                 live.add(t.dispatch_id)
                 deadline = self.expiry.setdefault(t.dispatch_id,

@@ -82,7 +82,14 @@ async def apply(conn: asyncpg.Connection, e: StoredEvent) -> None:
                      "TaskRetryScheduled": "retry_wait"}[e.type]
             await _task_row(conn, e, state)
             if e.type == "TaskDispatched":
-                await _task(conn, e, "worker_group = $4", d.get("worker_group"))
+                child = (d.get("spec") or {}).get("child_instance_id")
+                await _task(conn, e, "worker_group = $4, child_instance_id = $5",
+                            d.get("worker_group"), child)
+        case "TaskDecided":
+            await _task_row(conn, e, "failed" if d.get("error") else "succeeded")
+            await _task(conn, e, "started_at = $4, finished_at = $4, duration_ms = 0, "
+                        "exit_code = $5, error = $6", at,
+                        None if d.get("error") else 0, d.get("error") or None)
         case "TaskSkipped" | "TaskDryRun":
             state = "skipped" if e.type == "TaskSkipped" else "succeeded"
             await _task_row(conn, e, state)

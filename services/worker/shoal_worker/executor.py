@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from shoal.core.params import parse_outputs
+from shoal.core.params import OutputParser
 
 LineSink = Callable[[list[tuple[str, str]]], Awaitable[None]]
+Say = Callable[[str], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -49,7 +50,8 @@ class Attempt:
 
     def __init__(self, dispatch: dict[str, Any], data_dir: Path, base_env: dict[str, str],
                  on_lines: LineSink | None = None, keep_workdir: str = "failed",
-                 run_as: str | None = None) -> None:
+                 run_as: str | None = None,
+                 in_loop: Callable[[Say], Awaitable[Outcome]] | None = None) -> None:
         self.dispatch = dispatch
         self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
                         / str(dispatch["attempt"]))
@@ -59,10 +61,14 @@ class Attempt:
         self.on_lines = on_lines
         self.keep_workdir = keep_workdir
         self.run_as = run_as
+        self.in_loop = in_loop
+        self._inner: asyncio.Future[Outcome] | None = None
 
     async def run(self) -> Outcome:
         d = self.dispatch
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.in_loop is not None:
+            return await self._run_in_loop(self.in_loop)
         if d["task_type"] == "python":
             script, argv = self.workdir / "task.py", [sys.executable]
         else:
@@ -84,24 +90,59 @@ class Attempt:
         except (OSError, ValueError, KeyError) as exc:  # KeyError/ValueError: unknown user
             return Outcome(exit_code=None, error=f"could not start: {exc}")
         assert self.proc.stdout is not None
+        parser = OutputParser(d.get("outputs", []))
         with log_path.open("wb") as log:
-            reader = asyncio.create_task(_copy_output(self.proc.stdout, log, self.on_lines))
+            reader = asyncio.create_task(_copy_output(self.proc.stdout, log, self.on_lines,
+                                                      parser))
             code = exit_code_of(await self.proc.wait())
             # A background child may keep the pipe open after the task's main process
             # ended; read what it wrote for a moment, then stop waiting for it.
             done, _ = await asyncio.wait({reader}, timeout=2.0)
-            marked = reader.result() if done else []
             if not done:
                 reader.cancel()
         if self.killed_for:
-            return Outcome(exit_code=code, error=f"killed ({self.killed_for})", killed=True)
-        if code != 0 and self.keep_workdir == "never":
+            return self._finish(Outcome(exit_code=code, error=f"killed ({self.killed_for})",
+                                        killed=True))
+        if code == 0 and parser.errors:
+            error = "; ".join(parser.errors)
+            if self.on_lines is not None:
+                await self.on_lines([(datetime.now(UTC).isoformat(), f"ERROR: {error}")])
+            return self._finish(Outcome(exit_code=1, outputs=parser.outputs, error=error))
+        return self._finish(Outcome(exit_code=code, outputs=parser.outputs,
+                                    error="" if code == 0 else describe_exit(code)))
+
+    def _finish(self, outcome: Outcome) -> Outcome:
+        """Keep or remove the working directory as configured (failed: keep on failure)."""
+        keep = {"always": True, "never": False}.get(self.keep_workdir, outcome.exit_code != 0)
+        if not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
-        outputs = parse_outputs(marked, d.get("outputs", []))
-        if code == 0 and self.keep_workdir != "always":
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            return Outcome(exit_code=0, outputs=outputs)
-        return Outcome(exit_code=code, outputs=outputs, error=describe_exit(code))
+        return outcome
+
+    async def _run_in_loop(self, runner: Callable[[Say], Awaitable[Outcome]]) -> Outcome:
+        """An sql/http attempt: a coroutine in this process, logged like a process's output
+        (into task.log and shipped), killed by cancelling it."""
+        with (self.workdir / "task.log").open("wb") as log:
+            async def say(text: str) -> None:
+                lines = text.split("\n")
+                log.write(("\n".join(lines) + "\n").encode())
+                if self.on_lines is not None:
+                    stamp = datetime.now(UTC).isoformat()
+                    await self.on_lines([(stamp, ln) for ln in lines])
+
+            self._inner = asyncio.ensure_future(runner(say))
+            try:
+                outcome = await asyncio.shield(self._inner)
+            except asyncio.CancelledError:
+                if self.killed_for is None or not self._inner.cancelled():
+                    self._inner.cancel()  # the worker itself is stopping
+                    raise
+                outcome = Outcome(exit_code=None, error=f"killed ({self.killed_for})",
+                                  killed=True)
+                await say(f"killed ({self.killed_for})")
+            except Exception as exc:  # noqa: BLE001 - reported as the attempt's failure
+                outcome = Outcome(exit_code=None, error=f"{type(exc).__name__}: {exc}")
+                await say(f"ERROR: {outcome.error}")
+        return self._finish(outcome)
 
     def signal(self, sig: int) -> None:
         if self.proc is not None:
@@ -109,8 +150,12 @@ class Attempt:
                 os.killpg(self.proc.pid, sig)
 
     async def kill(self, reason: str, grace: float) -> None:
-        """SIGTERM the whole process group, SIGKILL whatever is left after ``grace``."""
+        """SIGTERM the whole process group, SIGKILL whatever is left after ``grace``; an
+        in-loop attempt is cancelled."""
         self.killed_for = reason
+        if self._inner is not None:
+            self._inner.cancel()
+            return
         self.signal(signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + grace
         # A process group's end has no event to wait on: poll it.
@@ -133,13 +178,12 @@ _MAX_LINE = 1024 * 1024  # a longer "line" is cut; setValue markers are short
 
 
 async def _copy_output(stream: asyncio.StreamReader, log: BinaryIO,
-                       on_lines: LineSink | None = None) -> list[str]:
-    """Copy the process output to ``log`` and ``on_lines``; return the setValue lines.
+                       on_lines: LineSink | None, parser: OutputParser) -> None:
+    """Copy the process output to ``log`` and ``on_lines``, feeding ``parser`` each line.
 
     Reads chunks rather than lines so a line of any length cannot break the reader; every
     line is stamped with the time its chunk was read.
     """
-    marked: list[str] = []
     pending = b""
     while chunk := await stream.read(_CHUNK):
         log.write(chunk)
@@ -148,13 +192,14 @@ async def _copy_output(stream: asyncio.StreamReader, log: BinaryIO,
         if len(pending) > _MAX_LINE:
             lines.append(pending)
             pending = b""
-        marked.extend(ln.decode("utf-8", "replace") for ln in lines if b"${setValue(" in ln)
-        if on_lines is not None and lines:
+        text = [ln.decode("utf-8", "replace") for ln in lines]
+        for ln in text:
+            parser.feed(ln)
+        if on_lines is not None and text:
             stamp = datetime.now(UTC).isoformat()
-            await on_lines([(stamp, ln.decode("utf-8", "replace")) for ln in lines])
+            await on_lines([(stamp, ln) for ln in text])
     if pending:
-        if b"${setValue(" in pending:
-            marked.append(pending.decode("utf-8", "replace"))
+        last = pending.decode("utf-8", "replace")
+        parser.feed(last)
         if on_lines is not None:
-            await on_lines([(datetime.now(UTC).isoformat(), pending.decode("utf-8", "replace"))])
-    return marked
+            await on_lines([(datetime.now(UTC).isoformat(), last)])

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,8 @@ from shoal.core.model import TaskFailed, TaskKilled, TaskStarted, TaskSucceeded
 from shoal.infra import codec, kafka
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
-from shoal_worker.executor import Attempt, Outcome
+from shoal_worker.executor import Attempt, Outcome, Say
+from shoal_worker.inloop import run_http, run_sql
 from shoal_worker.logship import LogShipper
 
 log = logging.getLogger("shoal.worker")
@@ -68,6 +70,7 @@ class Worker:
         self.committed: dict[TopicPartition, int] = {}
         self._seq = itertools.count()
         self.slot_freed = asyncio.Event()
+        self.datasources = settings.datasource_urls()
 
     # ------------------------------------------------------------------ dispatches
     async def consume(self, stop: asyncio.Event) -> None:
@@ -132,13 +135,22 @@ class Worker:
             shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
             attempt = Attempt(d, self.settings.data_dir, self.base_env, on_lines=shipper.add,
                               keep_workdir=self.settings.worker_keep_workdir,
-                              run_as=self.settings.worker_run_as)
+                              run_as=self.settings.worker_run_as, in_loop=self._in_loop(d))
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             await self._report(TaskStarted(**self._fields(d, "started")))
             t = asyncio.create_task(self._run(attempt))
             self.tasks.add(t)
             t.add_done_callback(self.tasks.discard)
+
+    def _in_loop(self, d: dict[str, Any]) -> Callable[[Say], Awaitable[Outcome]] | None:
+        """sql and http attempts run in this event loop (still one slot each)."""
+        spec = d.get("spec") or {}
+        if d["task_type"] == "sql":
+            return lambda say: run_sql(spec, d.get("outputs", []), say, self.datasources)
+        if d["task_type"] == "http":
+            return lambda say: run_http(spec, say, self.settings.worker_http_timeout)
+        return None
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         offsets = {}

@@ -127,8 +127,9 @@ async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
                                              "the orchestrator accepted it)"})
     tasks = await res.pool.fetch(
         "SELECT task, attempt, state, worker_id, worker_group, started_at, finished_at, "
-        "duration_ms, exit_code, outputs::text AS outputs, error FROM shoal_read.task_runs "
-        "WHERE instance_id = $1 ORDER BY coalesce(started_at, finished_at), task, attempt",
+        "duration_ms, exit_code, outputs::text AS outputs, error, child_instance_id "
+        "FROM shoal_read.task_runs WHERE instance_id = $1 "
+        "ORDER BY coalesce(started_at, finished_at), task, attempt",
         instance_id)
     live_groups = {r["worker_group"] for r in await res.pool.fetch(
         "SELECT DISTINCT worker_group FROM shoal_read.workers WHERE NOT stopping AND "
@@ -140,7 +141,8 @@ async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
          live_groups,
          "started_at": _iso(t["started_at"]),
          "finished_at": _iso(t["finished_at"]), "duration_ms": t["duration_ms"],
-         "exit_code": t["exit_code"], "outputs": codec.loads(t["outputs"]), "error": t["error"]}
+         "exit_code": t["exit_code"], "outputs": codec.loads(t["outputs"]), "error": t["error"],
+         "child_instance_id": str(t["child_instance_id"]) if t["child_instance_id"] else None}
         for t in tasks]}
 
 

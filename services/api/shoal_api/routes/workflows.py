@@ -7,8 +7,8 @@ from typing import Any, Literal
 import yaml
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from shoal.core.definition import parse_definition
-from shoal.core.errors import DefinitionInvalid
+from shoal.core.definition import WorkflowDefinition, parse_definition
+from shoal.core.errors import DefinitionInvalid, Problem
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
 from shoal_api.deps import Res
@@ -29,6 +29,39 @@ def parse_body(body: bytes, content_type: str) -> Any:
         raise HTTPException(422, {"message": f"body is not valid YAML: {exc}"}) from None
 
 
+async def _sub_workflow_problems(definition: WorkflowDefinition, res: Res) -> list[Problem]:
+    """A sub_workflow must name a published workflow, and must not lead back to this one
+    through the latest versions of the workflows it starts (a run would never end)."""
+    problems: list[Problem] = []
+    for i, t in enumerate(definition.tasks):
+        if t.type != "sub_workflow":
+            continue
+        child = t.spec["workflow"]
+        seen, frontier, path = {definition.name}, [child], {child: [definition.name, child]}
+        while frontier:
+            name = frontier.pop()
+            row = await res.pool.fetchrow(
+                "SELECT definition::text AS d FROM shoal.workflow_definitions WHERE name = $1 "
+                "ORDER BY version DESC LIMIT 1", name)
+            if row is None:
+                if name == child:
+                    problems.append(Problem(f"tasks[{i}].workflow",
+                                            f"unknown workflow '{child}' (publish it first)"))
+                continue
+            seen.add(name)
+            for sub in codec.loads(row["d"])["tasks"]:
+                nxt = sub.get("workflow") if sub.get("type") == "sub_workflow" else None
+                if nxt == definition.name:
+                    problems.append(Problem(f"tasks[{i}].workflow", "sub-workflow cycle: "
+                                            + " -> ".join([*path[name], nxt])))
+                    frontier = []
+                    break
+                if nxt and nxt not in seen:
+                    path[nxt] = [*path[name], nxt]
+                    frontier.append(nxt)
+    return problems
+
+
 @router.post("", status_code=201)
 async def create(request: Request, response: Response, res: Res) -> dict[str, Any]:
     raw = parse_body(await request.body(), request.headers.get("content-type", ""))
@@ -37,6 +70,10 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
     except DefinitionInvalid as exc:
         raise HTTPException(422, {"message": str(exc),
                                   "problems": [p.as_dict() for p in exc.problems]}) from None
+    problems = await _sub_workflow_problems(definition, res)
+    if problems:
+        raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
+                                  "problems": [p.as_dict() for p in problems]})
     normalized = definition.to_dict()
     async with res.pool.acquire() as conn, conn.transaction():
         # Serialize publishers of one name so versions are dense and never collide.
