@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
-from shoal_worker.executor import Attempt, describe_exit, exit_code_of
+from shoal_worker.executor import Attempt, Outcome, describe_exit, exit_code_of
 
 
 def dispatch(command: str, **extra: object) -> dict:
@@ -66,3 +67,39 @@ async def test_context_variables(tmp_path):
     a = Attempt(d, tmp_path, dict(os.environ), keep_workdir="always")
     await a.run()
     assert (a.workdir / "ctx").read_text().strip() == "2026-01-02T00:00:00Z"
+
+
+async def test_an_in_loop_attempt_logs_like_a_process_and_is_killed_by_cancelling(tmp_path):
+    shipped: list[str] = []
+
+    async def on_lines(lines: list[tuple[str, str]]) -> None:
+        shipped.extend(text for _, text in lines)
+
+    async def slow(say) -> Outcome:
+        await say("step 1\nstep 2")
+        await asyncio.sleep(60)
+        return Outcome(exit_code=0)
+
+    a = Attempt(dispatch("", task_type="sql"), tmp_path, {}, on_lines=on_lines, in_loop=slow)
+    running = asyncio.create_task(a.run())
+    await asyncio.sleep(0.1)
+    await a.kill("stop", grace=1.0)
+    out = await asyncio.wait_for(running, 5)
+    assert out.killed and out.error == "killed (stop)"
+    assert shipped == ["step 1", "step 2", "killed (stop)"]
+    assert (a.workdir / "task.log").read_text() == "step 1\nstep 2\nkilled (stop)\n"
+
+
+async def test_an_in_loop_attempt_that_raises_fails_with_the_error(tmp_path):
+    async def broken(say) -> Outcome:
+        raise RuntimeError("boom")
+
+    a = Attempt(dispatch("", task_type="http"), tmp_path, {}, in_loop=broken)
+    out = await a.run()
+    assert out.exit_code is None and out.error == "RuntimeError: boom"
+
+
+async def test_an_output_over_the_cap_fails_the_attempt(tmp_path):
+    cmd = "echo '${setValue(rows='; seq 1 2000; echo ')}'"
+    out = await Attempt(dispatch(cmd), tmp_path, dict(os.environ)).run()
+    assert out.exit_code == 1 and "output 'rows' is larger than the cap" in out.error
