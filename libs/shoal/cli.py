@@ -413,7 +413,10 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("action", choices=["rebuild"])
     s.set_defaults(fn=cmd_projections)
     args = p.parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except BrokenPipeError:  # `shoal events ID | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
