@@ -233,3 +233,27 @@ async def test_dependent_waits_proceeds_on_upstream_success_and_times_out(stack:
     assert result["state"] == "failed"
     assert tasks_by_name(result)["wait"]["error"].startswith(
         "timed out after 2s: waiting for a successful run of task 'u' of upstream for 20270101")
+
+
+async def test_pausing_the_parent_pauses_the_child_and_resuming_resumes_it(stack: Stack):
+    await stack.apply({"name": "steps", "tasks": [
+        {"name": "first", "command": "sleep 3"},
+        {"name": "second", "command": "echo second", "depends_on": ["first"]}]})
+    await stack.apply({"name": "holder", "tasks": [
+        {"name": "sub", "type": "sub_workflow", "workflow": "steps"}]})
+    parent = await run(stack, "holder")
+
+    async def child_id() -> str | None:
+        r = await stack.run_state(parent)
+        cid = tasks_by_name(r).get("sub", {}).get("child_instance_id") if r else None
+        c = await stack.run_state(cid) if cid else None
+        return cid if c and any(t["state"] == "running" for t in c["tasks"]) else None
+    cid = await eventually(child_id, what="the child's first task running")
+    assert (await stack.request("POST", f"/api/v1/runs/{parent}/pause")).status_code == 202
+    await stack.wait_state(parent, "paused")
+    await stack.wait_state(cid, "paused")  # after its running task finished
+    child = await stack.run_state(cid)
+    assert child is not None and "second" not in tasks_by_name(child)
+    assert (await stack.request("POST", f"/api/v1/runs/{parent}/resume")).status_code == 202
+    assert (await stack.wait_run(cid))["state"] == "succeeded"
+    assert (await stack.wait_run(parent))["state"] == "succeeded"

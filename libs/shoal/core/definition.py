@@ -263,25 +263,25 @@ def _check_texts(params: Mapping[str, str], tasks: Sequence[TaskDefinition],
     for t in tasks:
         declared |= set(t.params) | set(t.outputs)
     places: list[tuple[str, str, bool]] = [(f"params.{k}", v, True) for k, v in params.items()]
+    named: list[tuple[str, set[str]]] = []  # where, the ${names} read there
     for t in tasks:
         i = where[t.name]
         places += [(f"tasks[{i}].{path}", text, t.type != "shell" or path != "command")
                    for path, text in t.texts()]
         places += [(f"tasks[{i}].env.{k}", v, False) for k, v in t.env.items()]
-        for j, case in enumerate(t.spec.get("cases", ())):
-            places += [(f"tasks[{i}].cases[{j}].when", f"${{{n}}}", True)
-                       for n in sorted(expr.references(expr.parse(case["when"])))]
+        named += [(f"tasks[{i}].cases[{j}].when", expr.references(expr.parse(case["when"])))
+                  for j, case in enumerate(t.spec.get("cases", ()))]
     for path, text, check_names in places:
         try:
             expand_time(text, _SAMPLE)
         except TimeExpressionInvalid as exc:
             problems.append(Problem(path, str(exc)))
         if check_names:
-            for name in references(text):
-                if name not in declared:
-                    problems.append(Problem(path, f"${{{name}}} is not a declared parameter "
-                                                  "(declare it in params, a task's params or "
-                                                  "a task's outputs)"))
+            named.append((path, references(text)))
+    for path, names in named:
+        problems += [Problem(path, f"${{{name}}} is not a declared parameter (declare it in "
+                                   "params, a task's params or a task's outputs)")
+                     for name in sorted(names - declared)]
 
 
 def parse_definition(raw: object) -> WorkflowDefinition:

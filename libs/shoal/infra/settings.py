@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -71,8 +72,6 @@ class Settings(BaseSettings):
         """The named connections sql tasks may use (a bad SHOAL_DATASOURCES fails start-up)."""
         if not self.datasources:
             return {"default": self.database_url}
-        import json
-
         parsed = json.loads(self.datasources)
         if not isinstance(parsed, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):

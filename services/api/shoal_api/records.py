@@ -24,6 +24,9 @@ from shoal_api.deps import Resources
 
 log = logging.getLogger(__name__)
 
+# A parameter value as a request may give it (stored as text, see string_params).
+Scalar = str | int | float | bool | None
+
 def string_params(params: Mapping[str, str | int | float | bool | None]) -> dict[str, str]:
     """Parameter values as the text a task sees (true/false for booleans, "" for null)."""
     return {k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))

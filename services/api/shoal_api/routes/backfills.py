@@ -24,11 +24,10 @@ from shoal.core.schedule import (
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
 from shoal_api.deps import Res
-from shoal_api.records import publish, string_params
+from shoal_api.records import Scalar, publish, string_params
 
 router = APIRouter(prefix="/api/v1", tags=["backfills"])
 
-Scalar = str | int | float | bool | None
 TERMINAL = ("succeeded", "failed", "stopped")
 
 
