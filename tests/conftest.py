@@ -97,6 +97,20 @@ async def stack(broker: str, database: str, tmp_path: Path,
             print(s.logs())
 
 
+@pytest.fixture
+async def bare_stack(broker: str, database: str, tmp_path: Path,
+                     request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """A stack whose services the test starts itself (with its own settings)."""
+    s = Stack(broker, database, tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(s.logs())
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     rep = yield

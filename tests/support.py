@@ -43,6 +43,9 @@ class Stack:
         self.api_port = free_port()
         self.processes: list[OwnedProcess] = []
         self.api = f"http://127.0.0.1:{self.api_port}"
+        # Every stack runs with auth on; tests speak as admin unless they say otherwise.
+        self.tokens = {role: f"{role}-{secrets.token_hex(12)}"
+                       for role in ("viewer", "operator", "admin")}
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -51,7 +54,9 @@ class Stack:
                    SHOAL_API_HOST="127.0.0.1", SHOAL_DATA_DIR=str(self.workdir / "data"),
                    SHOAL_PARTITIONS="4", SHOAL_OUTBOX_RELAY_INTERVAL="0.2",
                    SHOAL_KAFKA_SESSION_TIMEOUT_MS="6000", SHOAL_LEASE_TIMEOUT="5",
-                   SHOAL_WORKER_HEARTBEAT_INTERVAL="1")
+                   SHOAL_WORKER_HEARTBEAT_INTERVAL="1",
+                   SHOAL_API_TOKENS=",".join(f"{r}:{t}" for r, t in self.tokens.items()),
+                   SHOAL_API_TOKEN=self.tokens["admin"])
         env.update(extra)
         return env
 
@@ -92,9 +97,15 @@ class Stack:
         return "\n".join(out)
 
     # ------------------------------------------------------------------ API helpers
-    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def auth(self, role: str | None = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+
+    async def request(self, method: str, path: str, *, role: str | None = "admin",
+                      **kw: Any) -> httpx.Response:
+        """A request to the API with the token of ``role`` (None: no token)."""
+        headers = {**self.auth(role), **kw.pop("headers", {})}
         async with httpx.AsyncClient(base_url=self.api, timeout=30) as c:
-            return await c.request(method, path, **kw)
+            return await c.request(method, path, headers=headers, **kw)
 
     async def apply(self, definition: dict[str, Any]) -> dict[str, Any]:
         r = await self.request("POST", "/api/v1/workflows", json=definition)

@@ -142,7 +142,7 @@ async def test_backfill_validation(stack: Stack):
     await stack.apply(daily(0))
     r = await stack.request("POST", "/api/v1/workflows/daily/backfill",
                             json={"start": "2026-01-01", "end": "2026-01-02", "cron": "nope"})
-    assert r.status_code == 422 and r.json()["detail"]["problems"][0]["path"] == "cron"
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "cron"
     r = await stack.request("POST", "/api/v1/workflows/daily/backfill", json={"mode": "serial"})
     assert r.status_code == 422
     r = await stack.request("POST", "/api/v1/workflows/daily/backfill",

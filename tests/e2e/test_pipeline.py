@@ -145,14 +145,16 @@ async def test_a_cyclic_definition_is_refused_with_422_naming_the_cycle(stack: S
         {"name": "load", "command": "true", "depends_on": ["transform"]}]}
     r = await stack.request("POST", "/api/v1/workflows", json=cyclic)
     assert r.status_code == 422
-    detail = r.json()["detail"]
-    assert "cycle" in detail["message"]
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["type"] == "urn:shoal:problem:invalid-definition" and body["status"] == 422
+    assert "cycle" in body["detail"]
     for name in ("extract", "transform", "load"):
-        assert name in detail["message"]
+        assert name in body["detail"]
     assert (await stack.request("GET", "/api/v1/workflows/loop")).status_code == 404
     yaml_body = b"name: y\ntasks:\n  - name: a\n    command: echo\n    depends_on: [zz]\n"
     r = await stack.request("POST", "/api/v1/workflows", content=yaml_body,
                             headers={"content-type": "application/yaml"})
     assert r.status_code == 422
-    assert r.json()["detail"]["problems"] == [
+    assert r.json()["problems"] == [
         {"path": "tasks[0].depends_on[0]", "message": "unknown task 'zz'"}]

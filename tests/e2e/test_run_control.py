@@ -69,7 +69,7 @@ async def test_stop_kills_the_whole_process_group_and_ends_stopped(stack: Stack,
     assert [(t["task"], t["state"]) for t in run["tasks"]] == [("sleeper", "killed")]
     # Pause, resume, stop of a finished run are refused with the current state.
     refused = await control(stack, iid, "pause", expect=409)
-    assert refused["detail"]["state"] == "stopped"
+    assert refused["state"] == "stopped"
 
 
 async def _exists(p: Path) -> bool:
@@ -85,7 +85,7 @@ async def test_pause_lets_the_running_task_finish_and_resume_completes(stack: St
     await control(stack, iid, "pause")
     run = await stack.wait_run(iid, states=("paused",), timeout=20)
     assert [(t["task"], t["state"]) for t in run["tasks"]] == [("first", "succeeded")]
-    assert (await control(stack, iid, "pause", expect=409))["detail"]["state"] == "paused"
+    assert (await control(stack, iid, "pause", expect=409))["state"] == "paused"
     await control(stack, iid, "resume")
     run = await stack.wait_run(iid, timeout=30)
     assert run["state"] == "succeeded"

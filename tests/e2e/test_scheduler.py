@@ -174,11 +174,11 @@ async def test_schedule_api_validation_and_next_fires(stack: Stack):
                             json={"workflow": "tick", "cron": "0 0 2 ? * 9",
                                   "timezone": "Europe/Nowhere"})
     assert r.status_code == 422
-    paths = {p["path"] for p in r.json()["detail"]["problems"]}
+    paths = {p["path"] for p in r.json()["problems"]}
     assert paths == {"cron", "timezone"}
     r = await stack.request("POST", "/api/v1/schedules",
                             json={"workflow": "nope", "cron": "0 0 2 * * ?"})
-    assert r.status_code == 422 and r.json()["detail"]["problems"][0]["path"] == "workflow"
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "workflow"
     s = await create_schedule(stack, cron="0 30 2 * * ?", timezone="Europe/Berlin",
                               start="2027-03-26T00:00:00", catchup="latest",
                               params={"region": "eu"})

@@ -112,7 +112,7 @@ async def test_failures_name_their_cause_in_events_and_log(stack: Stack):
     r = await stack.request("POST", "/api/v1/workflows", json={"name": "undeclared", "tasks": [
         {"name": "q", "type": "sql", "sql": "select '${nobody}'"}]})
     assert r.status_code == 422
-    assert r.json()["detail"]["problems"] == [{
+    assert r.json()["problems"] == [{
         "path": "tasks[0].sql", "message": "${nobody} is not a declared parameter (declare it "
         "in params, a task's params or a task's outputs)"}]
 

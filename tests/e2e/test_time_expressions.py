@@ -54,5 +54,5 @@ async def test_a_bad_expression_is_refused_naming_its_place(stack: Stack):
     bad = {"name": "bad", "tasks": [{"name": "t", "command": "echo $[yyyyMMdd+1/0]"}]}
     r = await stack.request("POST", "/api/v1/workflows", json=bad)
     assert r.status_code == 422
-    assert r.json()["detail"]["problems"][0]["path"] == "tasks[0].command"
-    assert "$[yyyyMMdd+1/0]" in r.json()["detail"]["problems"][0]["message"]
+    assert r.json()["problems"][0]["path"] == "tasks[0].command"
+    assert "$[yyyyMMdd+1/0]" in r.json()["problems"][0]["message"]

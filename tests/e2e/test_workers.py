@@ -80,7 +80,8 @@ async def test_a_200000_line_log_is_complete_in_order_and_followable(stack: Stac
     await eventually(lambda: running_task(stack, iid, "talk"), what="talk running")
     seen: list[str] = []
     url = f"{stack.api}/api/v1/runs/{iid}/tasks/talk/log"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as c, c.stream(
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60),
+                                 headers=stack.auth("viewer")) as c, c.stream(
             "GET", url, params={"follow": "true"}) as r:
         assert r.status_code == 200
         async for line in r.aiter_lines():

@@ -21,6 +21,12 @@ from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_param
 
 E = TypeVar("E", bound=StrEnum)
 
+# Bounds on what one definition may hold (a bigger DAG composes sub_workflow tasks).
+MAX_TASKS = 1000
+MAX_PARAMS = 256                  # names in one params mapping
+MAX_PARAM_BYTES = 64 * 1024       # one parameter value, as UTF-8
+ALERT_EVENTS = ("failure", "success", "timeout", "failover")
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -54,7 +60,7 @@ HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 _WORKFLOW_FIELDS = frozenset(
     {"name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks",
-     "timeout", "timeout_strategy", "execution"}
+     "timeout", "timeout_strategy", "execution", "alerts"}
 )
 _WORKFLOW_LATER = frozenset({"schedule"})
 _TASK_FIELDS = frozenset(
@@ -170,6 +176,8 @@ class WorkflowDefinition:
     timeout: float | None = None
     timeout_strategy: TimeoutStrategy = TimeoutStrategy.FAIL
     execution: Execution = Execution.PARALLEL
+    # {"on": [failure|success|timeout|failover], "channels": [channel names]} or None
+    alerts: Mapping[str, tuple[str, ...]] | None = None
 
     def task(self, name: str) -> TaskDefinition:
         for t in self.tasks:
@@ -196,6 +204,7 @@ class WorkflowDefinition:
             "timeout": self.timeout,
             "timeout_strategy": self.timeout_strategy.value,
             "execution": self.execution.value,
+            **({"alerts": {k: list(v) for k, v in self.alerts.items()}} if self.alerts else {}),
             "tasks": [
                 {
                     "name": t.name,
@@ -318,6 +327,11 @@ def parse_definition(raw: object) -> WorkflowDefinition:
     if not isinstance(raw_tasks, Sequence) or isinstance(raw_tasks, str | bytes) or not raw_tasks:
         problems.append(Problem("tasks", "required; a non-empty list of tasks"))
         raw_tasks = []
+    if len(raw_tasks) > MAX_TASKS:
+        raise DefinitionInvalid([Problem("tasks", f"{len(raw_tasks)} tasks; a definition "
+                                                  f"holds at most {MAX_TASKS} (compose bigger "
+                                                  "DAGs with sub_workflow tasks)")])
+    alerts = _alerts(raw.get("alerts"), problems)
     seen: dict[str, int] = {}
     for i, raw_task in enumerate(raw_tasks):
         task = _task(raw_task, f"tasks[{i}]", problems)
@@ -361,6 +375,7 @@ def parse_definition(raw: object) -> WorkflowDefinition:
         timeout=wf_timeout,
         timeout_strategy=wf_timeout_strategy,
         execution=execution,
+        alerts=alerts,
     )
 
 
@@ -676,6 +691,13 @@ def _seconds(raw: object, where: str, problems: list[Problem], *,
     return float(raw)
 
 
+def param_problems(raw: Mapping[str, Any], where: str = "params") -> list[Problem]:
+    """What is wrong with run parameters given to a start, schedule or backfill."""
+    problems: list[Problem] = []
+    _params(raw, where, problems)
+    return problems
+
+
 def _params(raw: object, where: str, problems: list[Problem],
             names: re.Pattern[str] = PARAM_NAME_RE) -> dict[str, str]:
     if raw is None:
@@ -683,15 +705,40 @@ def _params(raw: object, where: str, problems: list[Problem],
     if not isinstance(raw, Mapping):
         problems.append(Problem(where, "must be a mapping of names to values"))
         return {}
+    if len(raw) > MAX_PARAMS:
+        problems.append(Problem(where, f"{len(raw)} entries; at most {MAX_PARAMS}"))
+        return {}
     out: dict[str, str] = {}
     for k, v in raw.items():
-        if not isinstance(k, str) or not names.match(k):
+        if isinstance(v, str) and len(v.encode()) > MAX_PARAM_BYTES:
+            problems.append(Problem(f"{where}.{k}", f"larger than {MAX_PARAM_BYTES} bytes"))
+        elif not isinstance(k, str) or not names.match(k):
             problems.append(Problem(f"{where}.{k}", "invalid name"))
         elif isinstance(v, Mapping | list):
             problems.append(Problem(f"{where}.{k}", "must be a scalar value"))
         else:
             out[k] = "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
     return out
+
+
+def _alerts(raw: object, problems: list[Problem]) -> Mapping[str, tuple[str, ...]] | None:
+    """``alerts: {on: [...], channels: [...]}``: which run outcomes alert which channels."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) - {"on", "channels"}:
+        problems.append(Problem("alerts", "must be {on: [failure, success, timeout, "
+                                          "failover], channels: [channel names]}"))
+        return None
+    on, channels = raw.get("on", ["failure"]), raw.get("channels")
+    if not isinstance(on, list) or not on or any(e not in ALERT_EVENTS for e in on):
+        problems.append(Problem("alerts.on", "a non-empty list of " + ", ".join(ALERT_EVENTS)))
+        on = []
+    if not isinstance(channels, list) or not channels or not all(
+            isinstance(c, str) and NAME_RE.match(c) for c in channels):
+        problems.append(Problem("alerts.channels", "a non-empty list of channel names "
+                                                   "(SHOAL_ALERT_CHANNELS)"))
+        channels = []
+    return {"on": tuple(dict.fromkeys(on)), "channels": tuple(dict.fromkeys(channels))}
 
 
 def _enum(cls: type[E], raw: Any, where: str, problems: list[Problem], default: E) -> E:

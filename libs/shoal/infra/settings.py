@@ -20,6 +20,12 @@ class Settings(BaseSettings):
     partitions: int = 12
     api_host: str = "127.0.0.1"
     api_port: int = 8460
+    # Comma-separated role:token pairs (viewer, operator, admin); unset: no auth.
+    api_tokens: str | None = None
+    # Larger request bodies are refused with 413 before they are read.
+    api_max_body_bytes: int = 8 * 1024 * 1024
+    # A command on the commands topic larger than this goes to dead letters unread.
+    max_command_bytes: int = 1024 * 1024
     worker_group: str = "default"
     worker_slots: int = 8
     worker_prefetch: int = 16

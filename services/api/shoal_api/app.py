@@ -9,10 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from shoal.infra import kafka
+from shoal.infra.auth import parse_tokens
 from shoal.infra.db import connect_pool, migrate
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
+from shoal_api import problems
 from shoal_api.deps import Resources
+from shoal_api.limits import BodyLimit
 from shoal_api.records import republish_all
 from shoal_api.routes import backfills, logs, runs, schedules, workflows
 
@@ -37,7 +40,14 @@ def create_app(settings: Settings) -> FastAPI:
             await producer.stop()
             await pool.close()
 
-    app = FastAPI(title="Shoal", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Shoal", version="0.1.0", lifespan=lifespan,
+                  description="Distributed DAG workflow scheduler. With SHOAL_API_TOKENS set, "
+                              "every endpoint but /healthz needs a bearer token.")
+    app.state.tokens = parse_tokens(settings.api_tokens)
+    if not app.state.tokens.enabled:
+        log.warning("SHOAL_API_TOKENS is not set: the API accepts requests without a token")
+    problems.install(app)
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(logs.router)

@@ -1,14 +1,17 @@
-"""Request-scoped access to the resources opened in the app's lifespan."""
+"""Request-scoped access to the resources opened in the app's lifespan, and the role checks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from shoal.infra.auth import Role, Tokens
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 
@@ -27,3 +30,31 @@ def _resources(request: Request) -> Resources:
 
 
 Res = Annotated[Resources, Depends(_resources)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="a token of SHOAL_API_TOKENS")
+
+
+def _need(role: Role) -> Callable[..., Coroutine[Any, Any, None]]:
+    async def check(request: Request, credentials: Annotated[
+            HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        tokens: Tokens = request.app.state.tokens
+        if not tokens.enabled:
+            return
+        have = tokens.role_of(credentials.credentials if credentials else None)
+        if have is None:
+            raise HTTPException(401, {"message": "a valid bearer token is required "
+                                                 "(Authorization: Bearer <token>)"},
+                                headers={"WWW-Authenticate": "Bearer"})
+        if have < role:
+            raise HTTPException(403, {"message": f"this needs the {role.name} role; the token "
+                                                 f"has {have.name}"})
+
+    return check
+
+
+# Route dependencies: viewer reads, operator starts and controls runs, admin writes
+# definitions, schedules and backfills.
+VIEWER = Depends(_need(Role.viewer))
+OPERATOR = Depends(_need(Role.operator))
+ADMIN = Depends(_need(Role.admin))

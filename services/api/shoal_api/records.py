@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import HTTPException
 
+from shoal.core.definition import param_problems
 from shoal.infra import codec
 from shoal.infra.kafka import send_reliably
 from shoal.infra.settings import Settings
@@ -28,7 +29,12 @@ log = logging.getLogger(__name__)
 Scalar = str | int | float | bool | None
 
 def string_params(params: Mapping[str, str | int | float | bool | None]) -> dict[str, str]:
-    """Parameter values as the text a task sees (true/false for booleans, "" for null)."""
+    """Parameter values as the text a task sees (true/false for booleans, "" for null);
+    422 for a bad name, too many entries or too large a value."""
+    problems = param_problems(params)
+    if problems:
+        raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
+                                  "problems": [p.as_dict() for p in problems]})
     return {k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
             for k, v in params.items()}
 

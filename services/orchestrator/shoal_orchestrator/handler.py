@@ -132,7 +132,12 @@ class BatchHandler:
     async def handle(self, records: Sequence[Record]) -> BatchResult:
         result = BatchResult()
         parsed: list[tuple[Record, Command]] = []
+        limit = self.settings.max_command_bytes
         for rec in records:
+            if len(rec.value or b"") > limit:
+                result.dead_letters.append((rec, f"command of {len(rec.value or b'')} bytes is "
+                                                 f"larger than {limit} (SHOAL_MAX_COMMAND_BYTES)"))
+                continue
             try:
                 parsed.append((rec, codec.decode_command(rec.value)))
             except MessageInvalid as exc:

@@ -85,7 +85,9 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                         "reason": reason, "topic": rec.topic, "partition": rec.partition,
                         "offset": rec.offset,
                         "key": rec.key.decode("utf-8", "replace") if rec.key else None,
-                        "value": (rec.value or b"").decode("utf-8", "replace"),
+                        # The first 64 KiB: an oversized command is not copied whole.
+                        "value": (rec.value or b"")[:65536].decode("utf-8", "replace"),
+                        "size": len(rec.value or b""),
                         "dead_at": utcnow_iso()}), rec.key)
                 relay.wake.set()
                 try:

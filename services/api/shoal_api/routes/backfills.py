@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, date, datetime, time
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from shoal.core.schedule import (
@@ -23,10 +23,13 @@ from shoal.core.schedule import (
 )
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
-from shoal_api.deps import Res
+from shoal_api.deps import ADMIN, VIEWER, Res
+from shoal_api.models import BackfillCreated, BackfillOut, BackfillRun, BackfillState
+from shoal_api.problems import ERRORS
 from shoal_api.records import Scalar, publish, string_params
 
-router = APIRouter(prefix="/api/v1", tags=["backfills"])
+router = APIRouter(prefix="/api/v1", tags=["backfills"], dependencies=[VIEWER],
+                   responses=ERRORS)
 
 TERMINAL = ("succeeded", "failed", "stopped")
 
@@ -73,7 +76,8 @@ async def _timetable(res: Res, name: str, body: BackfillCreate) -> tuple[str, st
     return cron, tz
 
 
-@router.post("/workflows/{name}/backfill", status_code=202)
+@router.post("/workflows/{name}/backfill", status_code=202, dependencies=[ADMIN],
+             response_model=BackfillCreated)
 async def create_backfill(name: str, body: BackfillCreate, res: Res,
                           response: Response) -> dict[str, Any]:
     status = await workflow_status(res.pool, name)
@@ -164,23 +168,24 @@ async def _progress(res: Res, bid: uuid.UUID) -> dict[str, Any]:
             "updated_at": row["updated_at"].isoformat()}
 
 
-@router.get("/backfills")
+@router.get("/backfills", response_model=list[BackfillOut])
 async def list_backfills(res: Res, workflow: str | None = None,
-                         limit: int = 50) -> list[dict[str, Any]]:
+                         limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     rows = await res.pool.fetch(
         "SELECT id FROM shoal.backfills WHERE ($1::text IS NULL OR workflow = $1) "
         "ORDER BY created_at DESC LIMIT $2", workflow, max(1, min(limit, 500)))
     return [await _progress(res, r["id"]) for r in rows]
 
 
-@router.get("/backfills/{backfill_id}")
+@router.get("/backfills/{backfill_id}", response_model=BackfillOut)
 async def get_backfill(backfill_id: uuid.UUID, res: Res) -> dict[str, Any]:
     return await _progress(res, backfill_id)
 
 
-@router.get("/backfills/{backfill_id}/runs")
-async def backfill_runs(backfill_id: uuid.UUID, res: Res, offset: int = 0,
-                        limit: int = 100) -> list[dict[str, Any]]:
+@router.get("/backfills/{backfill_id}/runs", response_model=list[BackfillRun])
+async def backfill_runs(backfill_id: uuid.UUID, res: Res,
+                        offset: int = Query(0, ge=0, le=MAX_BACKFILL_RUNS),
+                        limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     rows = await res.pool.fetch(
         "SELECT b.idx, b.schedule_time, b.instance_id, r.state FROM shoal.backfill_runs b "
         "LEFT JOIN shoal_read.workflow_runs r USING (instance_id) WHERE b.backfill_id = $1 "
@@ -194,7 +199,8 @@ async def backfill_runs(backfill_id: uuid.UUID, res: Res, offset: int = 0,
 _NEXT = {"pause": "paused", "resume": "running", "cancel": "cancelled"}
 
 
-@router.post("/backfills/{backfill_id}/{action}", status_code=202)
+@router.post("/backfills/{backfill_id}/{action}", status_code=202, dependencies=[ADMIN],
+             response_model=BackfillState)
 async def control_backfill(backfill_id: uuid.UUID, action: Literal["pause", "resume", "cancel"],
                            res: Res) -> dict[str, Any]:
     async with res.pool.acquire() as conn, conn.transaction():

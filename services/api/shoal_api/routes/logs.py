@@ -11,9 +11,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from shoal.infra import codec
-from shoal_api.deps import Res
+from shoal_api.deps import VIEWER, Res
+from shoal_api.models import WorkerOut
+from shoal_api.problems import ERRORS
 
-router = APIRouter(prefix="/api/v1", tags=["logs", "workers"])
+router = APIRouter(prefix="/api/v1", tags=["logs", "workers"], dependencies=[VIEWER],
+                   responses=ERRORS)
 
 _FINISHED = ("succeeded", "failed", "killed", "lost", "skipped", "forced_success")
 
@@ -87,7 +90,7 @@ async def _follow(res: Res, request: Request, instance_id: uuid.UUID, task: str,
         await asyncio.sleep(0.25)
 
 
-@router.get("/workers")
+@router.get("/workers", response_model=list[WorkerOut])
 async def workers(res: Res, include_stale: bool = Query(False, alias="all")
                   ) -> list[dict[str, Any]]:
     """Workers whose last heartbeat is recent (``all=true``: every worker ever seen)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, HTTPException, Query
@@ -22,16 +24,31 @@ from shoal.core.model import (
     Scope,
     StartWorkflow,
     StopWorkflow,
+    event_from_data,
 )
+from shoal.core.replay import steps, view
 from shoal.core.workflow import rejection
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
 from shoal.infra.kafka import send_reliably
 from shoal.infra.lifecycle import utcnow_iso
-from shoal_api.deps import Res
+from shoal_api.deps import OPERATOR, VIEWER, Res
+from shoal_api.models import (
+    Accepted,
+    BatchResult,
+    CommandSent,
+    EventOut,
+    Replay,
+    RunDetail,
+    RunPage,
+    RunSummary,
+    Stats,
+)
+from shoal_api.problems import ERRORS
 from shoal_api.records import string_params
 
-router = APIRouter(prefix="/api/v1", tags=["runs"])
+router = APIRouter(prefix="/api/v1", tags=["runs"], dependencies=[VIEWER],
+                   responses=ERRORS)
 
 
 class RunCreate(BaseModel):
@@ -51,7 +68,8 @@ class RunCreate(BaseModel):
     dry_run: bool = Field(default=False, description="every task succeeds without executing")
 
 
-@router.post("/workflows/{name}/runs", status_code=202)
+@router.post("/workflows/{name}/runs", status_code=202, dependencies=[OPERATOR],
+             response_model=Accepted)
 async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[str, str]:
     body = body or RunCreate()
     found = await res.store.definition(name, body.version)
@@ -104,21 +122,58 @@ _RUN_COLS = ("instance_id, workflow, version, state, attempt, priority, params::
              "parent_instance_id")
 
 
-@router.get("/runs")
-async def list_runs(res: Res, workflow: str | None = None, state: str | None = None,
-                    since: datetime | None = None, limit: int = Query(50, ge=1, le=500),
-                    cursor: datetime | None = None) -> dict[str, Any]:
+def _cursor_encode(submitted_at: datetime, instance_id: uuid.UUID) -> str:
+    raw = codec.dumps([submitted_at.isoformat(), str(instance_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_decode(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, iid = codec.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), uuid.UUID(iid)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise HTTPException(400, {"message": "cursor: not a cursor this API returned"}) from exc
+
+
+RunStateName = Literal["submitted", "running", "ready_pause", "paused", "ready_stop", "stopped",
+                       "failed", "succeeded", "serial_wait"]
+
+
+@router.get("/runs", response_model=RunPage)
+async def list_runs(
+        res: Res, workflow: str | None = None,
+        state: Annotated[list[RunStateName] | None, Query(description="repeatable")] = None,
+        since: Annotated[datetime | None, Query(description="submitted at or after")] = None,
+        until: Annotated[datetime | None, Query(description="submitted before")] = None,
+        scheduled_since: Annotated[datetime | None,
+                                   Query(description="schedule_time at or after")] = None,
+        scheduled_until: Annotated[datetime | None,
+                                   Query(description="schedule_time before")] = None,
+        parent: Annotated[uuid.UUID | None, Query(description="runs started by this run")] = None,
+        limit: int = Query(50, ge=1, le=500),
+        cursor: Annotated[str | None,
+                          Query(description="next_cursor of the previous page")] = None,
+) -> RunPage:
+    """Runs, newest submission first, from the read model; ``next_cursor`` pages on."""
+    after = _cursor_decode(cursor) if cursor else (None, None)
     rows = await res.pool.fetch(
         f"SELECT {_RUN_COLS} FROM shoal_read.workflow_runs WHERE ($1::text IS NULL OR "
-        "workflow = $1) AND ($2::text IS NULL OR state = $2) AND ($3::timestamptz IS NULL OR "
-        "submitted_at >= $3) AND ($4::timestamptz IS NULL OR submitted_at < $4) "
-        "ORDER BY submitted_at DESC LIMIT $5", workflow, state, since, cursor, limit)
+        "workflow = $1) AND ($2::text[] IS NULL OR state = ANY($2)) AND "
+        "($3::timestamptz IS NULL OR submitted_at >= $3) AND "
+        "($4::timestamptz IS NULL OR submitted_at < $4) AND "
+        "($5::timestamptz IS NULL OR schedule_time >= $5) AND "
+        "($6::timestamptz IS NULL OR schedule_time < $6) AND "
+        "($7::uuid IS NULL OR parent_instance_id = $7) AND "
+        "($8::timestamptz IS NULL OR (submitted_at, instance_id) < ($8, $9::uuid)) "
+        "ORDER BY submitted_at DESC, instance_id DESC LIMIT $10",
+        workflow, state, since, until, scheduled_since, scheduled_until, parent, *after, limit)
     runs = [_run_row(r) for r in rows]
-    return {"runs": runs,
-            "next_cursor": runs[-1]["submitted_at"] if len(runs) == limit else None}
+    last = rows[-1] if len(rows) == limit else None
+    return RunPage(runs=[RunSummary(**r) for r in runs], next_cursor=_cursor_encode(
+        last["submitted_at"], last["instance_id"]) if last else None)
 
 
-@router.get("/runs/{instance_id}")
+@router.get("/runs/{instance_id}", response_model=RunDetail)
 async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
     row = await res.pool.fetchrow(
         f"SELECT {_RUN_COLS} FROM shoal_read.workflow_runs WHERE instance_id = $1", instance_id)
@@ -146,12 +201,35 @@ async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
         for t in tasks]}
 
 
-@router.get("/runs/{instance_id}/events")
+@router.get("/runs/{instance_id}/events", response_model=list[EventOut])
 async def get_events(instance_id: uuid.UUID, res: Res) -> list[dict[str, Any]]:
     events = await res.store.events_of(str(instance_id))
     if not events:
         raise HTTPException(404, {"message": f"no events for {instance_id}"})
     return [e.as_dict() for e in events]
+
+
+@router.get("/runs/{instance_id}/replay", response_model=Replay)
+async def replay(instance_id: uuid.UUID, res: Res,
+                 until: Annotated[int | None, Query(ge=1, le=2**31 - 1,
+                                           description="last event (seq) to apply")] = None,
+                 at: Annotated[datetime | None, Query(description="apply events recorded up to "
+                                                               "this instant")] = None) -> Replay:
+    """The state rebuilt from the log after each event: the run's state and every task's
+    state, attempt and outputs (the orchestrator's own fold)."""
+    events = await res.store.events_of(str(instance_id))
+    if not events:
+        raise HTTPException(404, {"message": f"no events for {instance_id}"})
+    if at is not None:
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        events = [e for e in events if datetime.fromisoformat(e.recorded_at) <= at]
+    recorded = {e.seq: e for e in events}
+    out = []
+    for seq, event, run in steps(((e.seq, event_from_data(e.type, e.data)) for e in events),
+                                 instance_id=str(instance_id), until=until):
+        out.append({"seq": seq, "type": event.type, "recorded_at": recorded[seq].recorded_at,
+                    **view(run)})
+    return Replay.model_validate({"instance_id": str(instance_id), "steps": out})
 
 
 _CONTROL: dict[str, type[PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow
@@ -185,7 +263,42 @@ async def _publish(res: Res, cmd: Command) -> dict[str, str]:
             "command": cmd.type}
 
 
-@router.post("/runs/{instance_id}/{action}", status_code=202)
+class BatchBody(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    instance_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+
+
+@router.post("/runs/batch/{action}", status_code=200, dependencies=[OPERATOR],
+             response_model=BatchResult)
+async def control_runs(action: Literal["stop", "rerun", "recover", "pause", "resume"],
+                       body: BatchBody, res: Res) -> BatchResult:
+    """The same control for many runs; each is judged on its own (202 sent, 404 unknown,
+    409 refused by its state), and one refusal does not stop the others."""
+    cls = _CONTROL[action]
+    rows = await res.pool.fetch(
+        "SELECT instance_id, state FROM shoal_read.workflow_runs WHERE instance_id = ANY($1)",
+        list(dict.fromkeys(body.instance_ids)))
+    states = {r["instance_id"]: RunState(r["state"]) for r in rows}
+    results: list[dict[str, Any]] = []
+    for iid in dict.fromkeys(body.instance_ids):
+        state = states.get(iid)
+        reason = rejection(state, cls.type) if state else f"no run {iid}"
+        if reason:
+            results.append({"instance_id": str(iid), "status": 409 if state else 404,
+                            "detail": reason})
+            continue
+        cmd = cls(message_id=str(uuid.uuid4()), instance_id=str(iid), sent_at=utcnow_iso())
+        await _send(res, cmd)
+        results.append({"instance_id": str(iid), "status": 202, "detail": f"{cmd.type} sent",
+                        "message_id": cmd.message_id})
+    sent = sum(1 for r in results if r["status"] == 202)
+    return BatchResult.model_validate({"action": action, "sent": sent,
+                                       "refused": len(results) - sent, "results": results})
+
+
+@router.post("/runs/{instance_id}/{action}", status_code=202, dependencies=[OPERATOR],
+             response_model=CommandSent)
 async def control_run(instance_id: uuid.UUID, action: Literal[
         "pause", "resume", "stop", "rerun", "recover"], res: Res) -> dict[str, str]:
     """Pause, resume, stop, rerun or recover a run.
@@ -203,7 +316,8 @@ async def control_run(instance_id: uuid.UUID, action: Literal[
                                    sent_at=utcnow_iso()))
 
 
-@router.post("/runs/{instance_id}/tasks/{task}/force-success", status_code=202)
+@router.post("/runs/{instance_id}/tasks/{task}/force-success", status_code=202,
+             dependencies=[OPERATOR], response_model=CommandSent)
 async def force_success(instance_id: uuid.UUID, task: str, res: Res) -> dict[str, str]:
     state = await _current_state(res, instance_id)
     reason = rejection(state, "ForceTaskSuccess")
@@ -219,3 +333,36 @@ async def force_success(instance_id: uuid.UUID, task: str, res: Res) -> dict[str
     return await _publish(res, ForceTaskSuccess(message_id=str(uuid.uuid4()),
                                                 instance_id=str(instance_id),
                                                 sent_at=utcnow_iso(), task=task))
+
+
+@router.get("/stats", response_model=Stats)
+async def stats(
+        res: Res, workflow: str | None = None,
+        since: Annotated[datetime | None, Query(description="default: 7 days ago")] = None,
+        until: Annotated[datetime | None, Query(description="default: now")] = None,
+) -> Stats:
+    """Runs submitted in [since, until): counts by state, by workflow and day (UTC), and
+    the duration percentiles of finished runs per workflow."""
+    until = until or datetime.now(UTC)
+    since = since or until - timedelta(days=7)
+    where = ("submitted_at >= $1 AND submitted_at < $2 AND ($3::text IS NULL OR "
+             "workflow = $3)")
+    by_day = await res.pool.fetch(
+        f"SELECT workflow, to_char(date_trunc('day', submitted_at AT TIME ZONE 'UTC'), "
+        f"'YYYY-MM-DD') AS day, state, count(*) AS runs FROM shoal_read.workflow_runs "
+        f"WHERE {where} GROUP BY 1, 2, 3 ORDER BY 2, 1, 3", since, until, workflow)
+    durations = await res.pool.fetch(
+        f"SELECT workflow, count(*) AS runs, "
+        f"percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50, "
+        f"percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95 "
+        f"FROM shoal_read.workflow_runs WHERE {where} AND duration_ms IS NOT NULL "
+        f"AND state IN ('succeeded', 'failed', 'stopped') GROUP BY 1 ORDER BY 1",
+        since, until, workflow)
+    by_state: dict[str, int] = {}
+    for r in by_day:
+        by_state[r["state"]] = by_state.get(r["state"], 0) + r["runs"]
+    return Stats.model_validate({
+        "since": since.isoformat(), "until": until.isoformat(), "by_state": by_state,
+        "by_day": [dict(r) for r in by_day],
+        "durations": [{"workflow": r["workflow"], "runs": r["runs"], "p50_ms": r["p50"],
+                       "p95_ms": r["p95"]} for r in durations]})

@@ -20,10 +20,13 @@ from shoal.core.schedule import (
 )
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
-from shoal_api.deps import Res
+from shoal_api.deps import ADMIN, VIEWER, Res
+from shoal_api.models import ScheduleOut
+from shoal_api.problems import ERRORS
 from shoal_api.records import Scalar, publish, string_params
 
-router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=[VIEWER],
+                   responses=ERRORS)
 
 
 
@@ -96,7 +99,7 @@ async def _public(res: Res, row: Any) -> dict[str, Any]:
 _COLS = "id, record::text AS record, created_at, updated_at"
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[ADMIN], response_model=ScheduleOut)
 async def create_schedule(body: ScheduleCreate, res: Res) -> dict[str, Any]:
     fields = body.model_dump()
     _problems(fields)
@@ -115,7 +118,7 @@ async def create_schedule(body: ScheduleCreate, res: Res) -> dict[str, Any]:
     return await _public(res, row)
 
 
-@router.get("")
+@router.get("", response_model=list[ScheduleOut])
 async def list_schedules(res: Res, workflow: str | None = None) -> list[dict[str, Any]]:
     rows = await res.pool.fetch(
         f"SELECT {_COLS} FROM shoal.schedules WHERE NOT deleted AND ($1::text IS NULL OR "
@@ -123,7 +126,7 @@ async def list_schedules(res: Res, workflow: str | None = None) -> list[dict[str
     return [await _public(res, r) for r in rows]
 
 
-@router.get("/{schedule_id}")
+@router.get("/{schedule_id}", response_model=ScheduleOut)
 async def get_schedule(schedule_id: uuid.UUID, res: Res) -> dict[str, Any]:
     row = await res.pool.fetchrow(
         f"SELECT {_COLS} FROM shoal.schedules WHERE id = $1 AND NOT deleted", schedule_id)
@@ -142,7 +145,7 @@ async def _locked(conn: asyncpg.Connection, schedule_id: uuid.UUID) -> dict[str,
     return dict(codec.loads(row["record"]))
 
 
-@router.put("/{schedule_id}")
+@router.put("/{schedule_id}", dependencies=[ADMIN], response_model=ScheduleOut)
 async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
                           res: Res) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
@@ -175,7 +178,7 @@ async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
     return await _public(res, row)
 
 
-@router.delete("/{schedule_id}", status_code=204)
+@router.delete("/{schedule_id}", status_code=204, dependencies=[ADMIN])
 async def delete_schedule(schedule_id: uuid.UUID, res: Res) -> Response:
     async with res.pool.acquire() as conn, conn.transaction():
         old = await _locked(conn, schedule_id)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from shoal.core.definition import WorkflowDefinition, parse_definition
 from shoal.core.errors import DefinitionInvalid, Problem
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
-from shoal_api.deps import Res
+from shoal_api.deps import ADMIN, VIEWER, Res
+from shoal_api.models import Published, Release, WorkflowDetail, WorkflowSummary, WorkflowVersion
+from shoal_api.problems import ERRORS
 
-router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
+router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"], dependencies=[VIEWER],
+                   responses=ERRORS)
 
 
 def parse_body(body: bytes, content_type: str) -> Any:
@@ -62,17 +65,18 @@ async def _sub_workflow_problems(definition: WorkflowDefinition, res: Res) -> li
     return problems
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[ADMIN], response_model=Published)
 async def create(request: Request, response: Response, res: Res) -> dict[str, Any]:
     raw = parse_body(await request.body(), request.headers.get("content-type", ""))
     try:
         definition = parse_definition(raw)
     except DefinitionInvalid as exc:
-        raise HTTPException(422, {"message": str(exc),
+        raise HTTPException(422, {"message": str(exc), "type": "invalid-definition",
                                   "problems": [p.as_dict() for p in exc.problems]}) from None
     problems = await _sub_workflow_problems(definition, res)
     if problems:
         raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
+                                  "type": "invalid-definition",
                                   "problems": [p.as_dict() for p in problems]})
     normalized = definition.to_dict()
     async with res.pool.acquire() as conn, conn.transaction():
@@ -99,7 +103,7 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
     return {"name": definition.name, "version": version, "changed": True}
 
 
-@router.get("")
+@router.get("", response_model=list[WorkflowSummary])
 async def list_workflows(res: Res) -> list[dict[str, Any]]:
     rows = await res.pool.fetch(
         "SELECT DISTINCT ON (d.name) d.name, d.version, d.definition->>'description' AS "
@@ -112,7 +116,7 @@ async def list_workflows(res: Res) -> list[dict[str, Any]]:
             for r in rows]
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=WorkflowDetail)
 async def get_workflow(name: str, res: Res) -> dict[str, Any]:
     status = await workflow_status(res.pool, name)
     rows = await res.pool.fetch(
@@ -126,8 +130,9 @@ async def get_workflow(name: str, res: Res) -> dict[str, Any]:
                          for r in rows]}
 
 
-@router.get("/{name}/versions/{version}")
-async def get_version(name: str, version: int, res: Res) -> dict[str, Any]:
+@router.get("/{name}/versions/{version}", response_model=WorkflowVersion)
+async def get_version(name: str, version: Annotated[int, Path(ge=1, le=2**31 - 1)],
+                      res: Res) -> dict[str, Any]:
     row = await res.pool.fetchrow(
         "SELECT definition::text AS d, created_at FROM shoal.workflow_definitions "
         "WHERE name = $1 AND version = $2", name, version)
@@ -137,13 +142,30 @@ async def get_version(name: str, version: int, res: Res) -> dict[str, Any]:
             "created_at": row["created_at"].isoformat()}
 
 
-@router.post("/{name}/online")
+@router.get("/{name}/export", response_class=Response, responses={
+    200: {"content": {"application/yaml": {"schema": {"type": "string"}}},
+          "description": "the definition as YAML; `shoal apply` takes it back unchanged"}})
+async def export(name: str, res: Res,
+                 version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
+    """A version (default: the latest) as YAML, in the definition format of CONTRACT §1."""
+    status = await workflow_status(res.pool, name)
+    found = await res.store.definition(name, version) if status not in (None, "deleted") \
+        else None
+    if found is None:
+        which = f" version {version}" if version else ""
+        raise HTTPException(404, {"message": f"no workflow named '{name}'{which}"})
+    text = yaml.safe_dump(dict(found[1]), sort_keys=False, allow_unicode=True)
+    return Response(text, media_type="application/yaml", headers={
+        "Content-Disposition": f'attachment; filename="{name}.yaml"'})
+
+
+@router.post("/{name}/online", dependencies=[ADMIN], response_model=Release)
 async def put_online(name: str, res: Res) -> dict[str, Any]:
     """Put a workflow online (DolphinScheduler's release state; the default)."""
     return await _release(name, "online", res)
 
 
-@router.post("/{name}/offline")
+@router.post("/{name}/offline", dependencies=[ADMIN], response_model=Release)
 async def put_offline(name: str, res: Res) -> dict[str, Any]:
     """Put a workflow offline: it cannot be started, and its schedules do not fire."""
     return await _release(name, "offline", res)
@@ -158,13 +180,21 @@ async def _release(name: str, action: Literal["online", "offline"], res: Res) ->
     return {"name": name, "online": action == "online"}
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, dependencies=[ADMIN])
 async def delete_workflow(name: str, res: Res) -> Response:
     """Delete a workflow: it disappears from listings, cannot be started and its schedules
-    do not fire. Its versions stay (past runs refer to them); publishing it again
-    restores it."""
+    do not fire. Refused (409) while any of its runs is unfinished: stop them or let them
+    end first. Its versions and finished runs stay (they refer to them); publishing it
+    again restores it."""
     if await workflow_status(res.pool, name) in (None, "deleted"):
         raise HTTPException(404, {"message": f"no workflow named '{name}'"})
+    active = await res.pool.fetchval(
+        "SELECT count(*) FROM shoal_read.workflow_runs WHERE workflow = $1 AND state NOT IN "
+        "('succeeded', 'failed', 'stopped')", name)
+    if active:
+        raise HTTPException(409, {"message": f"workflow '{name}' has {active} unfinished "
+                                             "run(s); stop them or let them end, then delete",
+                                  "type": "workflow-busy", "unfinished_runs": active})
     await res.pool.execute(
         "INSERT INTO shoal.workflow_status (name, online, deleted) VALUES ($1, false, true) "
         "ON CONFLICT (name) DO UPDATE SET deleted = true, online = false, updated_at = now()",

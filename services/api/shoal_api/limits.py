@@ -1,0 +1,64 @@
+"""A request body larger than the limit is refused with 413 before it is buffered.
+
+A declared ``Content-Length`` over the limit is answered at once, without reading the
+body; a chunked body is counted while it arrives and cut off at the limit. Either way
+the API holds at most ``limit`` bytes of one request in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shoal_api.problems import problem
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _refuse(self) -> Any:
+        return problem(413, f"the request body is larger than the API accepts "
+                            f"({self.limit} bytes; SHOAL_API_MAX_BODY_BYTES)", "too-large")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            too_big = declared is not None and int(declared) > self.limit
+        except ValueError:
+            too_big = False
+        if too_big:
+            await self._refuse()(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse()(scope, receive, send)

@@ -1,0 +1,242 @@
+"""Response bodies: the OpenAPI document's schemas, checked by FastAPI on every answer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+# A parameter or output value as stored: text (params given as numbers or booleans are kept
+# as their text).
+Params = dict[str, str]
+
+
+class Accepted(BaseModel):
+    instance_id: str
+
+
+class CommandSent(BaseModel):
+    instance_id: str
+    message_id: str
+    command: str
+
+
+class RunSummary(BaseModel):
+    instance_id: str
+    workflow: str
+    version: int
+    state: str
+    attempt: int
+    priority: str
+    params: dict[str, Any]
+    schedule_time: str | None
+    submitted_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_ms: int | None
+    failure: str | None
+    parent_instance_id: str | None
+
+
+class TaskOut(BaseModel):
+    task: str
+    attempt: int
+    state: str
+    worker_id: str | None
+    worker_group: str | None
+    waiting_for_worker: bool
+    started_at: str | None
+    finished_at: str | None
+    duration_ms: int | None
+    exit_code: int | None
+    outputs: dict[str, Any] | None
+    error: str | None
+    child_instance_id: str | None
+
+
+class RunDetail(RunSummary):
+    tasks: list[TaskOut]
+
+
+class RunPage(BaseModel):
+    runs: list[RunSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class EventOut(BaseModel):
+    global_position: int
+    instance_id: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+    causation_id: str | None
+    recorded_at: str
+
+
+class TaskView(BaseModel):
+    task: str
+    state: str | None = Field(description="null: not reached yet")
+    attempt: int | None
+    exit_code: int | None
+    worker_id: str | None
+    outputs: dict[str, str]
+
+
+class ReplayStep(BaseModel):
+    seq: int
+    type: str
+    recorded_at: str
+    state: str
+    attempt: int
+    tasks: list[TaskView]
+
+
+class Replay(BaseModel):
+    instance_id: str
+    steps: list[ReplayStep]
+
+
+class BatchItem(BaseModel):
+    instance_id: str
+    status: int = Field(description="202 sent, 404 no such run, 409 refused by its state")
+    detail: str
+    message_id: str | None = None
+
+
+class BatchResult(BaseModel):
+    action: str
+    sent: int
+    refused: int
+    results: list[BatchItem]
+
+
+class StatsDay(BaseModel):
+    workflow: str
+    day: str
+    state: str
+    runs: int
+
+
+class StatsDuration(BaseModel):
+    workflow: str
+    runs: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class Stats(BaseModel):
+    since: str
+    until: str
+    by_state: dict[str, int]
+    by_day: list[StatsDay]
+    durations: list[StatsDuration]
+
+
+class WorkflowSummary(BaseModel):
+    name: str
+    latest_version: int
+    description: str | None
+    updated_at: str
+    online: bool
+
+
+class VersionInfo(BaseModel):
+    version: int
+    created_at: str
+
+
+class WorkflowDetail(BaseModel):
+    name: str
+    version: int
+    definition: dict[str, Any]
+    online: bool
+    versions: list[VersionInfo]
+
+
+class WorkflowVersion(BaseModel):
+    name: str
+    version: int
+    definition: dict[str, Any]
+    created_at: str
+
+
+class Published(BaseModel):
+    name: str
+    version: int
+    changed: bool
+
+
+class Release(BaseModel):
+    name: str
+    online: bool
+
+
+class WorkerOut(BaseModel):
+    worker_id: str
+    group: str
+    host: str | None
+    pid: int | None
+    slots: int
+    running: list[Any]
+    stopping: bool
+    last_heartbeat: str
+    live: bool
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    workflow: str
+    cron: str
+    timezone: str
+    start: str | None
+    end: str | None
+    enabled: bool
+    params: dict[str, str]
+    catchup: str
+    priority: str | None
+    revision: int
+    created_at: str
+    updated_at: str
+    workflow_status: Literal["online", "offline", "deleted", "missing"]
+    next_fires: list[str]
+
+
+class BackfillCreated(BaseModel):
+    backfill_id: str
+    instance_ids: list[str]
+    created: bool
+
+
+class BackfillOut(BaseModel):
+    backfill_id: str
+    workflow: str
+    mode: str
+    parallelism: int
+    reverse: bool
+    cron: str
+    timezone: str
+    params: dict[str, Any]
+    state: str
+    planned: int
+    started: int
+    finished: int
+    succeeded: int
+    failed: int
+    active: int
+    by_state: dict[str, int]
+    first_schedule_time: str
+    last_schedule_time: str
+    created_at: str
+    updated_at: str
+
+
+class BackfillRun(BaseModel):
+    index: int
+    schedule_time: str
+    instance_id: str
+    state: str
+
+
+class BackfillState(BaseModel):
+    backfill_id: str
+    state: str
