@@ -11,36 +11,87 @@ from pathlib import Path
 from typing import Any
 
 TERMINAL = {"succeeded", "failed", "stopped"}
+CLI_CONFIG = "cli.json"  # under SHOAL_DATA_DIR: {"api_url", "api_token"}, written by `shoal dev`
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("SHOAL_DATA_DIR", ".shoal"))
+
+
+def _config() -> dict[str, str]:
+    try:
+        found = json.loads((_data_dir() / CLI_CONFIG).read_text())
+        return found if isinstance(found, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _api() -> str:
+    """SHOAL_API_URL, else what `shoal dev` wrote, else SHOAL_API_HOST/PORT."""
+    if os.environ.get("SHOAL_API_URL"):
+        return os.environ["SHOAL_API_URL"].rstrip("/")
+    if _config().get("api_url"):
+        return _config()["api_url"].rstrip("/")
     host = os.environ.get("SHOAL_API_HOST", "127.0.0.1")
     port = os.environ.get("SHOAL_API_PORT", "8460")
-    return os.environ.get("SHOAL_API_URL", f"http://{host}:{port}")
+    return f"http://{host}:{port}"
+
+
+def _headers() -> dict[str, str]:
+    token = os.environ.get("SHOAL_API_TOKEN") or _config().get("api_token")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _fail(r: Any, method: str, path: str) -> None:
+    """One line (plus the problems of invalid input) and a non-zero exit."""
+    try:
+        body = r.json()
+    except ValueError:
+        body = {"detail": r.text.strip()[:500]}
+    detail = body.get("detail") if isinstance(body, dict) else str(body)
+    if isinstance(detail, dict):  # a server speaking the older shape
+        detail = detail.get("message", "")
+    lines = [f"shoal: {detail or r.reason_phrase} ({r.status_code} on {method} {path})"]
+    problems = body.get("problems") if isinstance(body, dict) else None
+    if problems and len(problems) > 1:
+        lines += [f"  {p['path']}: {p['message']}" for p in problems]
+    if r.status_code == 401:
+        lines.append("  set SHOAL_API_TOKEN (or run `make dev`, which writes it for the CLI)")
+    sys.exit("\n".join(lines))
 
 
 def _request(method: str, path: str, **kw: Any) -> Any:
     import httpx
 
     try:
-        r = httpx.request(method, _api() + path, timeout=30, **kw)
+        r = httpx.request(method, _api() + path, timeout=30,
+                          headers={**_headers(), **kw.pop("headers", {})}, **kw)
     except httpx.HTTPError as exc:
-        sys.exit(f"shoal: cannot reach the API at {_api()}: {exc}")
+        sys.exit(f"shoal: cannot reach the API at {_api()}: {exc} (is it running? "
+                 "SHOAL_API_URL)")
     if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail")
-        except ValueError:
-            detail = r.text
-        if isinstance(detail, dict):
-            lines = [detail.get("message", "")]
-            lines += [f"  {p['path']}: {p['message']}" for p in detail.get("problems", [])]
-            detail = "\n".join(lines)
-        sys.exit(f"shoal: {method} {path} -> {r.status_code}\n{detail}")
-    return r.json()
+        _fail(r, method, path)
+    if not r.content:
+        return None
+    return r.json() if "json" in r.headers.get("content-type", "") else r.text
 
 
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Aligned columns with a header; None shows as '-'."""
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _short(ts: str | None) -> str | None:
+    """An RFC 3339 time as 'YYYY-MM-DD HH:MM:SS' (UTC as stored)."""
+    return ts[:19].replace("T", " ") if ts else None
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -68,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(iid)
     if args.wait:
         run = _wait(iid, args.timeout)
-        _print(run)
+        _show_run(run, args.json)
         if run["state"] != "succeeded":
             sys.exit(1)
 
@@ -78,16 +129,48 @@ def _wait(iid: str, timeout: float) -> Any:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = httpx.get(f"{_api()}/api/v1/runs/{iid}", timeout=10)
-        if r.status_code == 200 and r.json()["state"] in TERMINAL:
+        try:
+            r = httpx.get(f"{_api()}/api/v1/runs/{iid}", timeout=10, headers=_headers())
+        except httpx.HTTPError:
+            r = None  # a restarting API: keep waiting
+        if r is not None and r.status_code in (401, 403):
+            _fail(r, "GET", f"/api/v1/runs/{iid}")
+        if r is not None and r.status_code == 200 and r.json()["state"] in TERMINAL:
             return r.json()
         time.sleep(0.3)
     sys.exit(f"shoal: run {iid} not finished after {timeout}s")
 
 
+def _show_run(run: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print(run)
+        return
+    took = f"{run['duration_ms']} ms" if run.get("duration_ms") is not None else "-"
+    print(f"{run['instance_id']}  {run['workflow']} v{run['version']}  {run['state']}  "
+          f"attempt {run['attempt']}  submitted {_short(run['submitted_at'])}  took {took}")
+    if run.get("failure"):
+        print(f"failure: {run['failure']}")
+    if run.get("params"):
+        print("params: " + " ".join(f"{k}={v}" for k, v in run["params"].items()))
+    _table([{**t, "started_at": _short(t["started_at"]), "ms": t["duration_ms"],
+             "exit": t["exit_code"], "outputs": " ".join(
+                 f"{k}={v}" for k, v in (t["outputs"] or {}).items()) or None}
+            for t in run["tasks"]],
+           ["task", "attempt", "state", "worker_id", "started_at", "ms", "exit", "outputs"])
+
+
 def cmd_control(args: argparse.Namespace) -> None:
-    out = _request("POST", f"/api/v1/runs/{args.id}/{args.cmd}")
-    print(f"{out['command']} sent to {out['instance_id']}")
+    if len(args.id) == 1:
+        out = _request("POST", f"/api/v1/runs/{args.id[0]}/{args.cmd}")
+        print(f"{out['command']} sent to {out['instance_id']}")
+        return
+    out = _request("POST", f"/api/v1/runs/batch/{args.cmd}", json={"instance_ids": args.id})
+    if args.json:
+        _print(out)
+    else:
+        _table(out["results"], ["instance_id", "status", "detail"])
+    if out["refused"]:
+        sys.exit(1)
 
 
 def cmd_force(args: argparse.Namespace) -> None:
@@ -103,26 +186,31 @@ def cmd_logs(args: argparse.Namespace) -> None:
         params["attempt"] = args.attempt
     path = f"/api/v1/runs/{args.id}/tasks/{args.task}/log"
     if not args.follow:
-        r = httpx.get(_api() + path, params=params, timeout=60)
-        if r.status_code >= 400:
-            sys.exit(f"shoal: {r.status_code} {r.text}")
-        sys.stdout.write(r.text)
+        sys.stdout.write(_request("GET", path, params=params) or "")
         return
     # Reads wait as long as the task is silent; connecting still times out.
-    with httpx.stream("GET", _api() + path, params=params,
-                      timeout=httpx.Timeout(10.0, read=None)) as r:
-        if r.status_code >= 400:
-            sys.exit(f"shoal: {r.status_code} {r.read().decode()}")
-        event = "message"
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") or line == "data:":
-                if event == "end":
-                    return
-                print(line[6:], flush=True)
-            elif not line:
-                event = "message"
+    try:
+        with httpx.stream("GET", _api() + path, params=params, headers=_headers(),
+                          timeout=httpx.Timeout(10.0, read=None)) as r:
+            if r.status_code >= 400:
+                r.read()
+                _fail(r, "GET", path)
+            _print_sse(r.iter_lines())
+    except httpx.HTTPError as exc:
+        sys.exit(f"shoal: the log stream from {_api()} broke off: {exc}")
+
+
+def _print_sse(lines: Any) -> None:
+    event = "message"
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") or line == "data:":
+            if event == "end":
+                return
+            print(line[6:], flush=True)
+        elif not line:
+            event = "message"
 
 
 def _params(pairs: list[str] | None) -> dict[str, str]:
@@ -155,9 +243,14 @@ def cmd_schedule(args: argparse.Namespace) -> None:
         print(_schedule_line(out))
         print("next fires: " + ", ".join(out["next_fires"]))
     elif args.action == "list":
-        path = "/api/v1/schedules" + (f"?workflow={args.workflow}" if args.workflow else "")
-        for s in _request("GET", path):
-            print(_schedule_line(s))
+        found = _request("GET", "/api/v1/schedules",
+                         params={"workflow": args.workflow} if args.workflow else {})
+        if args.json:
+            _print(found)
+            return
+        _table([{**s, "next": (s["next_fires"] or [None])[0] if s["enabled"] else None,
+                 "enabled": "yes" if s["enabled"] else "no"} for s in found],
+               ["id", "workflow", "cron", "timezone", "enabled", "catchup", "next"])
     elif args.action == "show":
         _print(_request("GET", f"/api/v1/schedules/{args.id}"))
     elif args.action in ("enable", "disable"):
@@ -220,48 +313,76 @@ def cmd_workflow(args: argparse.Namespace) -> None:
 
 
 def cmd_workers(args: argparse.Namespace) -> None:
-    for w in _request("GET", "/api/v1/workers"):
-        print(f"{w['worker_id']:<32} group={w['group']:<12} slots={w['slots']:<3} "
-              f"running={len(w['running']):<3} last={w['last_heartbeat']}")
+    found = _request("GET", "/api/v1/workers")
+    if args.json:
+        _print(found)
+        return
+    _table([{**w, "running": len(w["running"]), "last_heartbeat": _short(w["last_heartbeat"])}
+            for w in found], ["worker_id", "group", "slots", "running", "last_heartbeat"])
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    _print(_request("GET", f"/api/v1/runs/{args.id}"))
+    _show_run(_request("GET", f"/api/v1/runs/{args.id}"), args.json)
 
 
 def cmd_events(args: argparse.Namespace) -> None:
-    for e in _request("GET", f"/api/v1/runs/{args.id}/events"):
+    events = _request("GET", f"/api/v1/runs/{args.id}/events")
+    if args.json:
+        _print(events)
+        return
+    for e in events:
         print(f"{e['seq']:>4} {e['recorded_at']} {e['type']:<18} "
               f"{json.dumps({k: v for k, v in e['data'].items() if k != 'definition'})}")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
-    """Rebuild the state from the log step by step (reads the event store directly)."""
-    import asyncio
+    """The state rebuilt from the log after each event, as the API's replay returns it."""
+    params: dict[str, Any] = {}
+    if args.until:
+        params["until"] = args.until
+    if args.at:
+        params["at"] = args.at
+    out = _request("GET", f"/api/v1/runs/{args.id}/replay", params=params)
+    if args.json:
+        _print(out)
+        return
+    for step in out["steps"]:
+        tasks = " ".join(f"{t['task']}={t['state'] or '-'}" for t in step["tasks"])
+        print(f"{step['seq']:>4} {step['type']:<18} run={step['state']} {tasks}")
 
-    from shoal.core.model import event_from_data
-    from shoal.core.workflow import evolve
-    from shoal.infra.settings import Settings
 
-    async def go() -> None:
-        import asyncpg
+def cmd_runs(args: argparse.Namespace) -> None:
+    params: dict[str, Any] = {"limit": args.limit}
+    for k in ("workflow", "since", "until", "parent"):
+        if getattr(args, k):
+            params[k] = getattr(args, k)
+    if args.state:
+        params["state"] = args.state
+    out = _request("GET", "/api/v1/runs", params=params)
+    if args.json:
+        _print(out)
+        return
+    _table([{**r, "submitted": _short(r["submitted_at"]), "v": r["version"],
+             "ms": r["duration_ms"], "scheduled": _short(r["schedule_time"])}
+            for r in out["runs"]],
+           ["instance_id", "workflow", "v", "state", "submitted", "scheduled", "ms"])
+    if out["next_cursor"]:
+        print(f"(more: --limit, or GET /api/v1/runs?cursor={out['next_cursor']})")
 
-        from shoal.infra.store import EventStore
 
-        pool = await asyncpg.create_pool(Settings().database_url, min_size=1, max_size=1)
-        assert pool is not None
-        try:
-            run = None
-            for e in await EventStore(pool).events_of(args.id):
-                if args.until and e.seq > args.until:
-                    break
-                run = evolve(run, event_from_data(e.type, e.data), instance_id=args.id)
-                tasks = " ".join(f"{t.name}={t.state.value}" for t in run.tasks.values())
-                print(f"{e.seq:>4} {e.type:<18} run={run.state.value} {tasks}")
-        finally:
-            await pool.close()
+def cmd_workflows(args: argparse.Namespace) -> None:
+    found = _request("GET", "/api/v1/workflows")
+    if args.json:
+        _print(found)
+        return
+    _table([{**w, "version": w["latest_version"], "online": "yes" if w["online"] else "no",
+             "updated": _short(w["updated_at"])} for w in found],
+           ["name", "version", "online", "updated", "description"])
 
-    asyncio.run(go())
+
+def cmd_export(args: argparse.Namespace) -> None:
+    params = {"version": args.version} if args.version else {}
+    sys.stdout.write(_request("GET", f"/api/v1/workflows/{args.name}/export", params=params))
 
 
 def cmd_projections(args: argparse.Namespace) -> None:
@@ -272,15 +393,23 @@ def cmd_projections(args: argparse.Namespace) -> None:
     from shoal.infra.readmodels import rebuild
     from shoal.infra.settings import Settings
 
+    # The one verb that talks to the database: SHOAL_DATABASE_URL, else what `shoal dev`
+    # wrote, else the default.
+    url = os.environ.get("SHOAL_DATABASE_URL") or _config().get("database_url") \
+        or Settings().database_url
+
     async def go() -> None:
-        pool = await asyncpg.create_pool(Settings().database_url, min_size=1, max_size=1)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
         assert pool is not None
         try:
             await rebuild(pool)
         finally:
             await pool.close()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except (OSError, asyncpg.PostgresError) as exc:
+        sys.exit(f"shoal: cannot rebuild the read models in the database: {exc!r}")
     print("read models emptied; the running projector refills them from the event log")
 
 
@@ -338,8 +467,8 @@ def main(argv: list[str] | None = None) -> None:
                        ("stop", "kill running tasks; the run ends stopped"),
                        ("rerun", "run everything again (attempt + 1)"),
                        ("recover", "re-run only what failed, was killed or never ran")]:
-        s = sub.add_parser(verb, help=text)
-        s.add_argument("id")
+        s = sub.add_parser(verb, help=text + " (several ids: one batch request)")
+        s.add_argument("id", nargs="+")
         s.set_defaults(fn=cmd_control)
     s = sub.add_parser("force-success", help="mark a failed or killed task as succeeded")
     s.add_argument("id")
@@ -361,8 +490,23 @@ def main(argv: list[str] | None = None) -> None:
     s.set_defaults(fn=cmd_events)
     s = sub.add_parser("replay", help="rebuild a run's state from its log, step by step")
     s.add_argument("id")
-    s.add_argument("--until", type=int)
+    s.add_argument("--until", type=int, help="stop after this event (seq)")
+    s.add_argument("--at", help="the state at this instant (RFC 3339)")
     s.set_defaults(fn=cmd_replay)
+    s = sub.add_parser("runs", help="list runs, newest first")
+    s.add_argument("--workflow")
+    s.add_argument("--state", action="append", help="repeatable, e.g. --state failed")
+    s.add_argument("--since", help="submitted at or after (RFC 3339 or a date)")
+    s.add_argument("--until", help="submitted before")
+    s.add_argument("--parent", help="runs started by this run (sub-workflows)")
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(fn=cmd_runs)
+    s = sub.add_parser("workflows", help="published workflows")
+    s.set_defaults(fn=cmd_workflows)
+    s = sub.add_parser("export", help="a workflow as YAML (shoal apply takes it back)")
+    s.add_argument("name")
+    s.add_argument("--version", type=int)
+    s.set_defaults(fn=cmd_export)
     s = sub.add_parser("schedule", help="cron schedules of workflows")
     ssub = s.add_subparsers(dest="action", required=True)
     c = ssub.add_parser("create", help="schedule a workflow")
@@ -412,11 +556,24 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("projections", help="read-model maintenance")
     s.add_argument("action", choices=["rebuild"])
     s.set_defaults(fn=cmd_projections)
+    _add_json_flag(sub)
     args = p.parse_args(argv)
     try:
         args.fn(args)
     except BrokenPipeError:  # `shoal events ID | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _add_json_flag(sub: Any) -> None:
+    """``--json`` on every verb (and sub-verb): machine-readable output for scripts."""
+    for parser in sub.choices.values():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _add_json_flag(nested[0])
+        else:
+            parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 if __name__ == "__main__":

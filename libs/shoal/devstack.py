@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -49,6 +50,7 @@ def run_dev(examples: Path, workers: int = 1) -> None:
         env.setdefault("SHOAL_TOPIC_PREFIX", "shoal")
         api_host = env.setdefault("SHOAL_API_HOST", "127.0.0.1")
         api_port = int(env.setdefault("SHOAL_API_PORT", "8460"))
+        token = _admin_token(env)
         names = ["api", "orchestrator", "projector", "scheduler"] + ["worker"] * workers
         for i, name in enumerate(names):
             wenv = dict(env)
@@ -58,10 +60,12 @@ def run_dev(examples: Path, workers: int = 1) -> None:
                                       logs / f"{name}-{i}.log").start())
         wait_port(api_host, api_port, timeout=60)
         base = f"http://{api_host}:{api_port}"
-        _load_examples(base, examples)
+        config = _write_cli_config(data_dir, base, token, env["SHOAL_DATABASE_URL"])
+        _load_examples(base, examples, token)
         print(f"\nShoal is running.\n  API:      {base}/api/v1/workflows\n"
               f"  OpenAPI:  {base}/docs\n  logs:     {logs}\n"
-              f"  CLI:      SHOAL_API_URL={base} .venv/bin/shoal run diamond --wait\n"
+              f"  token:    {token or '(auth off: SHOAL_API_TOKENS has no admin token)'}\n"
+              f"  CLI:      .venv/bin/shoal run diamond --wait   (URL and token in {config})\n"
               "Ctrl-C stops everything started here.", flush=True)
         while True:
             for p in owned:
@@ -80,10 +84,38 @@ def run_dev(examples: Path, workers: int = 1) -> None:
         print("stopped")
 
 
-def _load_examples(base: str, examples: Path) -> None:
+def _admin_token(env: dict[str, str]) -> str | None:
+    """The admin token of SHOAL_API_TOKENS; when that is unset, a new one (set for every
+    service). None when tokens are configured without an admin."""
+    spec = env.get("SHOAL_API_TOKENS")
+    if not spec:
+        token = secrets.token_urlsafe(24)
+        env["SHOAL_API_TOKENS"] = f"admin:{token}"
+        return token
+    for item in spec.split(","):
+        role, _, token = item.strip().partition(":")
+        if role.strip() == "admin":
+            return token.strip()
+    return None
+
+
+def _write_cli_config(data_dir: Path, base: str, token: str | None, database_url: str) -> Path:
+    """Where the CLI finds the API (and, for `shoal projections`, the database)."""
+    path = data_dir / "cli.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"api_url": base, "api_token": token, "database_url": database_url}, f)
+    os.chmod(path, 0o600)
+    return path
+
+
+def _load_examples(base: str, examples: Path, token: str | None) -> None:
     import httpx
 
+    headers = {"content-type": "application/yaml"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     for path in sorted(examples.glob("*.y*ml")):
         r = httpx.post(f"{base}/api/v1/workflows", content=path.read_bytes(),
-                       headers={"content-type": "application/yaml"}, timeout=30)
+                       headers=headers, timeout=30)
         print(f"loaded {path.name}: {r.status_code} {r.text}")

@@ -18,8 +18,12 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def shoal(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = stack.env(SHOAL_API_URL=stack.api)
+async def shoal(stack: Stack, *args: str, check: bool = True,
+                **env_over: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it: only SHOAL_API_URL and SHOAL_API_TOKEN (no database)."""
+    env = {k: v for k, v in stack.env(SHOAL_API_URL=stack.api).items()
+           if k != "SHOAL_DATABASE_URL"}
+    env.update(env_over)
     proc = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "shoal.cli", *args], env=env, cwd=ROOT,
         capture_output=True, text=True, timeout=120)
@@ -34,10 +38,30 @@ async def test_the_cli_drives_a_run_and_the_operations(stack: Stack):
     again = await shoal(stack, "apply", "examples/diamond.yaml")
     assert again.stdout.strip() == "diamond version 1 (unchanged)"
 
-    run = await shoal(stack, "run", "diamond", "--param", "region=us", "--wait", "--timeout", "60")
+    run = await shoal(stack, "run", "diamond", "--param", "region=us", "--wait", "--timeout", "60",
+                      "--json")
     iid, _, body = run.stdout.partition("\n")
     state = json.loads(body)
     assert state["state"] == "succeeded" and state["params"]["region"] == "us"
+    # Readable by default: a header line and one row per task.
+    status = (await shoal(stack, "status", iid)).stdout.splitlines()
+    assert status[0].startswith(iid) and "succeeded" in status[0]
+    rows = [ln.split() for ln in status if ln.split() and ln.split()[0] in "abcd"]
+    assert sorted(r[0] for r in rows) == ["a", "b", "c", "d"]
+    assert all(r[2] == "succeeded" for r in rows)
+    listed = (await shoal(stack, "runs", "--workflow", "diamond", "--state", "succeeded")).stdout
+    assert iid in listed and listed.splitlines()[0].split()[:4] == [
+        "INSTANCE_ID", "WORKFLOW", "V", "STATE"]
+    as_json = json.loads((await shoal(stack, "runs", "--json")).stdout)
+    assert [r["instance_id"] for r in as_json["runs"]] == [iid]
+    assert "diamond" in (await shoal(stack, "workflows")).stdout
+
+    # export -> apply is a round trip: the same version, unchanged.
+    exported = (await shoal(stack, "export", "diamond")).stdout
+    path = Path(stack.workdir) / "diamond-exported.yaml"
+    path.write_text(exported)
+    assert (await shoal(stack, "apply", str(path))).stdout.strip() == \
+        "diamond version 1 (unchanged)"
 
     events = (await shoal(stack, "events", iid)).stdout.splitlines()
     assert events[0].split()[2] == "WorkflowSubmitted" and "WorkflowSucceeded" in events[-1]
@@ -56,7 +80,7 @@ async def test_the_cli_drives_a_run_and_the_operations(stack: Stack):
     assert [e["seq"] for e in on_topic] == list(range(1, len(events) + 1))
 
     # Rebuilding the projections empties them; the running projector refills them.
-    await shoal(stack, "projections", "rebuild")
+    await shoal(stack, "projections", "rebuild", SHOAL_DATABASE_URL=stack.database_url)
     conn = await asyncpg.connect(stack.database_url)
     try:
         async def refilled() -> bool:
@@ -72,3 +96,33 @@ async def test_the_cli_drives_a_run_and_the_operations(stack: Stack):
     assert failing.returncode != 0 and "no workflow named 'no-such-workflow'" in failing.stderr
     bad = await shoal(stack, "run", "diamond", "--param", "oops", check=False)
     assert bad.returncode != 0 and "k=v" in bad.stderr
+
+    # Expected failures are one line and a non-zero exit, never a traceback.
+    for proc in [await shoal(stack, "runs", check=False, SHOAL_API_TOKEN=""),
+                 await shoal(stack, "status", iid, check=False,
+                             SHOAL_API_TOKEN=stack.tokens["viewer"] + "x"),
+                 await shoal(stack, "runs", check=False, SHOAL_API_URL="http://127.0.0.1:9"),
+                 await shoal(stack, "stop", iid, check=False,
+                             SHOAL_API_TOKEN=stack.tokens["viewer"])]:
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("shoal: "), proc.stderr
+    assert "401" in (await shoal(stack, "runs", check=False, SHOAL_API_TOKEN="")).stderr
+
+
+async def test_events_into_a_closed_pipe_exit_cleanly(stack: Stack):
+    # Enough history (> a pipe buffer) that the reader really closes before the writer ends.
+    await stack.apply({"name": "wide", "tasks": [{"name": f"t{i}", "command": "true"}
+                                                 for i in range(150)]})
+    r = await stack.request("POST", "/api/v1/workflows/wide/runs", json={})
+    iid = r.json()["instance_id"]
+    await stack.wait_run(iid)
+    env = {k: v for k, v in stack.env(SHOAL_API_URL=stack.api).items()
+           if k != "SHOAL_DATABASE_URL"}
+    proc = await asyncio.to_thread(
+        subprocess.run, ["bash", "-c", f"set -o pipefail; {sys.executable} -m shoal.cli "
+                         f"events {iid} | head -1"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert len((await stack.request("GET", f"/api/v1/runs/{iid}/events")).content) > 65536
+    assert proc.stderr == "" and "WorkflowSubmitted" in proc.stdout
+    assert len(proc.stdout.splitlines()) == 1
