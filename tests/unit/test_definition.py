@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal.core.definition import find_cycle, parse_definition
@@ -127,3 +127,41 @@ def test_find_cycle_agrees_with_topological_sort(n, data):
     if cycle:
         for later, earlier in zip(cycle[1:], cycle[:-1], strict=True):
             assert earlier in graph[later]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=12)
+_field = st.sampled_from(["name", "type", "command", "depends_on", "params", "outputs", "url",
+                          "when", "branches", "workflow", "retries", "timeout", "alerts", "sql",
+                          "if", "x"])
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@given(st.dictionaries(st.sampled_from(["name", "tasks", "params", "alerts", "timeout",
+                                        "priority", "x"]),
+                       _json | st.lists(st.dictionaries(_field, _json, max_size=6), max_size=3),
+                       max_size=5))
+def test_any_json_is_a_definition_or_named_problems_never_a_crash(raw):
+    try:
+        parse_definition(raw)
+    except DefinitionInvalid as exc:
+        assert exc.problems and all(isinstance(p.message, str) for p in exc.problems)
+
+
+def test_alerts_and_bounds_are_validated():
+    d = parse_definition(wf(sh("a"), alerts={"on": ["failure", "timeout"], "channels": ["ops"]}))
+    assert d.alerts == {"on": ("failure", "timeout"), "channels": ("ops",)}
+    assert d.to_dict()["alerts"] == {"on": ["failure", "timeout"], "channels": ["ops"]}
+    assert "alerts" not in parse_definition(wf(sh("a"))).to_dict()
+    assert problems(wf(sh("a"), alerts={"on": ["sometimes"], "channels": ["ops"]})) == [
+        "alerts.on: a non-empty list of failure, success, timeout, failover"]
+    assert problems(wf(*[sh(f"t{i}") for i in range(1001)]))[0].startswith(
+        "tasks: 1001 tasks; a definition holds at most 1000")
+    assert problems(wf(sh("a"), params={"big": "x" * 70_000})) == [
+        "params.big: larger than 65536 bytes"]
+    assert problems(wf(sh("a", type={}))) == [
+        "tasks[0].type: unknown task type '{}' (one of: conditions, dependent, http, python, "
+        "shell, sql, sub_workflow, switch)"]

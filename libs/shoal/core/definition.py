@@ -345,7 +345,8 @@ def parse_definition(raw: object) -> WorkflowDefinition:
         seen[task.name] = i
         tasks.append(task)
 
-    declared = {t.get("name") for t in raw_tasks if isinstance(t, Mapping)}
+    declared = {t.get("name") for t in raw_tasks
+                if isinstance(t, Mapping) and isinstance(t.get("name"), str)}
     for i, task in enumerate(raw_tasks):
         deps = task.get("depends_on", []) if isinstance(task, Mapping) else []
         for j, dep in enumerate(deps if isinstance(deps, list) else []):
@@ -442,7 +443,9 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         return None
     before = len(problems)
     ttype = raw.get("type", "shell")
-    own = _TYPE_FIELDS.get(str(ttype), frozenset())
+    if not isinstance(ttype, str):
+        ttype = repr(ttype)  # reported below as an unknown type
+    own = _TYPE_FIELDS.get(ttype, frozenset())
     for key in raw:
         if key not in _TASK_FIELDS and key not in own and (
                 ttype in CONTRACT_TYPES or not any(key in f for f in _TYPE_FIELDS.values())):

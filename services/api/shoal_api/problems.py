@@ -53,7 +53,7 @@ class ProblemDetail(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ProblemDetail, "content": {MEDIA_TYPE: {}},
            "description": HTTPStatus(code).phrase}
-    for code in (401, 403, 404, 409, 413, 422, 503)
+    for code in (400, 401, 403, 404, 409, 413, 422, 503)
 }
 
 

@@ -77,7 +77,8 @@ async def _timetable(res: Res, name: str, body: BackfillCreate) -> tuple[str, st
 
 
 @router.post("/workflows/{name}/backfill", status_code=202, dependencies=[ADMIN],
-             response_model=BackfillCreated)
+             response_model=BackfillCreated, responses={200: {
+                 "model": BackfillCreated, "description": "already submitted: nothing new"}})
 async def create_backfill(name: str, body: BackfillCreate, res: Res,
                           response: Response) -> dict[str, Any]:
     status = await workflow_status(res.pool, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -44,9 +44,16 @@ def _render(line: list[str], timestamps: bool) -> str:
     return f"{line[0]} {line[1]}" if timestamps else line[1]
 
 
-@router.get("/runs/{instance_id}/tasks/{task}/log", response_model=None)
+@router.get("/runs/{instance_id}/tasks/{task}/log", response_model=None, responses={200: {
+    "description": "the log as text, or with follow=true a stream of server-sent events",
+    "content": {"text/plain": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": {
+                    "type": "object", "description": "one event per log line; `end` last",
+                    "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                                   "id": {"type": "string"}}}}}}})
 async def task_log(instance_id: uuid.UUID, task: str, request: Request, res: Res,
-                   attempt: int | None = None, follow: bool = False,
+                   attempt: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+                   follow: bool = False,
                    timestamps: bool = False) -> PlainTextResponse | StreamingResponse:
     """The attempt's output (latest attempt by default).
 

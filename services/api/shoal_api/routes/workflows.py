@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
-from shoal.core.definition import WorkflowDefinition, parse_definition
+from shoal.core.definition import MAX_TASKS, WorkflowDefinition, parse_definition
 from shoal.core.errors import DefinitionInvalid, Problem
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
@@ -65,7 +65,29 @@ async def _sub_workflow_problems(definition: WorkflowDefinition, res: Res) -> li
     return problems
 
 
-@router.post("", status_code=201, dependencies=[ADMIN], response_model=Published)
+_DEFINITION_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["name", "tasks"],
+    "description": "a workflow definition (CONTRACT §1); YAML bodies have the same structure",
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"},
+        "description": {"type": "string"},
+        "params": {"type": "object", "additionalProperties": {
+            "type": ["string", "number", "boolean", "null"]}},
+        "tasks": {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {
+            "type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "type": {"type": "string"},
+                "command": {"type": "string"},
+                "depends_on": {"type": "array", "items": {"type": "string"}}}}},
+    },
+}
+
+
+@router.post("", status_code=201, dependencies=[ADMIN], response_model=Published,
+             responses={200: {"model": Published, "description": "unchanged: the same "
+                                                                 "content as the latest"}},
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": _DEFINITION_SCHEMA},
+                 "application/yaml": {"schema": _DEFINITION_SCHEMA}}}})
 async def create(request: Request, response: Response, res: Res) -> dict[str, Any]:
     raw = parse_body(await request.body(), request.headers.get("content-type", ""))
     try:
@@ -143,7 +165,7 @@ async def get_version(name: str, version: Annotated[int, Path(ge=1, le=2**31 - 1
 
 
 @router.get("/{name}/export", response_class=Response, responses={
-    200: {"content": {"application/yaml": {"schema": {"type": "string"}}},
+    200: {"content": {"application/yaml": {"schema": _DEFINITION_SCHEMA}},
           "description": "the definition as YAML; `shoal apply` takes it back unchanged"}})
 async def export(name: str, res: Res,
                  version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
@@ -154,7 +176,9 @@ async def export(name: str, res: Res,
     if found is None:
         which = f" version {version}" if version else ""
         raise HTTPException(404, {"message": f"no workflow named '{name}'{which}"})
-    text = yaml.safe_dump(dict(found[1]), sort_keys=False, allow_unicode=True)
+    # The normalized form in its own field order (the stored JSONB has the database's).
+    text = yaml.safe_dump(parse_definition(found[1]).to_dict(), sort_keys=False,
+                          allow_unicode=True)
     return Response(text, media_type="application/yaml", headers={
         "Content-Disposition": f'attachment; filename="{name}.yaml"'})
 
