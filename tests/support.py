@@ -43,6 +43,7 @@ class Stack:
         self.api_port = free_port()
         self.processes: list[OwnedProcess] = []
         self.api = f"http://127.0.0.1:{self.api_port}"
+        self.metrics_ports: dict[tuple[str, int], int] = {}
         # Every stack runs with auth on; tests speak as admin unless they say otherwise.
         self.tokens = {role: f"{role}-{secrets.token_hex(12)}"
                        for role in ("viewer", "operator", "admin")}
@@ -64,6 +65,9 @@ class Stack:
         n = sum(1 for p in self.processes if p.name == name)
         if name == "worker":
             extra.setdefault("SHOAL_WORKER_ID", f"{self.prefix}-worker-{n}")
+        if name != "api":
+            extra.setdefault("SHOAL_METRICS_PORT", str(free_port()))
+            self.metrics_ports[(name, n)] = int(extra["SHOAL_METRICS_PORT"])
         proc = OwnedProcess(name, service_argv(name), self.env(**extra),
                             self.workdir / f"{name}-{n}.log").start()
         self.processes.append(proc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,11 +17,36 @@ def utcnow_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def setup_logging(level: str, service: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
+# Context a log call may pass with ``extra={...}``; JSON lines carry them as fields.
+LOG_CONTEXT = ("instance_id", "task", "attempt", "causation_id", "dispatch_id", "worker_id")
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time, level, service, logger, message and context."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "service": self.service,
+            "logger": record.name, "message": record.getMessage()}
+        for key in LOG_CONTEXT:
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str, service: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines(service) if fmt == "json" else logging.Formatter(
+        f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     datasources: str | None = None
     worker_http_timeout: float = 60.0
     log_level: str = "INFO"
+    # Text lines for a terminal, or one JSON object per line for log shippers.
+    log_format: Literal["json", "text"] = "json"
+    # /metrics and /healthz of the orchestrator, worker, projector and scheduler (the api
+    # serves them on its own port). Unset: 9461-9464 by service.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"

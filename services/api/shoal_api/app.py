@@ -6,16 +6,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
-from shoal.infra import kafka
+from shoal.infra import kafka, metrics
 from shoal.infra.auth import parse_tokens
 from shoal.infra.db import connect_pool, migrate
+from shoal.infra.lifecycle import setup_logging
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_api import problems
-from shoal_api.deps import Resources
-from shoal_api.limits import BodyLimit
+from shoal_api.deps import VIEWER, Resources
+from shoal_api.limits import BodyLimit, RequestMetrics
 from shoal_api.records import republish_all
 from shoal_api.routes import backfills, logs, runs, schedules, workflows
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.warning("SHOAL_API_TOKENS is not set: the API accepts requests without a token")
     problems.install(app)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+    app.add_middleware(RequestMetrics)
     app.include_router(workflows.router)
     app.include_router(runs.router)
     app.include_router(logs.router)
@@ -58,6 +60,13 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics", tags=["health"], dependencies=[VIEWER], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition"}})
+    async def prometheus() -> Response:
+        body, ctype = metrics.exposition()
+        return Response(body, media_type=ctype)
+
     return app
 
 
@@ -65,5 +74,7 @@ def run() -> None:
     import uvicorn
 
     settings = Settings()
+    setup_logging(settings.log_level, "api", settings.log_format)
+    # log_config=None: uvicorn's own loggers go through the handler set up above.
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
-                log_level=settings.log_level.lower())
+                log_level=settings.log_level.lower(), log_config=None)

@@ -1,4 +1,6 @@
-"""A request body larger than the limit is refused with 413 before it is buffered.
+"""Request middleware: body size limit and request metrics.
+
+A request body larger than the limit is refused with 413 before it is buffered.
 
 A declared ``Content-Length`` over the limit is answered at once, without reading the
 body; a chunked body is counted while it arrives and cut off at the limit. Either way
@@ -7,10 +9,12 @@ the API holds at most ``limit`` bytes of one request in memory.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shoal.infra import metrics
 from shoal_api.problems import problem
 
 
@@ -62,3 +66,29 @@ class BodyLimit:
         except BodyTooLarge:
             if not started:
                 await self._refuse()(scope, receive, send)
+
+
+class RequestMetrics:
+    """Counts requests by method, route template and status, and times them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.observe_http(scope["method"], route, status, started)

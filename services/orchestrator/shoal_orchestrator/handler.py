@@ -236,7 +236,9 @@ class BatchHandler:
                 for e in decision.events:
                     new = evolve(new, e, instance_id=cmd.instance_id)
             except Exception as exc:
-                log.exception("could not apply %s %s", cmd.type, cmd.message_id)
+                log.exception("could not apply %s %s", cmd.type, cmd.message_id,
+                              extra={"instance_id": cmd.instance_id,
+                                     "causation_id": cmd.message_id})
                 dead.append((rec, f"internal error applying {cmd.type}: {exc!r}"))
                 continue
             if not decision.events or new is None:

@@ -66,7 +66,9 @@ class LeaseMonitor:
                     sent_at=utcnow_iso(), task=t.name, attempt=t.attempt,
                     dispatch_id=t.dispatch_id, worker_id=t.worker_id or "unknown")
                 log.warning("lease of %s attempt %d (worker %s) lapsed", t.name, t.attempt,
-                            t.worker_id)
+                            t.worker_id, extra={"instance_id": run.instance_id, "task": t.name,
+                                                "attempt": t.attempt,
+                                                "dispatch_id": t.dispatch_id})
                 await kafka.send_reliably(self.producer, self.settings.commands_topic,
                                           codec.encode_command(cmd), run.instance_id.encode(),
                                           give_up_after=10.0)

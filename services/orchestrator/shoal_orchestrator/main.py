@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
@@ -10,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shoal.core.errors import StreamConflict
-from shoal.infra import codec, kafka
+from shoal.infra import codec, kafka, metrics
 from shoal.infra.db import connect_pool, migrate
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
@@ -58,6 +59,9 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
     consumer.subscribe([settings.commands_topic], listener=ownership)
     producer = relay.producer
     await consumer.start()
+    metrics.DEAD_LETTERS.labels("orchestrator")  # exposed at 0 before the first one
+    lag = asyncio.create_task(metrics.sample_lag(consumer, f"{settings.topic_prefix}"
+                                                           ".orchestrator", stop))
     try:
         while not stop.is_set():
             if ownership.to_load:
@@ -78,9 +82,12 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                 result = await _handle_until_done(handler, records, stop)
                 if result is None:
                     return
+                metrics.EVENTS_APPENDED.inc(result.appended)
+                metrics.DEAD_LETTERS.labels("orchestrator").inc(len(result.dead_letters))
                 for rec, reason in result.dead_letters:
                     log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition,
-                                rec.offset, reason)
+                                rec.offset, reason, extra={"instance_id": rec.key.decode(
+                                    "utf-8", "replace") if rec.key else None})
                     await kafka.send_reliably(producer, settings.dead_letters_topic, codec.dumps({
                         "reason": reason, "topic": rec.topic, "partition": rec.partition,
                         "offset": rec.offset,
@@ -98,6 +105,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                     log.warning("offset commit failed (%r); the batch will be redelivered "
                                 "and de-duplicated", exc)
     finally:
+        lag.cancel()
         await consumer.stop()
 
 
@@ -117,7 +125,7 @@ async def _handle_until_done(handler: BatchHandler, records: list[Record],
 
 
 async def main(settings: Settings) -> None:
-    setup_logging(settings.log_level, "orchestrator")
+    setup_logging(settings.log_level, "orchestrator", settings.log_format)
     await migrate(settings.database_url)
     await kafka.ensure_topics(settings, kafka.base_topics(settings))
     pool = await connect_pool(settings.database_url, max_size=5)
@@ -133,10 +141,21 @@ async def main(settings: Settings) -> None:
             leases.run,
             relay.run,
             lambda stop: run_timers(pool, producer, settings, stop),
+            lambda stop: metrics.serve(settings, "orchestrator", stop),
+            lambda stop: outbox_gauge(pool, stop),
         ])
     finally:
         await producer.stop()
         await pool.close()
+
+
+async def outbox_gauge(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    """``shoal_outbox_backlog``: committed effects not yet on Kafka."""
+    while not stop.is_set():
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            metrics.OUTBOX_BACKLOG.set(await pool.fetchval("SELECT count(*) FROM shoal.outbox"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 5.0)
 
 
 def run() -> None:

@@ -8,10 +8,11 @@ import logging
 
 import asyncpg
 
-from shoal.infra import kafka
+from shoal.infra import kafka, metrics
 from shoal.infra.db import connect_pool, migrate
 from shoal.infra.lifecycle import run_service, setup_logging
 from shoal.infra.settings import Settings
+from shoal_projector.observe import Observer, gauges
 from shoal_projector.projection import project_once
 from shoal_projector.streams import follow_heartbeats, follow_logs
 
@@ -20,13 +21,16 @@ log = logging.getLogger("shoal.projector")
 
 async def follow(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
     wake = asyncio.Event()
+    observer = Observer()
     listener = await asyncpg.connect(settings.database_url)
     await listener.add_listener("shoal_events", lambda *_: wake.set())
     try:
         while not stop.is_set():
             wake.clear()  # before the pass: a NOTIFY during it must not be lost
             try:
-                n = await project_once(pool, settings.projector_batch)
+                applied = await project_once(pool, settings.projector_batch)
+                observer.observe(applied)
+                n = len(applied)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("projection failed (%r); retrying", exc)
                 await asyncio.sleep(1.0)
@@ -40,7 +44,7 @@ async def follow(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) ->
 
 
 async def main(settings: Settings) -> None:
-    setup_logging(settings.log_level, "projector")
+    setup_logging(settings.log_level, "projector", settings.log_format)
     await migrate(settings.database_url)
     pool = await connect_pool(settings.database_url, max_size=3)
     try:
@@ -49,6 +53,8 @@ async def main(settings: Settings) -> None:
             lambda stop: follow(settings, pool, stop),
             lambda stop: follow_logs(settings, pool, stop),
             lambda stop: follow_heartbeats(settings, pool, stop),
+            lambda stop: gauges(pool, stop),
+            lambda stop: metrics.serve(settings, "projector", stop),
         ])
     finally:
         await pool.close()

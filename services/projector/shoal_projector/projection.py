@@ -7,6 +7,7 @@ time; ``readmodels.rebuild`` takes the same lock, so a running projector never i
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,22 +22,27 @@ def _ts(v: str | None) -> datetime | None:
     return datetime.fromisoformat(v) if v else None
 
 
-async def project_once(pool: asyncpg.Pool, limit: int = 1000) -> int:
-    """Apply the next batch of events; return how many were applied."""
+async def project_once(pool: asyncpg.Pool, limit: int = 1000,
+                       also: Callable[[asyncpg.Connection, list[StoredEvent]],
+                                      Awaitable[None]] | None = None) -> list[StoredEvent]:
+    """Apply the next batch of events; return them. ``also`` runs in the same transaction
+    (derived effects such as alerts commit exactly when the projection does)."""
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PROJECTOR_LOCK):
-            return 0
+            return []
         pos = await conn.fetchval(
             "SELECT position FROM shoal_read.checkpoints WHERE name = $1", CHECKPOINT) or 0
         events = await read_from(conn, pos, limit)
         for e in events:
             await apply(conn, e)
+        if events and also is not None:
+            await also(conn, events)
         if events:
             await conn.execute(
                 "INSERT INTO shoal_read.checkpoints (name, position) VALUES ($1, $2) "
                 "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
                 CHECKPOINT, events[-1].global_position)
-        return len(events)
+        return events
 
 
 _RUN_STATE = {"WorkflowQueued": "serial_wait", "WorkflowPausing": "ready_pause",

@@ -31,7 +31,7 @@ from shoal.core.schedule import (
     parse_timezone,
     scheduled_instance_id,
 )
-from shoal.infra import codec
+from shoal.infra import codec, metrics
 from shoal.infra.catalog import workflow_status
 from shoal.infra.kafka import send_reliably
 from shoal.infra.settings import Settings
@@ -88,6 +88,7 @@ class Firer:
             for c in cmds:  # repeats are harmless: the instance ids are deterministic
                 await send_reliably(self.producer, topic, codec.encode_command(c),
                                     c.instance_id.encode())
+        metrics.FIRES.labels("start").inc(len(cmds))
 
     async def schedule_pass(self, schedule: Schedule, cursor: datetime | None,
                             owned_since: datetime, now: datetime

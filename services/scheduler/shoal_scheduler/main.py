@@ -27,8 +27,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from shoal.core.schedule import BackfillMode, Schedule
-from shoal.infra import codec, kafka
+from shoal.infra import codec, kafka, metrics
 from shoal.infra.db import connect_pool, migrate
+from shoal.infra.lifecycle import JsonLines
 from shoal.infra.settings import Settings
 from shoal_scheduler.firing import Firer
 
@@ -39,6 +40,14 @@ def partition_of(key: bytes, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives ``key``: where the API's
     records and this scheduler's cursors for it land."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def _log_handler(settings: Settings) -> logging.Handler:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines("scheduler") if settings.log_format == "json" else
+                         logging.Formatter("%(asctime)s scheduler %(levelname)s %(name)s: "
+                                           "%(message)s"))
+    return handler
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -60,6 +69,7 @@ def build_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         topic_replication_factor=settings.kafka_replication_factor,
+        loghandlers=[_log_handler(settings)],
     )
     topic = app.topic(settings.schedules_topic, key_type=bytes, value_type=bytes,
                       partitions=settings.partitions)
@@ -93,6 +103,16 @@ def build_app(settings: Settings) -> faust.App:
         await _fire_loop(app, settings, topic.get_topic_name(), records, cursors, changed)
 
     app.task(fire_loop)
+
+    async def metrics_server() -> None:
+        metrics.FIRES.labels("start")  # exposed at 0 before the first fire
+        stop = asyncio.Event()
+        try:
+            await metrics.serve(settings, "scheduler", stop)
+        finally:
+            stop.set()
+
+    app.task(metrics_server)
 
     return app
 

@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 
 from shoal.core.errors import MessageInvalid
 from shoal.core.model import TaskFailed, TaskKilled, TaskStarted, TaskSucceeded
-from shoal.infra import codec, kafka
+from shoal.infra import codec, kafka, metrics
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
 from shoal_worker.executor import Attempt, Outcome, Say
@@ -83,6 +83,9 @@ class Worker:
         await consumer.start()
         log.info("worker %s serving group %s with %d slots", self.worker_id, s.worker_group,
                  s.worker_slots)
+        metrics.WORKER_SLOTS.labels(s.worker_group).set(s.worker_slots)
+        lag = asyncio.create_task(metrics.sample_lag(
+            consumer, f"{s.topic_prefix}.workers.{s.worker_group}", stop))
         try:
             while not stop.is_set():
                 room = s.worker_slots + s.worker_prefetch - len(self.running) - len(self.queue)
@@ -102,6 +105,7 @@ class Worker:
                 await self._start_ready()
                 await self._commit(consumer)
         finally:
+            lag.cancel()
             await self._commit(consumer)
             await consumer.stop()
             await self._drain()
@@ -138,6 +142,7 @@ class Worker:
                               run_as=self.settings.worker_run_as, in_loop=self._in_loop(d))
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
+            metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
             await self._report(TaskStarted(**self._fields(d, "started")))
             t = asyncio.create_task(self._run(attempt))
             self.tasks.add(t)
@@ -183,13 +188,18 @@ class Worker:
             try:
                 outcome = await attempt.run()
             except Exception as exc:  # the attempt must still be reported
-                log.exception("attempt %s of %s failed in the worker", d["attempt"], d["task"])
+                log.exception("attempt %s of %s failed in the worker", d["attempt"], d["task"],
+                              extra={"instance_id": d["instance_id"], "task": d["task"],
+                                     "attempt": d["attempt"], "dispatch_id": d["dispatch_id"]})
                 outcome = Outcome(exit_code=None, error=f"worker error: {exc!r}")
             try:
                 await self.shippers[d["dispatch_id"]].close()
             except KafkaError as exc:
                 log.warning("could not ship the end of the log: %r", exc)
             fields = self._fields(d, "finished")
+            metrics.ATTEMPTS.labels(self.settings.worker_group, "killed" if outcome.killed
+                                    else "succeeded" if outcome.exit_code == 0
+                                    else "failed").inc()
             if outcome.killed:
                 await self._report(TaskKilled(**fields, exit_code=outcome.exit_code,
                                               error=outcome.error))
@@ -202,6 +212,7 @@ class Worker:
         finally:
             self.running.pop(d["dispatch_id"], None)
             self.shippers.pop(d["dispatch_id"], None)
+            metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
             self.slot_freed.set()
 
     # ------------------------------------------------------------------ kills
@@ -230,7 +241,9 @@ class Worker:
         dispatch_id = msg["dispatch_id"]
         attempt = self.running.get(dispatch_id)
         if attempt is not None:
-            log.info("killing %s attempt %s (%s)", msg["task"], msg["attempt"], msg["reason"])
+            log.info("killing %s attempt %s (%s)", msg["task"], msg["attempt"], msg["reason"],
+                     extra={"instance_id": msg.get("instance_id"), "task": msg["task"],
+                            "attempt": msg["attempt"], "dispatch_id": dispatch_id})
             t = asyncio.create_task(attempt.kill(msg["reason"], self.settings.worker_kill_grace))
             self.tasks.add(t)
             t.add_done_callback(self.tasks.discard)
@@ -308,12 +321,13 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def main(settings: Settings) -> None:
-    setup_logging(settings.log_level, "worker")
+    setup_logging(settings.log_level, "worker", settings.log_format)
     producer = kafka.producer(settings)
     await producer.start()
     worker = Worker(settings, producer)
     try:
-        await run_service("worker", [worker.consume, worker.control, worker.heartbeat],
+        await run_service("worker", [worker.consume, worker.control, worker.heartbeat,
+                                     lambda stop: metrics.serve(settings, "worker", stop)],
                           grace=45.0)
     finally:
         await producer.stop()
