@@ -20,7 +20,7 @@ REQUIRED = {
                      "shoal_outbox_backlog"],
     "worker": ["shoal_consumer_lag", "shoal_worker_slots", "shoal_worker_attempts_total"],
     "projector": ["shoal_dispatch_to_start_seconds_bucket", "shoal_task_duration_seconds_bucket",
-                  "shoal_runs", "shoal_projector_lag_events"],
+                  "shoal_runs", "shoal_projector_lag_events", "shoal_alerts_total"],
     "scheduler": ["shoal_scheduler_fires_total"],
     "api": ["shoal_http_requests_total", "shoal_http_request_seconds_bucket"],
 }
@@ -40,8 +40,13 @@ async def scrape(url: str, token: str | None) -> str | None:
 
 
 async def test_every_service_exposes_its_series_and_the_dashboard_reads_only_those(
-        stack: Stack):
-    stack.start("scheduler")
+        bare_stack: Stack):
+    stack = bare_stack
+    channels = json.dumps({"ops": {"type": "webhook", "url": "http://127.0.0.1:9/none"}})
+    stack.start("api", SHOAL_ALERT_CHANNELS=channels)
+    await eventually(stack._healthy, timeout=60, what="API up")
+    for name in ("orchestrator", "projector", "worker", "scheduler"):
+        stack.start(name, SHOAL_ALERT_CHANNELS=channels)
     await stack.apply({"name": "m", "tasks": [{"name": "a", "command": "sleep 0.2"},
                                               {"name": "b", "command": "true",
                                                "depends_on": ["a"]}]})

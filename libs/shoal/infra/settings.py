@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # database_url. http tasks: a request gives up after this many seconds.
     datasources: str | None = None
     worker_http_timeout: float = 60.0
+    # Alert channels by name, a JSON object: {"ops": {"type": "webhook", "url": ...,
+    # "secret": ...}, "mail": {"type": "email", "host": ..., "port": 25, "from": ...,
+    # "to": [...]}}. Workflows choose channels with `alerts: {on, channels}`.
+    alert_channels: str | None = None
     log_level: str = "INFO"
     # Text lines for a terminal, or one JSON object per line for log shippers.
     log_format: Literal["json", "text"] = "json"
@@ -88,6 +92,22 @@ class Settings(BaseSettings):
         if not isinstance(parsed, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
             raise ValueError("SHOAL_DATASOURCES must be a JSON object of name -> URL")
+        return parsed
+
+    def alert_channel_map(self) -> dict[str, dict[str, Any]]:
+        """The configured alert channels (a malformed SHOAL_ALERT_CHANNELS fails start-up)."""
+        if not self.alert_channels:
+            return {}
+        parsed = json.loads(self.alert_channels)
+        for name, ch in (parsed if isinstance(parsed, dict) else {"": None}).items():
+            kind = ch.get("type") if isinstance(ch, dict) else None
+            if kind == "webhook" and isinstance(ch.get("url"), str):
+                continue
+            if kind == "email" and isinstance(ch.get("host"), str) and isinstance(
+                    ch.get("to"), list) and isinstance(ch.get("from"), str):
+                continue
+            raise ValueError(f"SHOAL_ALERT_CHANNELS[{name!r}]: a webhook needs url; an email "
+                             "channel needs host, from and to")
         return parsed
 
     def tasks_topic(self, group: str) -> str:

@@ -12,6 +12,7 @@ from shoal.infra import kafka, metrics
 from shoal.infra.db import connect_pool, migrate
 from shoal.infra.lifecycle import run_service, setup_logging
 from shoal.infra.settings import Settings
+from shoal_projector.alerts import Deliverer, Recorder
 from shoal_projector.observe import Observer, gauges
 from shoal_projector.projection import project_once
 from shoal_projector.streams import follow_heartbeats, follow_logs
@@ -19,7 +20,8 @@ from shoal_projector.streams import follow_heartbeats, follow_logs
 log = logging.getLogger("shoal.projector")
 
 
-async def follow(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+async def follow(settings: Settings, pool: asyncpg.Pool, recorder: Recorder,
+                 stop: asyncio.Event) -> None:
     wake = asyncio.Event()
     observer = Observer()
     listener = await asyncpg.connect(settings.database_url)
@@ -28,7 +30,8 @@ async def follow(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) ->
         while not stop.is_set():
             wake.clear()  # before the pass: a NOTIFY during it must not be lost
             try:
-                applied = await project_once(pool, settings.projector_batch)
+                applied = await project_once(pool, settings.projector_batch,
+                                             also=recorder.record)
                 observer.observe(applied)
                 n = len(applied)
             except (OSError, asyncpg.PostgresError) as exc:
@@ -46,11 +49,14 @@ async def follow(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) ->
 async def main(settings: Settings) -> None:
     setup_logging(settings.log_level, "projector", settings.log_format)
     await migrate(settings.database_url)
-    pool = await connect_pool(settings.database_url, max_size=3)
+    pool = await connect_pool(settings.database_url, max_size=5)
+    recorder = Recorder()
+    deliverer = Deliverer(settings, pool, recorder.recorded)
     try:
         await kafka.ensure_topics(settings, kafka.base_topics(settings))
         await run_service("projector", [
-            lambda stop: follow(settings, pool, stop),
+            lambda stop: follow(settings, pool, recorder, stop),
+            deliverer.run,
             lambda stop: follow_logs(settings, pool, stop),
             lambda stop: follow_heartbeats(settings, pool, stop),
             lambda stop: gauges(pool, stop),

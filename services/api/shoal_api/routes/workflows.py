@@ -96,6 +96,11 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
         raise HTTPException(422, {"message": str(exc), "type": "invalid-definition",
                                   "problems": [p.as_dict() for p in exc.problems]}) from None
     problems = await _sub_workflow_problems(definition, res)
+    known = res.settings.alert_channel_map()
+    for i, channel in enumerate((definition.alerts or {}).get("channels", ())):
+        if channel not in known:
+            problems.append(Problem(f"alerts.channels[{i}]", f"unknown channel '{channel}' "
+                                    f"(SHOAL_ALERT_CHANNELS has: {', '.join(known) or 'none'})"))
     if problems:
         raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
                                   "type": "invalid-definition",
