@@ -99,16 +99,17 @@ class Settings(BaseSettings):
         if not self.alert_channels:
             return {}
         parsed = json.loads(self.alert_channels)
+        channels: dict[str, dict[str, Any]] = {}
         for name, ch in (parsed if isinstance(parsed, dict) else {"": None}).items():
-            kind = ch.get("type") if isinstance(ch, dict) else None
-            if kind == "webhook" and isinstance(ch.get("url"), str):
-                continue
-            if kind == "email" and isinstance(ch.get("host"), str) and isinstance(
-                    ch.get("to"), list) and isinstance(ch.get("from"), str):
-                continue
-            raise ValueError(f"SHOAL_ALERT_CHANNELS[{name!r}]: a webhook needs url; an email "
-                             "channel needs host, from and to")
-        return parsed
+            c: dict[str, Any] = ch if isinstance(ch, dict) else {}
+            webhook = c.get("type") == "webhook" and isinstance(c.get("url"), str)
+            email = c.get("type") == "email" and isinstance(c.get("host"), str) and \
+                isinstance(c.get("to"), list) and isinstance(c.get("from"), str)
+            if not (webhook or email):
+                raise ValueError(f"SHOAL_ALERT_CHANNELS[{name!r}]: a webhook needs url; an "
+                                 "email channel needs host, from and to")
+            channels[name] = c
+        return channels
 
     def tasks_topic(self, group: str) -> str:
         return self.topic(f"tasks.{group}")
