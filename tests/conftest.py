@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -82,33 +83,35 @@ async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-@pytest.fixture
-async def stack(broker: str, database: str, tmp_path: Path,
-                request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    """Every service as its own process, with a fresh topic prefix and database."""
+@contextlib.asynccontextmanager
+async def _owned_stack(broker: str, database: str, tmp_path: Path,
+                       request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """Stops exactly what the test started; prints the services' logs when it failed."""
     s = Stack(broker, database, tmp_path)
     try:
-        await s.start_all()
         yield s
     finally:
         s.stop()
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.failed:
             print(s.logs())
+
+
+@pytest.fixture
+async def stack(broker: str, database: str, tmp_path: Path,
+                request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """Every service as its own process, with a fresh topic prefix and database."""
+    async with _owned_stack(broker, database, tmp_path, request) as s:
+        await s.start_all()
+        yield s
 
 
 @pytest.fixture
 async def bare_stack(broker: str, database: str, tmp_path: Path,
                      request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """A stack whose services the test starts itself (with its own settings)."""
-    s = Stack(broker, database, tmp_path)
-    try:
+    async with _owned_stack(broker, database, tmp_path, request) as s:
         yield s
-    finally:
-        s.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(s.logs())
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -89,6 +89,14 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _show(found: Any, as_json: bool, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """``found`` as JSON for scripts, else ``rows`` as a table."""
+    if as_json:
+        _print(found)
+    else:
+        _table(rows, columns)
+
+
 def _short(ts: str | None) -> str | None:
     """An RFC 3339 time as 'YYYY-MM-DD HH:MM:SS' (UTC as stored)."""
     return ts[:19].replace("T", " ") if ts else None
@@ -165,10 +173,7 @@ def cmd_control(args: argparse.Namespace) -> None:
         print(f"{out['command']} sent to {out['instance_id']}")
         return
     out = _request("POST", f"/api/v1/runs/batch/{args.cmd}", json={"instance_ids": args.id})
-    if args.json:
-        _print(out)
-    else:
-        _table(out["results"], ["instance_id", "status", "detail"])
+    _show(out, args.json, out["results"], ["instance_id", "status", "detail"])
     if out["refused"]:
         sys.exit(1)
 
@@ -245,12 +250,10 @@ def cmd_schedule(args: argparse.Namespace) -> None:
     elif args.action == "list":
         found = _request("GET", "/api/v1/schedules",
                          params={"workflow": args.workflow} if args.workflow else {})
-        if args.json:
-            _print(found)
-            return
-        _table([{**s, "next": (s["next_fires"] or [None])[0] if s["enabled"] else None,
-                 "enabled": "yes" if s["enabled"] else "no"} for s in found],
-               ["id", "workflow", "cron", "timezone", "enabled", "catchup", "next"])
+        _show(found, args.json, [
+            {**s, "next": (s["next_fires"] or [None])[0] if s["enabled"] else None,
+             "enabled": "yes" if s["enabled"] else "no"} for s in found],
+            ["id", "workflow", "cron", "timezone", "enabled", "catchup", "next"])
     elif args.action == "show":
         _print(_request("GET", f"/api/v1/schedules/{args.id}"))
     elif args.action in ("enable", "disable"):
@@ -314,11 +317,9 @@ def cmd_workflow(args: argparse.Namespace) -> None:
 
 def cmd_workers(args: argparse.Namespace) -> None:
     found = _request("GET", "/api/v1/workers")
-    if args.json:
-        _print(found)
-        return
-    _table([{**w, "running": len(w["running"]), "last_heartbeat": _short(w["last_heartbeat"])}
-            for w in found], ["worker_id", "group", "slots", "running", "last_heartbeat"])
+    _show(found, args.json, [{**w, "running": len(w["running"]),
+                              "last_heartbeat": _short(w["last_heartbeat"])} for w in found],
+          ["worker_id", "group", "slots", "running", "last_heartbeat"])
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -372,12 +373,9 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 def cmd_workflows(args: argparse.Namespace) -> None:
     found = _request("GET", "/api/v1/workflows")
-    if args.json:
-        _print(found)
-        return
-    _table([{**w, "version": w["latest_version"], "online": "yes" if w["online"] else "no",
-             "updated": _short(w["updated_at"])} for w in found],
-           ["name", "version", "online", "updated", "description"])
+    _show(found, args.json, [{**w, "version": w["latest_version"], "online": "yes" if w["online"]
+                              else "no", "updated": _short(w["updated_at"])} for w in found],
+          ["name", "version", "online", "updated", "description"])
 
 
 def cmd_export(args: argparse.Namespace) -> None:
