@@ -57,6 +57,10 @@ async def wait_until(probe, limit_s: float = 120.0, interval: float = 0.01):  # 
     raise TimeoutError("benchmark step timed out")
 
 
+TOKEN = secrets.token_hex(16)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     owned: list[OwnedProcess] = []
@@ -74,7 +78,8 @@ async def main() -> None:
     api_port = free_port()
     env = {**os.environ, "SHOAL_KAFKA_BOOTSTRAP": bootstrap, "SHOAL_DATABASE_URL": db,
            "SHOAL_TOPIC_PREFIX": prefix, "SHOAL_API_PORT": str(api_port),
-           "SHOAL_DATA_DIR": str(work / "data"), "SHOAL_LOG_LEVEL": "WARNING"}
+           "SHOAL_DATA_DIR": str(work / "data"), "SHOAL_LOG_LEVEL": "WARNING",
+           "SHOAL_API_TOKENS": f"admin:{TOKEN}", "SHOAL_METRICS_PORT": "0"}
 
     def spawn(name: str, **extra: str) -> OwnedProcess:
         n = sum(1 for p in owned if p.name == name)
@@ -90,7 +95,7 @@ async def main() -> None:
         spawn("api")
         wait_port("127.0.0.1", api_port, 60)
         api = f"http://127.0.0.1:{api_port}"
-        async with httpx.AsyncClient(base_url=api, timeout=30) as c:
+        async with httpx.AsyncClient(base_url=api, timeout=30, headers=AUTH) as c:
             for d in (DIAMOND, ONE):
                 (await c.post("/api/v1/workflows", json=d)).raise_for_status()
         spawn("orchestrator")
@@ -168,9 +173,9 @@ async def bench_scheduler(api: str, pool: asyncpg.Pool, spawn) -> dict[str, obje
     out: dict[str, object] = {}
     spawn("projector")  # backfill progress and run times come from the read model
     # INFO: the scheduler logs each fire, which tells which one owns the schedule.
-    schedulers = [spawn("scheduler", SHOAL_LOG_LEVEL="INFO"),
-                  spawn("scheduler", SHOAL_LOG_LEVEL="INFO")]
-    async with httpx.AsyncClient(base_url=api, timeout=30) as c:
+    schedulers = [spawn("scheduler", SHOAL_LOG_LEVEL="INFO", SHOAL_LOG_FORMAT="text"),
+                  spawn("scheduler", SHOAL_LOG_LEVEL="INFO", SHOAL_LOG_FORMAT="text")]
+    async with httpx.AsyncClient(base_url=api, timeout=30, headers=AUTH) as c:
         r = await c.post("/api/v1/schedules", json={"workflow": "one", "cron": "* * * * * ?"})
         r.raise_for_status()
         sid = r.json()["id"]
