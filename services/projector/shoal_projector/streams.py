@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from shoal.infra import codec, kafka
+from shoal.infra import codec, kafka, metrics
 from shoal.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ async def follow_logs(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Even
                               group_id=f"{settings.topic_prefix}.projector.logs",
                               max_poll_records=500)
     await consumer.start()
+    lag = asyncio.create_task(metrics.sample_lag(
+        consumer, f"{settings.topic_prefix}.projector.logs", stop))
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200)
@@ -71,6 +73,7 @@ async def follow_logs(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Even
             except KafkaError as exc:
                 log.warning("log offset commit failed (%r); chunks will be re-read", exc)
     finally:
+        lag.cancel()
         await consumer.stop()
 
 
