@@ -61,8 +61,9 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["health"], dependencies=[VIEWER], response_class=Response,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                              "description": "Prometheus text exposition"}})
+             responses={**problems.ERRORS, 200: {
+                 "content": {"text/plain": {"schema": {"type": "string"}}},
+                 "description": "Prometheus text exposition"}})
     async def prometheus() -> Response:
         body, ctype = metrics.exposition()
         return Response(body, media_type=ctype)
