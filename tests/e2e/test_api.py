@@ -31,16 +31,18 @@ async def test_listing_batch_control_stats_replay_export_and_delete(stack: Stack
         await stack.wait_task_state(iid, "running", task="nap")
 
     # Pages of two, newest first, until the cursor runs out; no run twice or missing.
-    seen, cursor = [], None
+    # (Runs accepted in one orchestrator batch share a submission time; the id breaks ties.)
+    seen, cursor, pages = [], None, 0
     while True:
         r = await stack.request("GET", "/api/v1/runs", role="viewer", params={
             "workflow": "quick", "limit": 2, **({"cursor": cursor} if cursor else {})})
         page = r.json()
-        seen += [run["instance_id"] for run in page["runs"]]
-        cursor = page["next_cursor"]
+        seen += [(run["submitted_at"], run["instance_id"]) for run in page["runs"]]
+        cursor, pages = page["next_cursor"], pages + 1
         if not cursor:
             break
-    assert seen == list(reversed(quick))
+    assert pages == 3 and sorted(iid for _, iid in seen) == sorted(quick)
+    assert seen == sorted(seen, reverse=True)
     r = await stack.request("GET", "/api/v1/runs", params={
         "scheduled_since": "2026-01-02T00:00:00Z", "scheduled_until": "2026-01-04T00:00:00Z"})
     assert {run["instance_id"] for run in r.json()["runs"]} == set(quick[1:3])
