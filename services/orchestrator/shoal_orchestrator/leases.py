@@ -2,8 +2,12 @@
 
 Every worker publishes a heartbeat listing the attempts it runs. An attempt of an
 instance this orchestrator owns, in state ``running``, holds a lease that each heartbeat
-listing it renews for ``SHOAL_LEASE_TIMEOUT`` seconds; an attempt seen for the first time
-(after a start, a restart or a rebalance) gets a full lease before it can lapse. When a
+listing it renews for ``SHOAL_LEASE_TIMEOUT`` seconds. Every orchestrator hears every
+heartbeat and keeps the deadlines of attempts it does not own too, so an instance that
+moves here in a rebalance keeps the lease its worker last renewed: a worker that died
+during the failover is noticed one lease after its last heartbeat, not a full lease after
+the move. Only an attempt never heard of (this orchestrator started after its worker's
+last heartbeat) gets a full lease before it can lapse. When a
 lease lapses the monitor publishes ``ExpireLease`` to the instance's partition, where the
 ordered handler records the attempt ``lost`` (or ``killed``, if we were killing it) and
 retries or fails it by policy. A late report from that attempt is then a superseded one.
@@ -74,8 +78,12 @@ class LeaseMonitor:
                                           give_up_after=10.0)
                 self.expired.add(t.dispatch_id)
                 published += 1
+        # Forget deadlines of attempts not owned here only once they are long past: an
+        # instance may still move here and needs the lease its worker last renewed.
+        stale = now - 2 * self.settings.lease_timeout
         for gone in set(self.expiry) - live:
-            del self.expiry[gone]
+            if self.expiry[gone] < stale:
+                del self.expiry[gone]
         self.expired &= live
         return published
 
