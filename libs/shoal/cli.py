@@ -322,6 +322,22 @@ def cmd_workers(args: argparse.Namespace) -> None:
           ["worker_id", "group", "slots", "running", "last_heartbeat"])
 
 
+def cmd_cluster(args: argparse.Namespace) -> None:
+    found = _request("GET", "/api/v1/cluster")
+    if args.json:
+        _print(found)
+        return
+    rows = [{"member": o["member_id"], "kind": "orchestrator", "group": o["group"],
+             "partitions": ",".join(map(str, o["partitions"])) or None,
+             "lag": sum(o["lag"].values()), "seen": _short(o["last_seen"])}
+            for o in found["orchestrators"]]
+    rows += [{"member": w["worker_id"], "kind": "worker", "group": w["group"],
+              "partitions": ",".join(map(str, w["partitions"])) or None,
+              "lag": sum(w["lag"].values()), "seen": _short(w["last_heartbeat"])}
+             for w in found["workers"]]
+    _table(rows, ["member", "kind", "group", "partitions", "lag", "seen"])
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     _show_run(_request("GET", f"/api/v1/runs/{args.id}"), args.json)
 
@@ -480,6 +496,8 @@ def main(argv: list[str] | None = None) -> None:
     s.set_defaults(fn=cmd_logs)
     s = sub.add_parser("workers", help="live workers")
     s.set_defaults(fn=cmd_workers)
+    s = sub.add_parser("cluster", help="live orchestrators and workers, their partitions, lag")
+    s.set_defaults(fn=cmd_cluster)
     s = sub.add_parser("status", help="a run with its tasks")
     s.add_argument("id")
     s.set_defaults(fn=cmd_status)

@@ -64,8 +64,9 @@ def exposition() -> tuple[bytes, str]:
 
 # --------------------------------------------------------------------------- lag
 async def sample_lag(consumer: AIOKafkaConsumer, group: str, stop: asyncio.Event,
-                     every: float = 5.0) -> None:
-    """Keep ``shoal_consumer_lag`` current for the partitions this member owns."""
+                     every: float = 5.0, into: dict[int, int] | None = None) -> None:
+    """Keep ``shoal_consumer_lag`` current for the partitions this member owns (and, with
+    ``into``, the latest lag per partition there, for membership reports)."""
     seen: set[tuple[str, int]] = set()
     while not stop.is_set():
         with contextlib.suppress(Exception):  # a rebalance in progress: next round
@@ -74,12 +75,16 @@ async def sample_lag(consumer: AIOKafkaConsumer, group: str, stop: asyncio.Event
             ends = await asyncio.wait_for(consumer.end_offsets(tps), 10) if tps else {}
             for tp in tps:
                 position = await asyncio.wait_for(consumer.position(tp), 5)
-                CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(
-                    max(ends.get(tp, position) - position, 0))
+                lag = max(ends.get(tp, position) - position, 0)
+                CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(lag)
                 owned.add((tp.topic, tp.partition))
+                if into is not None:
+                    into[tp.partition] = lag
             for topic, partition in seen - owned:
                 with contextlib.suppress(KeyError):
                     CONSUMER_LAG.remove(group, topic, str(partition))
+                if into is not None:
+                    into.pop(partition, None)
             seen = owned
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)

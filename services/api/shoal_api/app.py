@@ -18,7 +18,7 @@ from shoal_api import problems
 from shoal_api.deps import VIEWER, Resources
 from shoal_api.limits import BodyLimit, RequestMetrics
 from shoal_api.records import republish_all
-from shoal_api.routes import backfills, logs, runs, schedules, workflows
+from shoal_api.routes import backfills, cluster, logs, runs, schedules, workflows
 
 log = logging.getLogger("shoal.api")
 
@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(logs.router)
     app.include_router(schedules.router)
     app.include_router(backfills.router)
+    app.include_router(cluster.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

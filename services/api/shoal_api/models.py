@@ -240,3 +240,39 @@ class BackfillRun(BaseModel):
 class BackfillState(BaseModel):
     backfill_id: str
     state: str
+
+
+class OrchestratorMember(BaseModel):
+    member_id: str
+    group: str
+    host: str | None
+    pid: int | None
+    partitions: list[int]
+    lag: dict[str, int] = Field(description="partition -> messages not yet consumed")
+    started_at: str
+    last_seen: str
+
+
+class WorkerMember(BaseModel):
+    worker_id: str
+    group: str
+    host: str | None
+    pid: int | None
+    slots: int
+    busy: int
+    partitions: list[int]
+    lag: dict[str, int]
+    last_heartbeat: str
+
+
+class GroupLag(BaseModel):
+    group: str = Field(description="the Kafka consumer group")
+    members: int
+    partitions: int
+    lag: int
+
+
+class Cluster(BaseModel):
+    orchestrators: list[OrchestratorMember]
+    workers: list[WorkerMember]
+    groups: list[GroupLag]

@@ -11,9 +11,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shoal.core.errors import StreamConflict
-from shoal.infra import codec, kafka, metrics
+from shoal.infra import codec, kafka, members, metrics
 from shoal.infra.db import connect_pool, migrate
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
+from shoal.infra.members import Membership, member_id
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_orchestrator.handler import BatchHandler, BatchResult, Cache, Record
@@ -33,12 +34,14 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
     loaded from the log on first input (and conflicting writes are fenced by the store).
     """
 
-    def __init__(self, cache: Cache, lock: asyncio.Lock) -> None:
+    def __init__(self, cache: Cache, lock: asyncio.Lock, me: Membership) -> None:
         self.cache = cache
         self.lock = lock
+        self.me = me
         self.to_load: set[int] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.me.partitions -= {tp.partition for tp in revoked}
         async with self.lock:
             self.cache.drop_partitions({tp.partition for tp in revoked})
         log.info("revoked %d partitions", len(revoked))
@@ -46,22 +49,22 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.cache.drop_partitions({tp.partition for tp in assigned})
         self.to_load |= {tp.partition for tp in assigned}
+        self.me.partitions |= {tp.partition for tp in assigned}
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
 
 
 async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cache: Cache,
-                  stop: asyncio.Event) -> None:
+                  me: Membership, stop: asyncio.Event) -> None:
     handler = BatchHandler(settings, store, cache)
     lock = asyncio.Lock()
     consumer: AIOKafkaConsumer = kafka.consumer(
         settings, group_id=f"{settings.topic_prefix}.orchestrator", max_poll_records=1000)
-    ownership = Ownership(cache, lock)
+    ownership = Ownership(cache, lock, me)
     consumer.subscribe([settings.commands_topic], listener=ownership)
     producer = relay.producer
     await consumer.start()
     metrics.DEAD_LETTERS.labels("orchestrator")  # exposed at 0 before the first one
-    lag = asyncio.create_task(metrics.sample_lag(consumer, f"{settings.topic_prefix}"
-                                                           ".orchestrator", stop))
+    lag = asyncio.create_task(metrics.sample_lag(consumer, me.group, stop, into=me.lag))
     try:
         while not stop.is_set():
             if ownership.to_load:
@@ -135,9 +138,12 @@ async def main(settings: Settings) -> None:
     relay = OutboxRelay(settings, pool, producer)
     cache = Cache()
     leases = LeaseMonitor(settings, cache, producer)
+    me = Membership(member_id("orchestrator"), "orchestrator",
+                    f"{settings.topic_prefix}.orchestrator")
     try:
         await run_service("orchestrator", [
-            lambda stop: consume(settings, store, relay, cache, stop),
+            lambda stop: consume(settings, store, relay, cache, me, stop),
+            lambda stop: members.report(pool, me, stop),
             leases.run,
             relay.run,
             lambda stop: run_timers(pool, producer, settings, stop),

@@ -97,14 +97,18 @@ async def follow_heartbeats(settings: Settings, pool: asyncpg.Pool, stop: asynci
             try:
                 await pool.executemany(
                     "INSERT INTO shoal_read.workers (worker_id, worker_group, host, pid, slots, "
-                    "running, stopping, last_heartbeat) VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8) "
+                    "running, stopping, last_heartbeat, partitions, lag) VALUES "
+                    "($1,$2,$3,$4,$5,$6::jsonb,$7,$8,$9::jsonb,$10::jsonb) "
                     "ON CONFLICT (worker_id) DO UPDATE SET worker_group = EXCLUDED.worker_group,"
                     " host = EXCLUDED.host, pid = EXCLUDED.pid, slots = EXCLUDED.slots, "
                     "running = EXCLUDED.running, stopping = EXCLUDED.stopping, "
-                    "last_heartbeat = EXCLUDED.last_heartbeat",
+                    "last_heartbeat = EXCLUDED.last_heartbeat, partitions = EXCLUDED.partitions,"
+                    " lag = EXCLUDED.lag",
                     [(b["worker_id"], b["group"], b.get("host"), b.get("pid"), b["slots"],
                       codec.dumps(b["running"]).decode(), bool(b.get("stopping")),
-                      datetime.fromisoformat(b["sent_at"])) for b in latest.values()])
+                      datetime.fromisoformat(b["sent_at"]),
+                      codec.dumps(b.get("partitions") or []).decode(),
+                      codec.dumps(b.get("lag") or {}).decode()) for b in latest.values()])
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("storing heartbeats failed: %r", exc)
     finally:

@@ -69,6 +69,8 @@ class Worker:
         self.fetched: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self._seq = itertools.count()
+        self.partitions: set[int] = set()  # of the group's tasks topic, owned now
+        self.lag: dict[int, int] = {}
         self.slot_freed = asyncio.Event()
         self.datasources = settings.datasource_urls()
 
@@ -85,7 +87,7 @@ class Worker:
                  s.worker_slots)
         metrics.WORKER_SLOTS.labels(s.worker_group).set(s.worker_slots)
         lag = asyncio.create_task(metrics.sample_lag(
-            consumer, f"{s.topic_prefix}.workers.{s.worker_group}", stop))
+            consumer, f"{s.topic_prefix}.workers.{s.worker_group}", stop, into=self.lag))
         try:
             while not stop.is_set():
                 room = s.worker_slots + s.worker_prefetch - len(self.running) - len(self.queue)
@@ -272,7 +274,9 @@ class Worker:
                     "running": [{k: a.dispatch[k] for k in
                                  ("instance_id", "task", "attempt", "dispatch_id")}
                                 for a in self.running.values()],
-                    "sent_at": utcnow_iso(), "stopping": stop.is_set()}
+                    "sent_at": utcnow_iso(), "stopping": stop.is_set(),
+                    "partitions": sorted(self.partitions),
+                    "lag": {str(p): n for p, n in sorted(self.lag.items())}}
             try:
                 await self.producer.send_and_wait(topic, codec.dumps(beat),
                                                   key=self.worker_id.encode())
@@ -314,10 +318,11 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.worker.partitions -= {tp.partition for tp in revoked}
         self.worker.forget(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        self.worker.partitions |= {tp.partition for tp in assigned}
 
 
 async def main(settings: Settings) -> None:
