@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from shoal.infra.settings import Settings
 from tests.support import Stack, eventually
 
 pytestmark = pytest.mark.e2e
@@ -85,3 +86,75 @@ async def test_a_workflow_timeout_fires_after_the_orchestrator_is_sigkilled(stac
     run = await stack.wait_run(iid, timeout=90)
     assert run["state"] == "failed" and "workflow timed out after 6s" in run["failure"]
     assert [(t["task"], t["state"]) for t in run["tasks"]] == [("long", "killed")]
+
+
+CHAIN6 = {"name": "chain6", "tasks": [
+    {"name": f"s{i}", "command": "sleep 0.3", "retries": 2,
+     **({"depends_on": [f"s{i - 1}"]} if i else {})} for i in range(6)]}
+
+
+async def test_forty_chains_survive_an_orchestrator_and_a_worker_sigkill(bare_stack: Stack):
+    """Issue 11 acceptance 1: 2 orchestrators + 2 workers, 40 runs of a 6-task chain;
+    SIGKILL one orchestrator and then one worker mid-flight: all 40 succeed, no attempt
+    succeeds twice, and all finish within 15 s of the kills."""
+    import asyncio
+    import time
+
+    import asyncpg
+
+    stack = bare_stack
+    # The product's own failover settings (other tests run with a calmer 6 s session).
+    fast = {"SHOAL_KAFKA_SESSION_TIMEOUT_MS": str(Settings().kafka_session_timeout_ms),
+            "SHOAL_LEASE_TIMEOUT": str(Settings().lease_timeout),
+            "SHOAL_WORKER_HEARTBEAT_INTERVAL": str(Settings().worker_heartbeat_interval)}
+    stack.start("api")
+    await eventually(stack._healthy, timeout=60, what="API up")
+    orchestrators = [stack.start("orchestrator", **fast), stack.start("orchestrator", **fast)]
+    stack.start("projector")
+    workers = [stack.start("worker", **fast), stack.start("worker", **fast)]
+    await stack.apply(CHAIN6)
+    # Both orchestrators and both workers own partitions before the load starts.
+    async def settled() -> bool:
+        r = await stack.request("GET", "/api/v1/cluster")
+        body = r.json()
+        return (len(body["orchestrators"]) == 2 and all(o["partitions"]
+                                                        for o in body["orchestrators"])
+                and len(body["workers"]) == 2 and all(w["partitions"]
+                                                      for w in body["workers"]))
+    await eventually(settled, timeout=60, what="two orchestrators and two workers joined")
+    ids = [(await stack.request("POST", "/api/v1/workflows/chain6/runs", json={})).json()[
+        "instance_id"] for _ in range(40)]
+
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        async def progressed() -> bool:
+            n = await conn.fetchval("SELECT count(*) FROM shoal.events WHERE type = "
+                                    "'TaskSucceeded'")
+            return n >= 40
+        await eventually(progressed, timeout=60, what="the runs under way")
+        body = (await stack.request("GET", "/api/v1/cluster")).json()
+        dead_partitions = next(o["partitions"] for o in body["orchestrators"]
+                               if o["pid"] == orchestrators[0].pid)
+        kills = time.time()
+        orchestrators[0].kill9()
+        await asyncio.sleep(1.0)
+        workers[0].kill9()
+        for iid in ids:
+            assert (await stack.wait_run(iid, timeout=120))["state"] == "succeeded"
+        last = await conn.fetchval(
+            "SELECT extract(epoch FROM max(recorded_at)) FROM shoal.events WHERE type = "
+            "'WorkflowSucceeded'")
+        twice = await conn.fetch(
+            "SELECT instance_id, data->>'task' AS task, count(*) FROM shoal.events WHERE "
+            "type = 'TaskSucceeded' GROUP BY 1, 2 HAVING count(*) > 1")
+        assert twice == []
+        # When did the survivor first append an event for a run the dead one owned?
+        moved = await conn.fetchval(
+            "SELECT extract(epoch FROM min(recorded_at)) FROM shoal.events e JOIN "
+            "shoal.streams s USING (instance_id) WHERE e.recorded_at > to_timestamp($1) "
+            "AND s.partition = ANY($2)", kills, list(dead_partitions))
+        print(f"all 40 finished {float(last) - kills:.1f} s after the first kill; the "
+              f"survivor appended for a moved run {float(moved) - kills:.1f} s after it")
+        assert float(last) - kills <= 15.0
+    finally:
+        await conn.close()

@@ -33,14 +33,16 @@ class Settings(BaseSettings):
     worker_keep_workdir: Literal["failed", "always", "never"] = "failed"
     worker_run_as: str | None = None
     worker_heartbeat_interval: float = 2.0
-    lease_timeout: float = 10.0
+    lease_timeout: float = 6.0
     worker_id: str | None = None
     data_dir: Path = Path(".shoal")
     # Idempotent producers need broker support the embedded broker lacks; on for real Kafka.
     kafka_idempotence: bool = False
     kafka_fetch_max_wait_ms: int = 50
-    # How long a dead group member keeps its partitions; bounds failover time.
-    kafka_session_timeout_ms: int = 10_000
+    # How long a dead group member keeps its partitions; bounds failover time. Real Kafka
+    # refuses less than its group.min.session.timeout.ms (6 s unless lowered, as
+    # docker-compose.yml does); a member whose event loop stalls this long is evicted.
+    kafka_session_timeout_ms: int = 3_000
     outbox_relay_interval: float = 1.0
     # Replication factor of the topics Shoal creates (and of the scheduler's changelogs).
     kafka_replication_factor: int = 1

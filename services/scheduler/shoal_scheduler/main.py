@@ -51,7 +51,8 @@ def _log_handler(settings: Settings) -> logging.Handler:
 
 
 def build_app(settings: Settings) -> faust.App:
-    session = settings.kafka_session_timeout_ms / 1000
+    # faust's rebalances need more slack than a bare consumer's: at least 6 s.
+    session = max(settings.kafka_session_timeout_ms, 6_000) / 1000
     app = faust.App(
         f"{settings.topic_prefix}.scheduler",
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
