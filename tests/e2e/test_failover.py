@@ -158,3 +158,39 @@ async def test_forty_chains_survive_an_orchestrator_and_a_worker_sigkill(bare_st
         assert float(last) - kills <= 15.0
     finally:
         await conn.close()
+
+
+async def test_effects_committed_but_not_published_go_out_once_after_a_crash(
+        bare_stack: Stack, tmp_path):
+    """Issue 11 acceptance 2: an orchestrator dies right after appending events and
+    writing their outbox rows, before publishing them or committing its offsets."""
+    from tests.e2e.kafka_io import read_all
+
+    stack = bare_stack
+    stack.start("api")
+    await eventually(stack._healthy, timeout=60, what="API up")
+    doomed = stack.start("orchestrator", SHOAL_TEST_FAULT="exit-after-commit")
+    stack.start("projector")
+    stack.start("worker")
+    marks = tmp_path / "marks"
+    await stack.apply({"name": "once", "tasks": [
+        {"name": "a", "command": f"echo a >> {marks}"},
+        {"name": "b", "command": f"echo b >> {marks}", "depends_on": ["a"]}]})
+    iid = (await stack.request("POST", "/api/v1/workflows/once/runs", json={})).json()[
+        "instance_id"]
+
+    async def died() -> bool:
+        return not doomed.alive()
+
+    await eventually(died, timeout=60, what="the orchestrator's injected crash")
+    stack.start("orchestrator")  # recovery: no fault
+    assert (await stack.wait_run(iid, timeout=90))["state"] == "succeeded"
+    assert marks.read_text().split() == ["a", "b"]  # each task's effect exactly once
+    counts = Counter((e["type"], e["data"].get("task")) for e in await stack.events(iid))
+    assert counts[("WorkflowSubmitted", None)] == 1
+    for t in ("a", "b"):
+        assert counts[("TaskDispatched", t)] == 1 and counts[("TaskSucceeded", t)] == 1
+    # The dispatches reached the workers' topic from the outbox after recovery.
+    dispatched = [d for d in await read_all(stack.bootstrap, f"{stack.prefix}.tasks.default")
+                  if d.get("instance_id") == iid]
+    assert sorted({d["task"] for d in dispatched}) == ["a", "b"]

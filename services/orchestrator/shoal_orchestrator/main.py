@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -23,6 +24,8 @@ from shoal_orchestrator.relay import OutboxRelay
 from shoal_orchestrator.timers import run_timers
 
 log = logging.getLogger("shoal.orchestrator")
+# Set only by tests (never documented as configuration): see the use below.
+_FAULT = os.environ.get("SHOAL_TEST_FAULT")
 
 
 class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -85,6 +88,10 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                 result = await _handle_until_done(handler, records, stop)
                 if result is None:
                     return
+                if result.appended and _FAULT == "exit-after-commit":
+                    # Fault injection for tests only: die with the batch's events and
+                    # outbox rows committed but neither published nor the offsets committed.
+                    os._exit(137)
                 metrics.EVENTS_APPENDED.inc(result.appended)
                 metrics.DEAD_LETTERS.labels("orchestrator").inc(len(result.dead_letters))
                 for rec, reason in result.dead_letters:
