@@ -7,20 +7,58 @@ is applied in its own transaction together with its row in ``schema_migrations``
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
+from typing import TypeVar
 
 import asyncpg
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _MIGRATION_LOCK = 0x5E0A1  # arbitrary constant shared by every Shoal process
 
 
+# Every error a lost or terminated connection can raise: components catch these, retry,
+# and go on (InternalClientError: asyncpg found its connection's state broken by a
+# backend termination mid-operation).
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+    asyncpg.exceptions._base.InternalClientError)
+
+# Errors that mean "the database is not reachable now", as opposed to a wrong URL or
+# credentials: a service starting meanwhile waits for it instead of exiting.
+_UNAVAILABLE = (OSError, asyncpg.CannotConnectNowError,
+                asyncpg.ObjectNotInPrerequisiteStateError, asyncpg.TooManyConnectionsError,
+                asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError)
+
+
+async def until_available(what: str, attempt: Callable[[], Awaitable[T]],
+                          give_up_after: float = 3600.0) -> T:
+    """Run ``attempt`` until the database answers, with backoff (0.5 s doubling to 5 s)."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + give_up_after, 0.5
+    while True:
+        try:
+            return await attempt()
+        except _UNAVAILABLE as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("%s: the database is not available (%r); retrying in %.1fs",
+                        what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def connect_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
-    assert pool is not None
-    return pool
+    async def create() -> asyncpg.Pool:
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+        assert pool is not None
+        return pool
+
+    return await until_available("connecting", create)
 
 
 def migration_files() -> list[tuple[int, str, str]]:
@@ -34,7 +72,12 @@ def migration_files() -> list[tuple[int, str, str]]:
 
 
 async def migrate(url: str) -> list[str]:
-    """Apply missing migrations; return the names applied by this call."""
+    """Apply missing migrations; return the names applied by this call. Waits for a
+    database that is not reachable yet."""
+    return await until_available("migrating", lambda: _migrate(url))
+
+
+async def _migrate(url: str) -> list[str]:
     conn = await asyncpg.connect(url)
     applied: list[str] = []
     try:

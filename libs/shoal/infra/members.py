@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from shoal.infra import codec
+from shoal.infra.db import DB_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ async def report(pool: asyncpg.Pool, me: Membership, stop: asyncio.Event,
     """Upsert this member's row every ``every`` seconds; remove it on a clean stop."""
     try:
         while not stop.is_set():
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
+            with contextlib.suppress(*DB_ERRORS):
                 await pool.execute(
                     "INSERT INTO shoal.members (member_id, service, grp, host, pid, partitions,"
                     " lag, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, now()) "
@@ -51,5 +52,5 @@ async def report(pool: asyncpg.Pool, me: Membership, stop: asyncio.Event,
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
     finally:
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+        with contextlib.suppress(*DB_ERRORS):
             await pool.execute("DELETE FROM shoal.members WHERE member_id = $1", me.member_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from fastapi import FastAPI, Response
 
 from shoal.infra import kafka, metrics
 from shoal.infra.auth import parse_tokens
-from shoal.infra.db import connect_pool, migrate
+from shoal.infra.db import DB_ERRORS, connect_pool, migrate
 from shoal.infra.lifecycle import setup_logging
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
@@ -57,8 +58,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(backfills.router)
     app.include_router(cluster.router)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
+    @app.get("/healthz", tags=["health"], responses={503: {
+        "description": "the database does not answer", "content": {"application/json": {}}}})
+    async def healthz(response: Response) -> dict[str, str]:
+        """200 while the API can reach its database, else 503."""
+        try:
+            await asyncio.wait_for(app.state.resources.pool.fetchval("SELECT 1"), 2.0)
+        except DB_ERRORS as exc:
+            response.status_code = 503
+            return {"status": "unhealthy", "database": repr(exc)}
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["health"], dependencies=[VIEWER], response_class=Response,

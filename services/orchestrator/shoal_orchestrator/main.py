@@ -13,7 +13,8 @@ from aiokafka.errors import KafkaError
 
 from shoal.core.errors import StreamConflict
 from shoal.infra import codec, kafka, members, metrics
-from shoal.infra.db import connect_pool, migrate
+from shoal.infra.db import DB_ERRORS, connect_pool, migrate
+from shoal.infra.health import Health
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.members import Membership, member_id
 from shoal.infra.settings import Settings
@@ -76,7 +77,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                     try:
                         n = await handler.load_partitions(parts)
                         log.info("loaded %d unfinished instances of partitions %s", n, parts)
-                    except (OSError, asyncpg.PostgresError) as exc:
+                    except DB_ERRORS as exc:
                         log.warning("could not load partitions %s: %r", parts, exc)
                         ownership.to_load |= set(parts)
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
@@ -126,7 +127,7 @@ async def _handle_until_done(handler: BatchHandler, records: list[Record],
     while True:
         try:
             return await handler.handle(records)
-        except (OSError, asyncpg.PostgresError, StreamConflict, KafkaError) as exc:
+        except (*DB_ERRORS, StreamConflict, KafkaError) as exc:
             log.warning("batch failed (%r); retrying in %.1fs", exc, delay)
         if stop.is_set():
             return None
@@ -145,6 +146,7 @@ async def main(settings: Settings) -> None:
     relay = OutboxRelay(settings, pool, producer)
     cache = Cache()
     leases = LeaseMonitor(settings, cache, producer)
+    health = Health()
     me = Membership(member_id("orchestrator"), "orchestrator",
                     f"{settings.topic_prefix}.orchestrator")
     try:
@@ -154,7 +156,8 @@ async def main(settings: Settings) -> None:
             leases.run,
             relay.run,
             lambda stop: run_timers(pool, producer, settings, stop),
-            lambda stop: metrics.serve(settings, "orchestrator", stop),
+            lambda stop: metrics.serve(settings, "orchestrator", stop, health),
+            lambda stop: health.watch(pool, stop),
             lambda stop: outbox_gauge(pool, stop),
         ])
     finally:
@@ -165,7 +168,7 @@ async def main(settings: Settings) -> None:
 async def outbox_gauge(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
     """``shoal_outbox_backlog``: committed effects not yet on Kafka."""
     while not stop.is_set():
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+        with contextlib.suppress(*DB_ERRORS):
             metrics.OUTBOX_BACKLOG.set(await pool.fetchval("SELECT count(*) FROM shoal.outbox"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 5.0)

@@ -15,6 +15,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from shoal.infra.db import DB_ERRORS
 from shoal.infra.kafka import ensure_topics
 from shoal.infra.settings import Settings
 
@@ -40,7 +41,7 @@ class OutboxRelay:
             self.wake.clear()
             try:
                 n = await self.relay_once()
-            except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+            except (*DB_ERRORS, KafkaError) as exc:
                 # The transaction rolled back: the rows are still there for the next pass.
                 log.warning("outbox relay: %r; retrying", exc)
                 n = 0

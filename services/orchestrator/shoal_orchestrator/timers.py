@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 
 from shoal.core.model import FireTimer
 from shoal.infra import codec
+from shoal.infra.db import DB_ERRORS
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.settings import Settings
 
@@ -56,7 +57,7 @@ async def run_timers(pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: S
     while not stop.is_set():
         try:
             n = await fire_due(pool, producer, settings)
-        except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+        except (*DB_ERRORS, KafkaError) as exc:
             log.warning("timer poller: %r; retrying", exc)
             n = 0
         if n < BATCH:

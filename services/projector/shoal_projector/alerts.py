@@ -29,6 +29,7 @@ import asyncpg
 import httpx
 
 from shoal.infra import codec, metrics
+from shoal.infra.db import DB_ERRORS
 from shoal.infra.settings import Settings
 from shoal.infra.store import StoredEvent
 
@@ -109,7 +110,7 @@ class Deliverer:
                     metrics.ALERT_BACKLOG.set(await self.pool.fetchval(
                         "SELECT count(*) FROM shoal.alerts WHERE delivered_at IS NULL "
                         "AND NOT gave_up"))
-                except (OSError, asyncpg.PostgresError) as exc:
+                except DB_ERRORS as exc:
                     log.warning("alert delivery: %r; retrying", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), 1.0)

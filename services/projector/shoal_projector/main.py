@@ -9,7 +9,8 @@ import logging
 import asyncpg
 
 from shoal.infra import kafka, metrics
-from shoal.infra.db import connect_pool, migrate
+from shoal.infra.db import DB_ERRORS, connect_pool, migrate, until_available
+from shoal.infra.health import Health
 from shoal.infra.lifecycle import run_service, setup_logging
 from shoal.infra.settings import Settings
 from shoal_projector.alerts import Deliverer, Recorder
@@ -24,17 +25,24 @@ async def follow(settings: Settings, pool: asyncpg.Pool, recorder: Recorder,
                  stop: asyncio.Event) -> None:
     wake = asyncio.Event()
     observer = Observer()
-    listener = await asyncpg.connect(settings.database_url)
-    await listener.add_listener("shoal_events", lambda *_: wake.set())
+    async def listen() -> asyncpg.Connection:
+        conn = await asyncpg.connect(settings.database_url)
+        await conn.add_listener("shoal_events", lambda *_: wake.set())
+        return conn
+
+    listener = await until_available("listening", listen)
     try:
         while not stop.is_set():
+            if listener.is_closed():  # lost in a database outage: poll until it is back
+                with contextlib.suppress(*DB_ERRORS):
+                    listener = await listen()
             wake.clear()  # before the pass: a NOTIFY during it must not be lost
             try:
                 applied = await project_once(pool, settings.projector_batch,
                                              also=recorder.record)
                 observer.observe(applied)
                 n = len(applied)
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DB_ERRORS as exc:
                 log.warning("projection failed (%r); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -51,6 +59,7 @@ async def main(settings: Settings) -> None:
     await migrate(settings.database_url)
     pool = await connect_pool(settings.database_url, max_size=5)
     recorder = Recorder()
+    health = Health()
     deliverer = Deliverer(settings, pool, recorder.recorded)
     try:
         await kafka.ensure_topics(settings, kafka.base_topics(settings))
@@ -60,7 +69,8 @@ async def main(settings: Settings) -> None:
             lambda stop: follow_logs(settings, pool, stop),
             lambda stop: follow_heartbeats(settings, pool, stop),
             lambda stop: gauges(pool, stop),
-            lambda stop: metrics.serve(settings, "projector", stop),
+            lambda stop: metrics.serve(settings, "projector", stop, health),
+            lambda stop: health.watch(pool, stop),
         ])
     finally:
         await pool.close()

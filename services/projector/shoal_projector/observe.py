@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from shoal.infra import metrics
+from shoal.infra.db import DB_ERRORS
 from shoal.infra.readmodels import CHECKPOINT
 from shoal.infra.store import StoredEvent
 
@@ -58,7 +59,7 @@ async def gauges(pool: asyncpg.Pool, stop: asyncio.Event, every: float = 5.0) ->
     """Runs by workflow and state, and how far the read models trail the log."""
     seen: set[tuple[str, ...]] = set()
     while not stop.is_set():
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+        with contextlib.suppress(*DB_ERRORS):
             rows = await pool.fetch("SELECT workflow, state, count(*) AS n FROM "
                                     "shoal_read.workflow_runs GROUP BY 1, 2")
             for r in rows:

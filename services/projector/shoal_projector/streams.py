@@ -17,6 +17,7 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from shoal.infra import codec, kafka, metrics
+from shoal.infra.db import DB_ERRORS
 from shoal.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ async def follow_logs(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Even
                         "lines, final) VALUES ($1, $2, $3, $4, $5::jsonb, $6) "
                         "ON CONFLICT DO NOTHING", rows)
                     break
-                except (OSError, asyncpg.PostgresError) as exc:
+                except DB_ERRORS as exc:
                     if stop.is_set():
                         return
                     log.warning("storing log chunks failed (%r); retrying", exc)
@@ -109,7 +110,7 @@ async def follow_heartbeats(settings: Settings, pool: asyncpg.Pool, stop: asynci
                       datetime.fromisoformat(b["sent_at"]),
                       codec.dumps(b.get("partitions") or []).decode(),
                       codec.dumps(b.get("lag") or {}).decode()) for b in latest.values()])
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DB_ERRORS as exc:
                 log.warning("storing heartbeats failed: %r", exc)
     finally:
         await consumer.stop()

@@ -21,14 +21,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import faust
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from shoal.core.schedule import BackfillMode, Schedule
 from shoal.infra import codec, kafka, metrics
-from shoal.infra.db import connect_pool, migrate
+from shoal.infra.db import DB_ERRORS, connect_pool, migrate
 from shoal.infra.lifecycle import JsonLines
 from shoal.infra.settings import Settings
 from shoal_scheduler.firing import Firer
@@ -161,7 +160,7 @@ async def _fire_loop(app: faust.App, settings: Settings, topic_name: str,
             next_due = now + timedelta(seconds=settings.scheduler_tick)
             try:
                 due = await _pass(firer, records, cursors, owned_since, now, settings)
-            except (TimeoutError, OSError, asyncpg.PostgresError, KafkaError) as exc:
+            except (*DB_ERRORS, KafkaError) as exc:
                 # Database or broker unavailable: nothing moved, the next pass retries.
                 log.warning("scheduler pass failed (%r); retrying", exc)
                 due = None
