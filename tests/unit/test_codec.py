@@ -45,3 +45,4 @@ def test_commands_round_trip():
         FireTimer(message_id=IID, instance_id=IID, sent_at="t", timer_id="retry:a:2"),
     ]:
         assert codec.decode_command(codec.encode_command(cmd)) == cmd
+

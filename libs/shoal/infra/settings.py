@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +67,13 @@ class Settings(BaseSettings):
     # serves them on its own port). Unset: 9461-9464 by service.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        # Made absolute at start: a task runs with its own working directory, so a relative
+        # path to its script would resolve inside that directory and not be found.
+        return v.resolve()
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
