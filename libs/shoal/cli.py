@@ -104,11 +104,41 @@ def _short(ts: str | None) -> str | None:
 
 def cmd_apply(args: argparse.Namespace) -> None:
     path = Path(args.file)
+    if path.suffix == ".py":
+        for definition in _sdk_workflows(path):
+            _published(_request("POST", "/api/v1/workflows", json=definition))
+        return
     ctype = "application/json" if path.suffix == ".json" else "application/yaml"
-    out = _request("POST", "/api/v1/workflows", content=path.read_bytes(),
-                   headers={"content-type": ctype})
+    _published(_request("POST", "/api/v1/workflows", content=path.read_bytes(),
+                        headers={"content-type": ctype}))
+
+
+def _published(out: dict[str, Any]) -> None:
     state = "published" if out.get("changed") else "unchanged"
     print(f"{out['name']} version {out['version']} ({state})")
+    for w in out.get("warnings") or []:
+        print(f"  warning: {w['path']}: {w['message']}", file=sys.stderr)
+
+
+def _sdk_workflows(path: Path) -> list[dict[str, Any]]:
+    """Run a Python file (its own directory importable) and take every module-level
+    ``shoal.sdk.Workflow`` in it, in the order they were defined. The API validates them."""
+    import runpy
+    import traceback
+
+    from shoal.sdk import Workflow
+
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        found = runpy.run_path(str(path), run_name="__shoal_apply__")
+    except Exception:  # noqa: BLE001 - the user's file failed: show where, exit non-zero
+        sys.exit(f"shoal: {path} failed to load:\n{traceback.format_exc()}")
+    finally:
+        sys.path.pop(0)
+    workflows = [v for v in found.values() if isinstance(v, Workflow)]
+    if not workflows:
+        sys.exit(f"shoal: {path} defines no module-level shoal.sdk.Workflow")
+    return [w.to_dict(validate=False) for w in workflows]
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -461,7 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("service", help="run one service in the foreground")
     s.add_argument("name", choices=["api", "orchestrator", "worker", "projector", "scheduler"])
     s.set_defaults(fn=cmd_service)
-    s = sub.add_parser("apply", help="publish a workflow definition (YAML or JSON)")
+    s = sub.add_parser("apply", help="publish a workflow definition (YAML, JSON, or a .py "
+                                          "file using shoal.sdk)")
     s.add_argument("file")
     s.set_defaults(fn=cmd_apply)
     s = sub.add_parser("run", help="start a run")

@@ -8,7 +8,7 @@ once, so a user fixes a file in one round trip instead of one error at a time.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +30,11 @@ ALERT_EVENTS = ("failure", "success", "timeout", "failover")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+# A python function task's callable: "package.module:callable" (the callable may be an
+# attribute path, "module:Class.method").
+FUNCTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+                         r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class FailureStrategy(StrEnum):
@@ -73,7 +78,7 @@ _TASK_FIELDS = frozenset(
 # Fields of one task type only.
 _TYPE_FIELDS: Mapping[str, frozenset[str]] = {
     "shell": frozenset({"command"}),
-    "python": frozenset({"script"}),
+    "python": frozenset({"script", "function", "args"}),
     "sql": frozenset({"datasource", "sql"}),
     "http": frozenset({"method", "url", "headers", "body", "expected_status"}),
     "conditions": frozenset({"on_success", "on_failure"}),
@@ -150,9 +155,10 @@ class TaskDefinition:
     def texts(self) -> list[tuple[str, str]]:
         """(field path, text) of every field where ``${name}`` and ``$[...]`` expand."""
         out = [(f"params.{k}", v) for k, v in self.params.items()]
-        if self.type in ("shell", "python"):
+        if self.type == "shell" or (self.type == "python" and "function" not in self.spec):
             out.append(("script" if self.type == "python" else "command", self.command))
         s = self.spec
+        out += list(_arg_texts(s.get("args", {}), "args"))
         for key in ("sql", "url", "body"):
             if key in s:
                 out.append((key, s[key]))
@@ -238,6 +244,8 @@ def _type_fields(t: TaskDefinition) -> dict[str, Any]:
     match t.type:
         case "shell":
             return {"command": t.command}
+        case "python" if "function" in s:
+            return {"function": s["function"], "args": dict(s["args"])}
         case "python":
             return {"script": t.command}
         case "sql":
@@ -461,13 +469,18 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
                                 f"unknown task type {ttype!r} "
                                 f"(one of: {', '.join(sorted(CONTRACT_TYPES))})"))
     body = ""
-    if ttype in ("shell", "python"):
+    if ttype == "python" and "function" in raw:
+        if "script" in raw:
+            problems.append(Problem(f"{where}.function", "a python task has either a script "
+                                                         "or a function, not both"))
+    elif ttype in ("shell", "python"):
         body_key = "script" if ttype == "python" else "command"
         raw_body = raw.get(body_key)
         if isinstance(raw_body, str) and raw_body.strip():
             body = raw_body
         else:
-            problems.append(Problem(f"{where}.{body_key}", f"required for a {ttype} task"))
+            problems.append(Problem(f"{where}.{body_key}", f"required for a {ttype} task"
+                                    + (" (or a function)" if ttype == "python" else "")))
     spec, outputs = _spec(str(ttype), raw, where, problems)
     deps_raw = raw.get("depends_on", [])
     deps: list[str] = []
@@ -622,8 +635,59 @@ def _spec(ttype: str, raw: Mapping[str, Any], where: str,
             return {"workflow": wf}, outputs
         case "dependent":
             return _dependent(raw, where, problems), outputs
+        case "python" if "function" in raw:
+            return _function(raw, where, problems), outputs
+        case "python" if "args" in raw:
+            problems.append(Problem(f"{where}.args", "args are for a function; a script "
+                                                     "reads params as ${name}"))
+            return {}, outputs
         case _:
             return {}, outputs
+
+
+def _function(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict[str, Any]:
+    """``function: "pkg.module:callable"`` and its keyword ``args`` (any JSON values;
+    strings expand ``${name}`` and ``$[...]`` at dispatch)."""
+    fn = raw.get("function")
+    if not isinstance(fn, str) or not FUNCTION_RE.match(fn):
+        problems.append(Problem(f"{where}.function", "must be 'package.module:callable'"))
+        fn = ""
+    args = raw.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        problems.append(Problem(f"{where}.args", "must be a mapping of argument names to "
+                                                 "values"))
+        return {"function": fn, "args": {}}
+    if len(args) > MAX_PARAMS:
+        problems.append(Problem(f"{where}.args", f"{len(args)} entries; at most {MAX_PARAMS}"))
+    for k, v in args.items():
+        if not isinstance(k, str) or not ARG_NAME_RE.match(k):
+            problems.append(Problem(f"{where}.args.{k}", "must be a Python identifier"))
+        elif len(_json_text(v).encode()) > MAX_PARAM_BYTES:
+            problems.append(Problem(f"{where}.args.{k}", f"larger than {MAX_PARAM_BYTES} bytes"))
+    return {"function": fn, "args": dict(args)}
+
+
+def _json_text(v: Any) -> str:
+    """A rough size measure of a JSON value (no encoder in the core)."""
+    if isinstance(v, Mapping):
+        return "".join(str(k) + _json_text(x) for k, x in v.items())
+    if isinstance(v, list | tuple):
+        return "".join(_json_text(x) for x in v)
+    return str(v)
+
+
+def _arg_texts(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(path, text) of every string inside a function task's args."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _arg_texts(v, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _arg_texts(v, f"{path}[{i}]")
 
 
 def _switch(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict[str, Any]:

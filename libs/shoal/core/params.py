@@ -10,8 +10,10 @@ descendants.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 MAX_OUTPUT_LINES = 1024          # DolphinScheduler's maxOneParameterRows
@@ -21,6 +23,27 @@ MAX_OUTPUT_BYTES = 64 * 1024
 def expand(text: str, params: Mapping[str, str]) -> str:
     """Replace every ``${name}`` whose name is in ``params``; leave the rest as written."""
     return _REF.sub(lambda m: params.get(m.group(1), m.group(0)), text)
+
+
+def whole_reference(text: str) -> str | None:
+    """The name when ``text`` is exactly one ``${name}``, else None."""
+    m = _REF.fullmatch(text)
+    return m.group(1) if m else None
+
+
+def json_value(text: str) -> Any:
+    """A var-pool value (always text) as the JSON value it spells: ``"42"`` is 42,
+    ``"true"`` is True, ``'{"a": 1}'`` a dict; text that is not JSON stays text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def output_text(value: Any) -> str:
+    """How a function task's returned value enters the var pool: strings as they are,
+    everything else as JSON (so ``json_value`` gives it back)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def references(text: str) -> set[str]:

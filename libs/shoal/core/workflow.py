@@ -87,7 +87,7 @@ from shoal.core.model import (
     WorkflowSucceeded,
     WorkflowTimedOut,
 )
-from shoal.core.params import expand
+from shoal.core.params import expand, json_value, whole_reference
 from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_params
 
 __all__ = ["TASK_TABLE", "WORKFLOW_TABLE", "Context", "Decision", "decide", "evolve",
@@ -839,6 +839,10 @@ def _dispatch_spec(run: Run, d: TaskDefinition, params: Mapping[str, str],
                    "body": x(spec["body"]), "expected_status": list(spec["expected_status"]),
                    "output_paths": dict(spec["output_paths"])}
             return out, f"{out['method']} {out['url']}"
+        case "python" if "function" in spec:
+            args = {k: _expand_arg(v, params, run) for k, v in spec["args"].items()}
+            return {"function": spec["function"], "args": args}, _call_text(spec["function"],
+                                                                           args)
         case "sub_workflow":
             local = {k: params[k] for k in d.params}
             return {"workflow": spec["workflow"], "params": local,
@@ -853,6 +857,28 @@ def _dispatch_spec(run: Run, d: TaskDefinition, params: Mapping[str, str],
             return out, _waiting_for(out)
         case _:
             return None, x(d.command)
+
+
+def _expand_arg(value: Any, params: Mapping[str, str], run: Run) -> Any:
+    """A function task's argument: a string that is exactly one ``${name}`` of a known
+    parameter takes that parameter's JSON value (``"42"`` gives 42, ``"eu"`` stays a
+    string); other strings expand as text; lists and mappings expand inside."""
+    if isinstance(value, str):
+        whole = whole_reference(value)
+        if whole is not None and whole in params:
+            return json_value(params[whole])
+        return _expand(value, params, run)
+    if isinstance(value, Mapping):
+        return {k: _expand_arg(v, params, run) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_expand_arg(v, params, run) for v in value]
+    return value
+
+
+def _call_text(function: str, args: Mapping[str, Any]) -> str:
+    """The one line the events show for a function task: ``mod:fn(a=1, b='x')``."""
+    shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    return f"{function}({shown[:400]}{'...' if len(shown) > 400 else ''})"
 
 
 def _waiting_for(spec: Mapping[str, Any]) -> str:

@@ -47,6 +47,12 @@ HTTP_REQUESTS = Counter("shoal_http_requests_total", "API requests",
                         ["method", "route", "status"])
 HTTP_LATENCY = Histogram("shoal_http_request_seconds", "API request latency", ["route"],
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+PYTHON_START = Histogram(
+    "shoal_worker_python_start_seconds",
+    "From a Python dispatch taken by the worker to its user code running",
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+ZYGOTE_STARTS = Counter("shoal_worker_zygote_starts_total",
+                        "Warm Python runners started (the first, then restarts)")
 WORKER_SLOTS = Gauge("shoal_worker_slots", "Slots of this worker", ["group"])
 WORKER_BUSY = Gauge("shoal_worker_slots_busy", "Attempts running on this worker", ["group"])
 ATTEMPTS = Counter("shoal_worker_attempts_total", "Attempts finished on this worker",

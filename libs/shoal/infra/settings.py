@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     # A command on the commands topic larger than this goes to dead letters unread.
     max_command_bytes: int = 1024 * 1024
     worker_group: str = "default"
-    worker_slots: int = 8
+    worker_slots: int = 32
     worker_prefetch: int = 16
     worker_kill_grace: float = 5.0
     worker_keep_workdir: Literal["failed", "always", "never"] = "failed"
@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     # database_url. http tasks: a request gives up after this many seconds.
     datasources: str | None = None
     worker_http_timeout: float = 60.0
+    # Python tasks: directories (":"-separated) on the import path of function tasks, the
+    # modules the warm runner imports once, and whether script tasks use it (false: each
+    # script starts its own interpreter; function tasks always use the warm runner).
+    code_path: str | None = None
+    python_preload: str | None = None
+    worker_warm_python: bool = True
     # Alert channels by name, a JSON object: {"ops": {"type": "webhook", "url": ...,
     # "secret": ...}, "mail": {"type": "email", "host": ..., "port": 25, "from": ...,
     # "to": [...]}}. Workflows choose channels with `alerts: {on, channels}`.
@@ -120,6 +126,10 @@ class Settings(BaseSettings):
                                  "email channel needs host, from and to")
             channels[name] = c
         return channels
+
+    def code_paths(self) -> tuple[str, ...]:
+        """SHOAL_CODE_PATH as absolute directories (tasks run in their own cwd)."""
+        return tuple(str(Path(p).resolve()) for p in (self.code_path or "").split(":") if p)
 
     def tasks_topic(self, group: str) -> str:
         return self.topic(f"tasks.{group}")

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shoal_api.problems import ProblemItem
+
 # A parameter or output value as stored: text (params given as numbers or booleans are kept
 # as their text).
 Params = dict[str, str]
@@ -164,6 +166,8 @@ class Published(BaseModel):
     name: str
     version: int
     changed: bool
+    # Not refusals: e.g. a function task's module this API cannot see on SHOAL_CODE_PATH.
+    warnings: list[ProblemItem] = []
 
 
 class Release(BaseModel):

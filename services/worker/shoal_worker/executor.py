@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.core.params import OutputParser
+from shoal.infra import metrics
+from shoal_worker.warm import Child, WarmPython, ZygoteGone
 
 LineSink = Callable[[list[tuple[str, str]]], Awaitable[None]]
 Say = Callable[[str], Awaitable[None]]
@@ -51,7 +54,9 @@ class Attempt:
     def __init__(self, dispatch: dict[str, Any], data_dir: Path, base_env: dict[str, str],
                  on_lines: LineSink | None = None, keep_workdir: str = "failed",
                  run_as: str | None = None,
-                 in_loop: Callable[[Say], Awaitable[Outcome]] | None = None) -> None:
+                 in_loop: Callable[[Say], Awaitable[Outcome]] | None = None,
+                 warm: WarmPython | None = None, code_path: tuple[str, ...] = (),
+                 received_at: float | None = None) -> None:
         self.dispatch = dispatch
         self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
                         / str(dispatch["attempt"]))
@@ -63,22 +68,25 @@ class Attempt:
         self.run_as = run_as
         self.in_loop = in_loop
         self._inner: asyncio.Future[Outcome] | None = None
+        self.warm = warm
+        self.code_path = code_path
+        self.received_at = time.monotonic() if received_at is None else received_at
+        self.pid: int | None = None  # leader of the attempt's process group once started
 
     async def run(self) -> Outcome:
         d = self.dispatch
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.in_loop is not None:
             return await self._run_in_loop(self.in_loop)
+        env = self._env()
+        if d["task_type"] == "python" and (self.warm is not None or
+                                           "function" in (d.get("spec") or {})):
+            return await self._run_warm(env)
         if d["task_type"] == "python":
             script, argv = self.workdir / "task.py", [sys.executable]
         else:
             script, argv = self.workdir / "task.sh", ["bash"]
         script.write_text(d["command"])
-        env = {**self.base_env, **d.get("env", {}),
-               "SHOAL_INSTANCE_ID": d["instance_id"], "SHOAL_WORKFLOW": d.get("workflow", ""),
-               "SHOAL_TASK": d["task"], "SHOAL_ATTEMPT": str(d["attempt"]),
-               "SHOAL_DISPATCH_ID": d["dispatch_id"],
-               "SHOAL_SCHEDULE_TIME": d.get("schedule_time") or ""}
         log_path = self.workdir / "task.log"
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -89,17 +97,80 @@ class Attempt:
             )
         except (OSError, ValueError, KeyError) as exc:  # KeyError/ValueError: unknown user
             return Outcome(exit_code=None, error=f"could not start: {exc}")
+        self.pid = self.proc.pid
         assert self.proc.stdout is not None
         parser = OutputParser(d.get("outputs", []))
         with log_path.open("wb") as log:
             reader = asyncio.create_task(_copy_output(self.proc.stdout, log, self.on_lines,
                                                       parser))
             code = exit_code_of(await self.proc.wait())
-            # A background child may keep the pipe open after the task's main process
-            # ended; read what it wrote for a moment, then stop waiting for it.
-            done, _ = await asyncio.wait({reader}, timeout=2.0)
-            if not done:
-                reader.cancel()
+            await _settle(reader)
+        return await self._conclude(code, parser)
+
+    def _env(self) -> dict[str, str]:
+        d = self.dispatch
+        return {**self.base_env, **d.get("env", {}),
+               "SHOAL_INSTANCE_ID": d["instance_id"], "SHOAL_WORKFLOW": d.get("workflow", ""),
+               "SHOAL_TASK": d["task"], "SHOAL_ATTEMPT": str(d["attempt"]),
+               "SHOAL_DISPATCH_ID": d["dispatch_id"],
+               "SHOAL_SCHEDULE_TIME": d.get("schedule_time") or ""}
+
+    async def _run_warm(self, env: dict[str, str]) -> Outcome:
+        """A Python attempt forked from the warm runner: a script, or a function call."""
+        d = self.dispatch
+        spec = d.get("spec") or {}
+        request: dict[str, Any] = {"workdir": str(self.workdir), "env": env,
+                                   "outputs": list(d.get("outputs", [])),
+                                   "code_path": list(self.code_path)}
+        if "function" in spec:
+            request |= {"function": spec["function"], "args": spec.get("args") or {}}
+        else:
+            script = self.workdir / "task.py"
+            script.write_text(d["command"])
+            request["script"] = str(script)
+        if self.warm is None:
+            return Outcome(exit_code=None, error="could not start: function tasks need the "
+                                                 "warm Python runner")
+        read_fd, write_fd = os.pipe()
+        try:
+            child = await self.warm.spawn(request, write_fd)
+        except ZygoteGone as exc:
+            os.close(read_fd)
+            return Outcome(exit_code=None, error=f"could not start: {exc}")
+        finally:
+            os.close(write_fd)
+        self.pid = child.pid
+        if self.killed_for:  # a kill that came while the child was being forked
+            self.signal(signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        stream = asyncio.StreamReader(limit=_CHUNK * 4)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_fd, "rb", 0))
+        parser = OutputParser(d.get("outputs", []))
+        try:
+            with (self.workdir / "task.log").open("wb") as log:
+                reader = asyncio.create_task(_copy_output(stream, log, self.on_lines, parser))
+                await child.wait()
+                self._record_start(child)
+                await _settle(reader)
+        finally:
+            transport.close()
+        result = child.result or {}
+        parser.outputs.update(result.get("outputs") or {})
+        if child.code is None:
+            return self._finish(Outcome(
+                exit_code=None, outputs=parser.outputs,
+                error="exit code unknown: the task ended while the warm Python runner was "
+                      "down"))
+        return await self._conclude(child.code, parser, str(result.get("error") or ""))
+
+    def _record_start(self, child: Child) -> None:
+        if child.running_at is not None:
+            metrics.PYTHON_START.observe(max(child.running_at - self.received_at, 0.0))
+
+    async def _conclude(self, code: int, parser: OutputParser, error: str = "") -> Outcome:
+        """The outcome of an ended process: killed, failed (with ``error`` or what the
+        exit code means) or succeeded with its outputs."""
         if self.killed_for:
             return self._finish(Outcome(exit_code=code, error=f"killed ({self.killed_for})",
                                         killed=True))
@@ -109,7 +180,7 @@ class Attempt:
                 await self.on_lines([(datetime.now(UTC).isoformat(), f"ERROR: {error}")])
             return self._finish(Outcome(exit_code=1, outputs=parser.outputs, error=error))
         return self._finish(Outcome(exit_code=code, outputs=parser.outputs,
-                                    error="" if code == 0 else describe_exit(code)))
+                                    error="" if code == 0 else error or describe_exit(code)))
 
     def _finish(self, outcome: Outcome) -> Outcome:
         """Keep or remove the working directory as configured (failed: keep on failure)."""
@@ -145,9 +216,9 @@ class Attempt:
         return self._finish(outcome)
 
     def signal(self, sig: int) -> None:
-        if self.proc is not None:
+        if self.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
+                os.killpg(self.pid, sig)
 
     async def kill(self, reason: str, grace: float) -> None:
         """SIGTERM the whole process group, SIGKILL whatever is left after ``grace``; an
@@ -164,13 +235,21 @@ class Attempt:
         self.signal(signal.SIGKILL)
 
     def _group_alive(self) -> bool:
-        if self.proc is None:
+        if self.pid is None:
             return False
         try:
-            os.killpg(self.proc.pid, 0)
+            os.killpg(self.pid, 0)
         except (ProcessLookupError, PermissionError):
             return False
         return True
+
+
+async def _settle(reader: asyncio.Task[None]) -> None:
+    """A background child may keep the output pipe open after the task's main process
+    ended; read what it wrote for a moment, then stop waiting for it."""
+    done, _ = await asyncio.wait({reader}, timeout=2.0)
+    if not done:
+        reader.cancel()
 
 
 _CHUNK = 64 * 1024

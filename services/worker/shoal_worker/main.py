@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from shoal.infra.settings import Settings
 from shoal_worker.executor import Attempt, Outcome, Say
 from shoal_worker.inloop import run_http, run_sql
 from shoal_worker.logship import LogShipper
+from shoal_worker.warm import WarmPython
 
 log = logging.getLogger("shoal.worker")
 _REPORT_NS = uuid.UUID("1b6c7e0a-53a2-4c55-8f4e-2f1d8c3e9b21")
@@ -53,6 +55,7 @@ class Pending:
     tp: TopicPartition = field(compare=False)
     offset: int = field(compare=False)
     dispatch: dict[str, Any] = field(compare=False)
+    received_at: float = field(compare=False, default=0.0)
 
 
 class Worker:
@@ -73,6 +76,10 @@ class Worker:
         self.lag: dict[int, int] = {}
         self.slot_freed = asyncio.Event()
         self.datasources = settings.datasource_urls()
+        self.code_path = settings.code_paths()
+        if self.code_path:  # absolute, for the warm runner's preloads as for children
+            self.base_env["SHOAL_CODE_PATH"] = ":".join(self.code_path)
+        self.warm = WarmPython(self.base_env, run_as=settings.worker_run_as)
 
     # ------------------------------------------------------------------ dispatches
     async def consume(self, stop: asyncio.Event) -> None:
@@ -85,6 +92,7 @@ class Worker:
         await consumer.start()
         log.info("worker %s serving group %s with %d slots", self.worker_id, s.worker_group,
                  s.worker_slots)
+        warm_up = asyncio.create_task(self._warm_up())
         metrics.WORKER_SLOTS.labels(s.worker_group).set(s.worker_slots)
         lag = asyncio.create_task(metrics.sample_lag(
             consumer, f"{s.topic_prefix}.workers.{s.worker_group}", stop, into=self.lag))
@@ -108,9 +116,18 @@ class Worker:
                 await self._commit(consumer)
         finally:
             lag.cancel()
+            warm_up.cancel()
             await self._commit(consumer)
             await consumer.stop()
             await self._drain()
+            await self.warm.close()
+
+    async def _warm_up(self) -> None:
+        """Start the warm Python runner now, so the first Python task does not wait."""
+        try:
+            await self.warm.start()
+        except Exception as exc:  # noqa: BLE001 - the first Python attempt retries it
+            log.warning("warm Python runner did not start: %r", exc)
 
     async def _buffer(self, tp: TopicPartition, offset: int, value: bytes | None,
                       key: bytes | None) -> None:
@@ -129,7 +146,7 @@ class Worker:
             return
         self.unstarted.setdefault(tp, set()).add(offset)
         heapq.heappush(self.queue, Pending(int(d.get("priority", 0)), next(self._seq), tp,
-                                           offset, d))
+                                           offset, d, time.monotonic()))
 
     async def _start_ready(self) -> None:
         while self.queue and len(self.running) < self.settings.worker_slots:
@@ -141,12 +158,18 @@ class Worker:
             shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
             attempt = Attempt(d, self.settings.data_dir, self.base_env, on_lines=shipper.add,
                               keep_workdir=self.settings.worker_keep_workdir,
-                              run_as=self.settings.worker_run_as, in_loop=self._in_loop(d))
+                              run_as=self.settings.worker_run_as, in_loop=self._in_loop(d),
+                              warm=self.warm if self.settings.worker_warm_python or
+                              "function" in (d.get("spec") or {}) else None,
+                              code_path=self.code_path, received_at=p.received_at)
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
-            await self._report(TaskStarted(**self._fields(d, "started")))
-            t = asyncio.create_task(self._run(attempt))
+            # The start is reported while the attempt starts; its end is reported only
+            # after the start was acknowledged, so the two stay in order on the partition.
+            started = asyncio.ensure_future(self._report(TaskStarted(**self._fields(d,
+                                                                                   "started"))))
+            t = asyncio.create_task(self._run(attempt, started))
             self.tasks.add(t)
             t.add_done_callback(self.tasks.discard)
 
@@ -184,7 +207,7 @@ class Worker:
             self.fetched.pop(tp, None)
             self.committed.pop(tp, None)
 
-    async def _run(self, attempt: Attempt) -> None:
+    async def _run(self, attempt: Attempt, started: asyncio.Future[None]) -> None:
         d = attempt.dispatch
         try:
             try:
@@ -198,6 +221,10 @@ class Worker:
                 await self.shippers[d["dispatch_id"]].close()
             except KafkaError as exc:
                 log.warning("could not ship the end of the log: %r", exc)
+            try:
+                await started
+            except KafkaError as exc:  # the lease machinery recovers a start never heard of
+                log.warning("could not report the start of %s: %r", d["task"], exc)
             fields = self._fields(d, "finished")
             metrics.ATTEMPTS.labels(self.settings.worker_group, "killed" if outcome.killed
                                     else "succeeded" if outcome.exit_code == 0

@@ -11,6 +11,7 @@ from shoal.core.definition import MAX_TASKS, WorkflowDefinition, parse_definitio
 from shoal.core.errors import DefinitionInvalid, Problem
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
+from shoal.infra.codepath import function_warnings
 from shoal_api.deps import ADMIN, VIEWER, Res
 from shoal_api.models import Published, Release, WorkflowDetail, WorkflowSummary, WorkflowVersion
 from shoal_api.problems import ERRORS
@@ -105,6 +106,8 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
         raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
                                   "type": "invalid-definition",
                                   "problems": [p.as_dict() for p in problems]})
+    warnings = [w.as_dict() for w in function_warnings(definition,
+                                                        res.settings.code_paths())]
     normalized = definition.to_dict()
     async with res.pool.acquire() as conn, conn.transaction():
         # Serialize publishers of one name so versions are dense and never collide.
@@ -118,7 +121,7 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
                 definition.name)
             response.status_code = 200
             return {"name": definition.name, "version": latest["version"],
-                    "changed": bool(restored)}
+                    "changed": bool(restored), "warnings": warnings}
         # Publishing a deleted workflow's name again brings it back, online.
         await conn.execute("DELETE FROM shoal.workflow_status WHERE name = $1 AND deleted",
                            definition.name)
@@ -127,7 +130,8 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
             "INSERT INTO shoal.workflow_definitions (name, version, definition, source) "
             "VALUES ($1, $2, $3::jsonb, $4)", definition.name, version,
             codec.dumps(normalized).decode(), (await request.body()).decode("utf-8", "replace"))
-    return {"name": definition.name, "version": version, "changed": True}
+    return {"name": definition.name, "version": version, "changed": True,
+            "warnings": warnings}
 
 
 @router.get("", response_model=list[WorkflowSummary])
