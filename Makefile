@@ -38,7 +38,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) bench/bench.py
+	$(PY) -m bench.bench $(BENCH)
 
 ## Regenerate the README's state tables from libs/shoal/core/workflow.py.
 docs: install

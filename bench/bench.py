@@ -9,6 +9,11 @@
    the time from SIGKILL of the owning scheduler (two running, default session timeout)
    to the first fire submitted by the other; a parallel backfill of 200 dates
    (parallelism 20, one-task runs): runs per second.
+5. Python (bench/python_bench.py): Windmill's fibo-40-10 and fibo-10-33 flows, 200
+   fibo(10) in parallel, Python task start (warm runner and cold interpreter) and the
+   idle warm runner's RSS and CPU.
+
+`bench.py [core] [scheduler] [python]` runs only those groups (default: all).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from bench.python_bench import bench_python, python_start, write_code
 from shoal.infra import codec
 from shoal.infra.db import migrate
 from shoal.infra.processes import OwnedProcess, free_port, service_argv, start_broker, wait_port
@@ -61,8 +67,17 @@ TOKEN = secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+GROUPS = ("core", "scheduler", "python")
+
+
 async def main() -> None:
+    groups = [g for g in sys.argv[1:] if g] or list(GROUPS)
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        sys.exit(f"unknown benchmark group(s) {', '.join(sorted(unknown))}; "
+                 f"choose from {', '.join(GROUPS)}")
     work = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
+    code = write_code(work / "code")
     owned: list[OwnedProcess] = []
     bootstrap = os.environ.get("SHOAL_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -79,7 +94,8 @@ async def main() -> None:
     env = {**os.environ, "SHOAL_KAFKA_BOOTSTRAP": bootstrap, "SHOAL_DATABASE_URL": db,
            "SHOAL_TOPIC_PREFIX": prefix, "SHOAL_API_PORT": str(api_port),
            "SHOAL_DATA_DIR": str(work / "data"), "SHOAL_LOG_LEVEL": "WARNING",
-           "SHOAL_API_TOKENS": f"admin:{TOKEN}", "SHOAL_METRICS_PORT": "0"}
+           "SHOAL_API_TOKENS": f"admin:{TOKEN}", "SHOAL_METRICS_PORT": "0",
+           "SHOAL_CODE_PATH": str(code), "SHOAL_PYTHON_PRELOAD": "benchfibo"}
 
     def spawn(name: str, **extra: str) -> OwnedProcess:
         n = sum(1 for p in owned if p.name == name)
@@ -101,61 +117,17 @@ async def main() -> None:
         spawn("orchestrator")
         worker = spawn("worker")
         await producer.start()
-        topic = f"{prefix}.commands"
-
-        async def succeeded_at(iid: str) -> float | None:
-            ts = await pool.fetchval(
-                "SELECT extract(epoch FROM recorded_at) FROM shoal.events "
-                "WHERE instance_id = $1 AND type IN ('WorkflowSucceeded', 'WorkflowFailed')",
-                uuid.UUID(iid))
-            return float(ts) if ts is not None else None
-
-        latencies = []
-        for i in range(11):
-            iid, value = start("diamond")
-            t0 = time.time()
-            await producer.send_and_wait(topic, value, key=iid.encode())
-            done = await wait_until(lambda iid=iid: succeeded_at(iid))
-            if i:  # the first run is the warm-up (consumer groups joining)
-                latencies.append((done - t0) * 1000)
-        results["diamond_all_ms"] = [round(x) for x in latencies]
-        results["diamond_ms"] = {"median": round(statistics.median(latencies), 1),
-                                 "min": round(min(latencies), 1),
-                                 "max": round(max(latencies), 1), "runs": len(latencies)}
-
-        worker.stop()
-        burst = [start("one") for _ in range(1000)]
-        ids = [uuid.UUID(i) for i, _ in burst]
-
-        async def appended() -> int:
-            return int(await pool.fetchval(
-                "SELECT count(*) FROM shoal.events WHERE instance_id = ANY($1::uuid[])", ids))
-
-        t0 = time.monotonic()
-        futures = [await producer.send(topic, v, key=i.encode()) for i, v in burst]
-        await asyncio.gather(*futures)
-        t_published = time.monotonic()
-        await wait_until(lambda: _at_least(appended, 3000), limit_s=300)
-        t_done = time.monotonic()
-        results["burst_1000_starts"] = {
-            "events": 3000, "publish_s": round(t_published - t0, 3),
-            "append_s": round(t_done - t0, 3),
-            "events_per_s": round(3000 / (t_done - t0)),
-        }
-
-        async def finished() -> int:
-            return int(await pool.fetchval(
-                "SELECT count(*) FROM shoal.events WHERE instance_id = ANY($1::uuid[]) "
-                "AND type = 'WorkflowSucceeded'", ids))
-
-        t0 = time.monotonic()
-        spawn("worker")
-        await wait_until(lambda: _at_least(finished, 1000), limit_s=600, interval=0.1)
-        elapsed = time.monotonic() - t0
-        results["drain_1000_runs_one_worker_8_slots"] = {
-            "seconds_incl_group_join": round(elapsed, 1),
-            "runs_per_s": round(1000 / elapsed, 1)}
-        results.update(await bench_scheduler(api, pool, spawn))
+        if "core" in groups:
+            results.update(await bench_core(producer, f"{prefix}.commands", pool, worker,
+                                            spawn))
+        else:
+            spawn("projector")
+        if "python" in groups:
+            async with httpx.AsyncClient(base_url=api, timeout=30, headers=AUTH) as c:
+                results["python"] = await bench_python(c, pool, wait_until)
+            results["python_start"] = await python_start(work, code)
+        if "scheduler" in groups:
+            results.update(await bench_scheduler(api, pool, spawn))
     finally:
         await producer.stop()
         await pool.close()
@@ -165,13 +137,73 @@ async def main() -> None:
         await admin.close()
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / f"bench-{int(time.time())}.json").write_text(json.dumps(results, indent=2))
+    stamp = time.strftime("%Y-%m-%dT%H%M%S", time.gmtime())
+    (out / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+async def bench_core(producer: AIOKafkaProducer, topic: str, pool: asyncpg.Pool,
+                 worker: OwnedProcess, spawn) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    results: dict[str, object] = {}
+
+    async def succeeded_at(iid: str) -> float | None:
+        ts = await pool.fetchval(
+            "SELECT extract(epoch FROM recorded_at) FROM shoal.events "
+            "WHERE instance_id = $1 AND type IN ('WorkflowSucceeded', 'WorkflowFailed')",
+            uuid.UUID(iid))
+        return float(ts) if ts is not None else None
+
+    latencies = []
+    for i in range(11):
+        iid, value = start("diamond")
+        t0 = time.time()
+        await producer.send_and_wait(topic, value, key=iid.encode())
+        done = await wait_until(lambda iid=iid: succeeded_at(iid))
+        if i:  # the first run is the warm-up (consumer groups joining)
+            latencies.append((done - t0) * 1000)
+    results["diamond_all_ms"] = [round(x) for x in latencies]
+    results["diamond_ms"] = {"median": round(statistics.median(latencies), 1),
+                             "min": round(min(latencies), 1),
+                             "max": round(max(latencies), 1), "runs": len(latencies)}
+
+    worker.stop()
+    burst = [start("one") for _ in range(1000)]
+    ids = [uuid.UUID(i) for i, _ in burst]
+
+    async def appended() -> int:
+        return int(await pool.fetchval(
+            "SELECT count(*) FROM shoal.events WHERE instance_id = ANY($1::uuid[])", ids))
+
+    t0 = time.monotonic()
+    futures = [await producer.send(topic, v, key=i.encode()) for i, v in burst]
+    await asyncio.gather(*futures)
+    t_published = time.monotonic()
+    await wait_until(lambda: _at_least(appended, 3000), limit_s=300)
+    t_done = time.monotonic()
+    results["burst_1000_starts"] = {
+        "events": 3000, "publish_s": round(t_published - t0, 3),
+        "append_s": round(t_done - t0, 3),
+        "events_per_s": round(3000 / (t_done - t0)),
+    }
+
+    async def finished() -> int:
+        return int(await pool.fetchval(
+            "SELECT count(*) FROM shoal.events WHERE instance_id = ANY($1::uuid[]) "
+            "AND type = 'WorkflowSucceeded'", ids))
+
+    t0 = time.monotonic()
+    spawn("worker")
+    await wait_until(lambda: _at_least(finished, 1000), limit_s=600, interval=0.1)
+    elapsed = time.monotonic() - t0
+    results["drain_1000_runs_one_worker_default_slots"] = {
+        "seconds_incl_group_join": round(elapsed, 1),
+        "runs_per_s": round(1000 / elapsed, 1)}
+    spawn("projector")
+    return results
 
 
 async def bench_scheduler(api: str, pool: asyncpg.Pool, spawn) -> dict[str, object]:  # type: ignore[no-untyped-def]
     out: dict[str, object] = {}
-    spawn("projector")  # backfill progress and run times come from the read model
     # INFO: the scheduler logs each fire, which tells which one owns the schedule.
     schedulers = [spawn("scheduler", SHOAL_LOG_LEVEL="INFO", SHOAL_LOG_FORMAT="text"),
                   spawn("scheduler", SHOAL_LOG_LEVEL="INFO", SHOAL_LOG_FORMAT="text")]

@@ -119,7 +119,12 @@ class Attempt:
         """A Python attempt forked from the warm runner: a script, or a function call."""
         d = self.dispatch
         spec = d.get("spec") or {}
-        request: dict[str, Any] = {"workdir": str(self.workdir), "env": env,
+        base = self.warm.env if self.warm is not None else {}
+        request: dict[str, Any] = {"workdir": str(self.workdir),
+                                   # Only what differs from the runner's own environment.
+                                   "env_set": {k: v for k, v in env.items()
+                                               if base.get(k) != v},
+                                   "env_unset": [k for k in base if k not in env],
                                    "outputs": list(d.get("outputs", [])),
                                    "code_path": list(self.code_path)}
         if "function" in spec:

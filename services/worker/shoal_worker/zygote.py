@@ -7,9 +7,10 @@ instead of an interpreter start-up (≈1 ms instead of ≈38 ms).
 
 Protocol (every message one JSON object, one datagram):
 
-* worker → zygote, on the control socket: a request ``{instance, workdir, env, script |
-  function + args, outputs, code_path}`` carrying two file descriptors: the attempt's
-  own socket (``conn``) and the write end of its output pipe.
+* worker → zygote, on the control socket: a request ``{workdir, env_set, env_unset,
+  script | function + args, outputs, code_path}`` (the environment as a difference from
+  the zygote's own) carrying two file descriptors: the attempt's own socket (``conn``)
+  and the write end of its output pipe. The zygote hands it to a spare child.
 * zygote → worker, on ``conn``: ``{"pid": N}`` once forked, ``{"exit": CODE}`` once the
   child is reaped (128 + N for a signal, as the shell reports it).
 * child → worker, on ``conn``: ``{"running": MONOTONIC}`` just before user code runs and
@@ -26,6 +27,7 @@ reach it and everything it starts), with its own cwd, environment, stdout/stderr
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import inspect
 import json
@@ -130,8 +132,9 @@ def run_child(data: bytes, conn: socket.socket, out_fd: int) -> None:
         os.close(devnull)
         workdir = req["workdir"]
         os.chdir(workdir)
-        os.environ.clear()
-        os.environ.update(req["env"])
+        for key in req.get("env_unset", ()):
+            os.environ.pop(key, None)
+        os.environ.update(req.get("env_set", {}))
         extra = [p for p in req.get("code_path", []) if p]
         script = req.get("script")
         if script:
@@ -191,6 +194,16 @@ def run_child(data: bytes, conn: socket.socket, out_fd: int) -> None:
     os._exit(code)
 
 
+def _prefault() -> None:
+    """In a spare, before it has work: touch what every attempt touches, so the copy-on-
+    write page faults after fork (each one costly on a virtual machine) happen now and
+    not between a request and user code."""
+    gc.collect()
+    json.loads(json.dumps({"env_set": {"K": "v" * 64}, "args": [1, 2.5, None, True]}))
+    with open(os.devnull, "w", buffering=1, encoding="utf-8") as f:
+        f.write("")
+
+
 class Zygote:
     """Accepts requests on the control socket and hands each to a spare child: a child
     forked in advance that already left the zygote's session and waits for one request.
@@ -234,6 +247,7 @@ class Zygote:
                 ours.close()
                 self._in_child()
                 os.setsid()  # its own process group: a stop reaches it and all it starts
+                _prefault()
                 theirs.send(b"r")
                 data, fds, _, _ = socket.recv_fds(theirs, MAX_MESSAGE, 2)
                 theirs.close()
@@ -356,6 +370,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=fd)
     _preload()
+    # What is imported now is shared by every child: keep the collector from walking
+    # (and so copying) those pages in each child.
+    gc.collect()
+    gc.freeze()
     Zygote(control).serve()
 
 
