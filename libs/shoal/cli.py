@@ -121,21 +121,15 @@ def _published(out: dict[str, Any]) -> None:
 
 
 def _sdk_workflows(path: Path) -> list[dict[str, Any]]:
-    """Run a Python file (its own directory importable) and take every module-level
-    ``shoal.sdk.Workflow`` in it, in the order they were defined. The API validates them."""
-    import runpy
+    """Every module-level ``shoal.sdk.Workflow`` of a Python file; the API validates them."""
     import traceback
 
-    from shoal.sdk import Workflow
+    from shoal.sdk import workflows_in_file
 
-    sys.path.insert(0, str(path.resolve().parent))
     try:
-        found = runpy.run_path(str(path), run_name="__shoal_apply__")
+        workflows = workflows_in_file(path)
     except Exception:  # noqa: BLE001 - the user's file failed: show where, exit non-zero
         sys.exit(f"shoal: {path} failed to load:\n{traceback.format_exc()}")
-    finally:
-        sys.path.pop(0)
-    workflows = [v for v in found.values() if isinstance(v, Workflow)]
     if not workflows:
         sys.exit(f"shoal: {path} defines no module-level shoal.sdk.Workflow")
     return [w.to_dict(validate=False) for w in workflows]

@@ -48,6 +48,8 @@ def run_dev(examples: Path, workers: int = 1) -> None:
             print(f"embedded PostgreSQL at {url}")
         env.setdefault("SHOAL_DATA_DIR", str(data_dir))
         env.setdefault("SHOAL_TOPIC_PREFIX", "shoal")
+        # The examples' Python function tasks import from examples/code.
+        env.setdefault("SHOAL_CODE_PATH", str((examples / "code").resolve()))
         api_host = env.setdefault("SHOAL_API_HOST", "127.0.0.1")
         api_port = int(env.setdefault("SHOAL_API_PORT", "8460"))
         token = _admin_token(env)
@@ -119,3 +121,11 @@ def _load_examples(base: str, examples: Path, token: str | None) -> None:
         r = httpx.post(f"{base}/api/v1/workflows", content=path.read_bytes(),
                        headers=headers, timeout=30)
         print(f"loaded {path.name}: {r.status_code} {r.text}")
+    from shoal.sdk import workflows_in_file
+
+    for path in sorted(examples.glob("*.py")):
+        for wf in workflows_in_file(path):
+            r = httpx.post(f"{base}/api/v1/workflows", json=wf.to_dict(validate=False),
+                           headers={k: v for k, v in headers.items() if k != "content-type"},
+                           timeout=30)
+            print(f"loaded {path.name} ({wf.name}): {r.status_code} {r.text}")

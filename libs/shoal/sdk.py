@@ -19,15 +19,17 @@ FILE.py`` publishes every module-level ``Workflow`` of the file.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from shoal.core.definition import WorkflowDefinition, parse_definition
 
 __all__ = ["Task", "Workflow", "conditions", "dependent", "http", "python", "shell", "sql",
-           "sub_workflow", "switch"]
+           "sub_workflow", "switch", "workflows_in_file"]
 
 # The `with Workflow(...)` blocks being executed (per thread and task), innermost last.
 _open: ContextVar[tuple[Workflow, ...]] = ContextVar("shoal_sdk_open", default=())
@@ -139,6 +141,19 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, tasks={[t.name for t in self.tasks]})"
+
+
+def workflows_in_file(path: Path) -> list[Workflow]:
+    """Run a Python file (its own directory importable, as for ``python FILE``) and
+    return every module-level :class:`Workflow` in it, in the order they were defined."""
+    import runpy
+
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        found = runpy.run_path(str(path), run_name="__shoal_apply__")
+    finally:
+        sys.path.pop(0)
+    return [v for v in found.values() if isinstance(v, Workflow)]
 
 
 def _target(workflow: Workflow | None) -> Workflow:

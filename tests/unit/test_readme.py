@@ -31,6 +31,24 @@ def test_examples_are_valid(path):
     parse_definition(yaml.safe_load(path.read_text()))
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_sdk_examples_give_valid_definitions(path):
+    from shoal.sdk import workflows_in_file
+
+    found = workflows_in_file(path)
+    assert found
+    for wf in found:
+        parse_definition(wf.to_dict())
+
+
+def test_the_readme_sdk_block_runs_and_gives_a_valid_definition():
+    (block,) = [b for b in blocks("python") if "shoal.sdk" in b]
+    namespace: dict = {}
+    exec(block, namespace)  # the README's own example
+    assert namespace["definition"] == namespace["wf"].to_dict()
+    parse_definition(namespace["definition"])
+
+
 def test_every_shoal_command_in_the_readme_parses(monkeypatch):
     called = []
     lines = [ln.split("#")[0].strip() for b in blocks("bash") for ln in b.splitlines()]
