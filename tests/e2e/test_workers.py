@@ -51,7 +51,7 @@ async def test_tasks_land_only_on_their_groups_workers(stack: Stack):
         return ws if {w["group"] for w in ws} == {"default", "gpu"} else None
 
     workers = await eventually(both_listed, what="both workers in /api/v1/workers")
-    assert all(w["live"] and w["slots"] == 8 for w in workers)
+    assert all(w["live"] and w["slots"] == 32 for w in workers)  # the default (CONTRACT §6)
 
 
 async def test_two_slots_never_run_more_than_two_and_lose_nothing(stack: Stack):

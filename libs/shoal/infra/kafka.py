@@ -27,7 +27,7 @@ def producer(settings: Settings) -> AIOKafkaProducer:
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
         enable_idempotence=settings.kafka_idempotence,
-        linger_ms=2,
+        linger_ms=settings.kafka_linger_ms,
         max_request_size=4 * 1024 * 1024,
     )
 
@@ -40,13 +40,54 @@ def consumer(settings: Settings, *topics: str, group_id: str | None,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        # The broker may hold a fetch for this long when no data is waiting; it bounds the
-        # latency of every hop (dispatch -> worker -> report -> orchestrator).
+        # The broker may hold a fetch for this long when no data is waiting; consumers on
+        # the path of a hop shorten it while busy (FetchPacer).
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 100),
         **kwargs,
     )
+
+
+class FetchPacer:
+    """Adapts how long the broker may hold a consumer's fetch to the consumer's traffic.
+
+    Real Kafka answers a waiting fetch the moment data arrives, so a long wait costs
+    nothing there. The embedded broker (Tansu) instead looks again after half the
+    remaining wait, then a quarter, ...: a record produced during a held fetch waits up
+    to half of it. A short wait is fast but costs a fetch round trip every few
+    milliseconds even when nothing happens. So the wait follows the quiet time: the
+    short ``hot_ms`` while records keep coming, then a twentieth of the time since the
+    last record, up to ``max_ms`` (SHOAL_KAFKA_FETCH_MAX_WAIT_MS) — a record after a
+    quiet spell is delayed by at most ~2.5 % of that spell, and an idle consumer fetches
+    twice a second. aiokafka reads the wait when it builds each fetch request, from an
+    attribute it does not document (checked at start; without it the wait stays fixed).
+    """
+
+    QUIET_SHARE = 0.05
+
+    def __init__(self, consumer: AIOKafkaConsumer, settings: Settings) -> None:
+        self.hot_ms = settings.kafka_fetch_hot_wait_ms
+        self.max_ms = max(settings.kafka_fetch_max_wait_ms, self.hot_ms)
+        self._fetcher = getattr(consumer, "_fetcher", None)
+        if not hasattr(self._fetcher, "_fetch_max_wait_ms"):
+            log.warning("this aiokafka has no adjustable fetch wait; it stays %d ms",
+                        settings.kafka_fetch_max_wait_ms)
+            self._fetcher = None
+        self._last = asyncio.get_running_loop().time()
+        self.wait_ms = -1
+        self.saw(0)
+
+    def saw(self, records: int) -> None:
+        """Call after every poll with the number of records it returned."""
+        now = asyncio.get_running_loop().time()
+        if records:
+            self._last = now
+        wait = int(min(self.max_ms, max(self.hot_ms,
+                                         (now - self._last) * 1000 * self.QUIET_SHARE)))
+        if wait != self.wait_ms and self._fetcher is not None:
+            self._fetcher._fetch_max_wait_ms = wait  # private: see the class doc
+        self.wait_ms = wait
 
 
 async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:

@@ -36,10 +36,19 @@ class Settings(BaseSettings):
     worker_heartbeat_interval: float = 2.0
     lease_timeout: float = 6.0
     worker_id: str | None = None
+    # An attempt that ends within this many seconds reports its start and end together
+    # (one orchestrator batch); a longer one reports its start after this delay.
+    worker_start_report_delay: float = 0.02
     data_dir: Path = Path(".shoal")
     # Idempotent producers need broker support the embedded broker lacks; on for real Kafka.
     kafka_idempotence: bool = False
-    kafka_fetch_max_wait_ms: int = 50
+    # How long the broker may hold a fetch: while records flow, consumers on the path of
+    # a hop use the short wait; when quiet it grows towards the long one (FetchPacer).
+    kafka_fetch_max_wait_ms: int = 500
+    kafka_fetch_hot_wait_ms: int = 10
+    # Producers send at once (0): a lone report or dispatch is not held back, and under
+    # load what queues behind a request in flight still goes as one batch.
+    kafka_linger_ms: int = 0
     # How long a dead group member keeps its partitions; bounds failover time. Real Kafka
     # refuses less than its group.min.session.timeout.ms (6 s unless lowered, as
     # docker-compose.yml does); a member whose event loop stalls this long is evicted.

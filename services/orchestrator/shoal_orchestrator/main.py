@@ -67,6 +67,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
     consumer.subscribe([settings.commands_topic], listener=ownership)
     producer = relay.producer
     await consumer.start()
+    pacer = kafka.FetchPacer(consumer, settings)
     metrics.DEAD_LETTERS.labels("orchestrator")  # exposed at 0 before the first one
     lag = asyncio.create_task(metrics.sample_lag(consumer, me.group, stop, into=me.lag))
     try:
@@ -81,6 +82,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                         log.warning("could not load partitions %s: %r", parts, exc)
                         ownership.to_load |= set(parts)
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+            pacer.saw(len(batch))
             if not batch:
                 continue
             async with lock:

@@ -90,6 +90,7 @@ class Worker:
         consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
         consumer.subscribe([topic], listener=_Revoke(self))
         await consumer.start()
+        pacer = kafka.FetchPacer(consumer, s)
         log.info("worker %s serving group %s with %d slots", self.worker_id, s.worker_group,
                  s.worker_slots)
         warm_up = asyncio.create_task(self._warm_up())
@@ -105,6 +106,7 @@ class Worker:
                     consumer.resume(*consumer.paused())
                 if room > 0:
                     batch = await consumer.getmany(timeout_ms=100, max_records=room)
+                    pacer.saw(len(batch))
                     for tp, msgs in batch.items():
                         for m in msgs:
                             await self._buffer(tp, m.offset, m.value, m.key)
@@ -165,10 +167,8 @@ class Worker:
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
-            # The start is reported while the attempt starts; its end is reported only
-            # after the start was acknowledged, so the two stay in order on the partition.
-            started = asyncio.ensure_future(self._report(TaskStarted(**self._fields(d,
-                                                                                   "started"))))
+            started = _StartReport(self, TaskStarted(**self._fields(d, "started")),
+                                   self.settings.worker_start_report_delay)
             t = asyncio.create_task(self._run(attempt, started))
             self.tasks.add(t)
             t.add_done_callback(self.tasks.discard)
@@ -207,7 +207,7 @@ class Worker:
             self.fetched.pop(tp, None)
             self.committed.pop(tp, None)
 
-    async def _run(self, attempt: Attempt, started: asyncio.Future[None]) -> None:
+    async def _run(self, attempt: Attempt, started: _StartReport) -> None:
         d = attempt.dispatch
         try:
             try:
@@ -221,23 +221,18 @@ class Worker:
                 await self.shippers[d["dispatch_id"]].close()
             except KafkaError as exc:
                 log.warning("could not ship the end of the log: %r", exc)
-            try:
-                await started
-            except KafkaError as exc:  # the lease machinery recovers a start never heard of
-                log.warning("could not report the start of %s: %r", d["task"], exc)
             fields = self._fields(d, "finished")
             metrics.ATTEMPTS.labels(self.settings.worker_group, "killed" if outcome.killed
                                     else "succeeded" if outcome.exit_code == 0
                                     else "failed").inc()
+            end: TaskSucceeded | TaskFailed | TaskKilled
             if outcome.killed:
-                await self._report(TaskKilled(**fields, exit_code=outcome.exit_code,
-                                              error=outcome.error))
+                end = TaskKilled(**fields, exit_code=outcome.exit_code, error=outcome.error)
             elif outcome.exit_code == 0:
-                await self._report(TaskSucceeded(**fields, exit_code=0,
-                                                 outputs=outcome.outputs))
+                end = TaskSucceeded(**fields, exit_code=0, outputs=outcome.outputs)
             else:
-                await self._report(TaskFailed(**fields, exit_code=outcome.exit_code,
-                                              error=outcome.error))
+                end = TaskFailed(**fields, exit_code=outcome.exit_code, error=outcome.error)
+            await started.then(end)
         finally:
             self.running.pop(d["dispatch_id"], None)
             self.shippers.pop(d["dispatch_id"], None)
@@ -248,9 +243,11 @@ class Worker:
     async def control(self, stop: asyncio.Event) -> None:
         """Read every partition of worker-control from its end (kills are for now)."""
         consumer = await kafka.tail(self.settings, self.settings.topic("worker-control"))
+        pacer = kafka.FetchPacer(consumer, self.settings)
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200)
+                pacer.saw(len(batch))
                 for msgs in batch.values():
                     for m in msgs:
                         await self._on_control(m.value)
@@ -322,6 +319,19 @@ class Worker:
                 "attempt": d["attempt"], "dispatch_id": d["dispatch_id"],
                 "worker_id": self.worker_id}
 
+    async def _report_both(self, first: TaskStarted,
+                           second: TaskSucceeded | TaskFailed | TaskKilled) -> None:
+        """Start and end of a short attempt in one produce request, so the orchestrator
+        usually takes them in one batch (one commit, one relay pass instead of two)."""
+        topic, key = self.settings.commands_topic, first.instance_id.encode()
+        try:
+            sent = [await self.producer.send(topic, codec.encode_command(c), key=key)
+                    for c in (first, second)]
+            await asyncio.gather(*sent)
+        except KafkaError:  # deterministic message ids: sending again is harmless
+            await self._report(first)
+            await self._report(second)
+
     async def _report(self, cmd: TaskStarted | TaskSucceeded | TaskFailed | TaskKilled) -> None:
         # Reports carry deterministic message ids, so a retried send is harmless; if the
         # broker stays away past the retry window the lease machinery recovers the attempt.
@@ -338,6 +348,37 @@ class Worker:
             for a in list(self.running.values()):
                 await a.kill("worker shutting down", 2.0)
             await asyncio.wait(pending, timeout=10)
+
+
+class _StartReport:
+    """An attempt's TaskStarted, sent ``delay`` seconds after the start unless the attempt
+    ends first: then start and end go together. The end is always sent after the start
+    was acknowledged (or with it), so the two stay in order on the partition."""
+
+    def __init__(self, worker: Worker, cmd: TaskStarted, delay: float) -> None:
+        self.worker = worker
+        self.cmd = cmd
+        self.ended = asyncio.Event()
+        self.task = asyncio.create_task(self._later(delay))
+
+    async def _later(self, delay: float) -> bool:
+        """True when it sent the start by itself."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ended.wait(), delay)
+        if self.ended.is_set():
+            return False
+        try:
+            await self.worker._report(self.cmd)
+        except KafkaError as exc:  # the lease machinery recovers a start never heard of
+            log.warning("could not report the start of %s: %r", self.cmd.task, exc)
+        return True
+
+    async def then(self, end: TaskSucceeded | TaskFailed | TaskKilled) -> None:
+        self.ended.set()
+        if await self.task:
+            await self.worker._report(end)
+        else:
+            await self.worker._report_both(self.cmd, end)
 
 
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
