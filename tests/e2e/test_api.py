@@ -95,4 +95,4 @@ async def test_listing_batch_control_stats_replay_export_and_delete(stack: Stack
     again = await stack.request("POST", "/api/v1/workflows", content=r.content,
                                 headers={"content-type": "application/yaml"})
     assert again.status_code == 200 and again.json() == {"name": "quick", "version": 1,
-                                                         "changed": False}
+                                                         "changed": False, "warnings": []}
