@@ -189,3 +189,32 @@ async def test_preloaded_modules_are_imported_once_in_the_zygote(tmp_path, code)
         assert out.outputs == {"pre": "True"}
     finally:
         await w.close()
+
+
+async def test_attempts_being_forked_when_the_zygote_dies_still_run(tmp_path, warm, code):
+    await warm.start()
+    for round_ in range(3):
+        runs = [asyncio.create_task(attempt(function(f"r{round_}-{i}", "add",
+                                                     {"rows": i, "answer": 1}, ["total"]),
+                                            tmp_path, warm, code).run()) for i in range(8)]
+        await asyncio.sleep(0.002)  # some requests in flight, some not yet sent
+        if warm.pid is not None:
+            os.kill(warm.pid, signal.SIGKILL)
+        outs = await asyncio.wait_for(asyncio.gather(*runs), 30)
+        assert [o.exit_code for o in outs] == [0] * 8, [o.error for o in outs]
+        assert [o.outputs for o in outs] == [{"total": str(i + 1)} for i in range(8)]
+
+
+async def test_a_late_failure_against_a_dead_zygote_leaves_its_replacement_alone(warm):
+    # Several attempts fail on the same dead zygote; the first one's retry may already
+    # have started a new one, which the others must not take for the dead one.
+    await warm.start()
+    dead = warm.proc
+    assert dead is not None
+    os.kill(dead.pid, signal.SIGKILL)
+    await dead.wait()
+    await warm.start()
+    replacement = warm.proc
+    assert replacement is not dead
+    await warm._forget(dead)
+    assert warm.proc is replacement and replacement.returncode is None

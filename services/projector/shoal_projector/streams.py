@@ -38,11 +38,13 @@ async def follow_logs(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Even
                               group_id=f"{settings.topic_prefix}.projector.logs",
                               max_poll_records=500)
     await consumer.start()
+    pacer = kafka.FetchPacer(consumer, settings)  # followed logs arrive while they are written
     lag = asyncio.create_task(metrics.sample_lag(
         consumer, f"{settings.topic_prefix}.projector.logs", stop))
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200)
+            pacer.saw(len(batch))
             if not batch:
                 continue
             rows = []

@@ -121,9 +121,10 @@ class WarmPython:
 
     async def spawn(self, request: Mapping[str, Any], out_fd: int) -> Child:
         """Fork a child for ``request`` writing to ``out_fd``; a dead zygote is replaced
-        once. The caller keeps ``out_fd`` and closes it after this returns."""
-        for tries in (1, 2):
+        (up to twice). The caller keeps ``out_fd`` and closes it after this returns."""
+        for tries in (1, 2, 3):
             control = await self._ensure()
+            used = self.proc
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ours.setblocking(False)
             try:
@@ -145,8 +146,8 @@ class WarmPython:
                     child.take(msg)
             except (OSError, ZygoteGone) as exc:
                 ours.close()
-                await self._forget()
-                if tries == 2:
+                await self._forget(used)
+                if tries == 3:
                     raise ZygoteGone(str(exc)) from exc
                 log.warning("warm Python runner lost (%s); restarting it", exc)
             else:
@@ -169,10 +170,14 @@ class WarmPython:
             else:
                 return
 
-    async def _forget(self) -> None:
-        """After a failed exchange: make sure the next attempt starts a fresh zygote."""
+    async def _forget(self, used: asyncio.subprocess.Process | None) -> None:
+        """After a failed exchange with ``used``: make sure the next attempt starts a
+        fresh zygote. A newer zygote (another attempt's failure already replaced it) is
+        left alone: it may be forking a child for that attempt right now."""
         async with self._lock:
             proc = self.proc
+            if proc is not used:
+                return
             if proc is not None and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
