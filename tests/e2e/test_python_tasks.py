@@ -4,23 +4,22 @@ zygote, and a workflow written with shoal.sdk applied by `shoal apply`."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.support import Stack, eventually, free_port
+from tests.e2e.test_task_types import run as start
+from tests.e2e.test_task_types import task_log as log_of
+from tests.e2e.test_task_types import tasks_by_name as by_task
+from tests.support import JsonHandler, Stack, eventually, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -85,25 +84,15 @@ tasks:
 """
 
 
-class _Answer(BaseHTTPRequestHandler):
+class _Answer(JsonHandler):
     def do_GET(self) -> None:
-        out = json.dumps({"answer": 1}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args: Any) -> None:
-        return
+        self.reply(200, {"answer": 1})
 
 
 @pytest.fixture
 def answer() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/answer"
-    server.shutdown()
+    with serving(_Answer) as base:
+        yield f"{base}/answer"
 
 
 @pytest.fixture
@@ -124,21 +113,6 @@ async def pystack(bare_stack: Stack, code: Path) -> Stack:
     s.start("projector")
     s.start("worker", SHOAL_CODE_PATH=str(code))
     return s
-
-
-async def start(stack: Stack, workflow: str, **body: Any) -> str:
-    r = await stack.request("POST", f"/api/v1/workflows/{workflow}/runs", json=body)
-    assert r.status_code == 202, r.text
-    return str(r.json()["instance_id"])
-
-
-def by_task(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {t["task"]: t for t in run["tasks"]}
-
-
-async def log_of(stack: Stack, iid: str, task: str) -> str:
-    r = await stack.request("GET", f"/api/v1/runs/{iid}/tasks/{task}/log")
-    return r.text if r.status_code == 200 else ""
 
 
 async def test_function_tasks_take_shell_and_http_outputs_and_pass_theirs_on(

@@ -5,44 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import asyncpg
 import pytest
 
-from tests.support import Stack, eventually, free_port
+from tests.support import JsonHandler, Stack, eventually, free_port, serving
 
 pytestmark = pytest.mark.e2e
 
 
-class _Hook(BaseHTTPRequestHandler):
+class _Hook(JsonHandler):
     received: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.received.append({"body": body, "auth": self.headers.get("X-Token")})
-        out = json.dumps({"ticket": {"id": f"T-{body['rows']}"}, "ok": True}).encode()
-        self.send_response(201)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args: Any) -> None:
-        return
+        self.reply(201, {"ticket": {"id": f"T-{body['rows']}"}, "ok": True})
 
 
 @pytest.fixture
 def hook() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Hook)
     _Hook.received = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(_Hook) as base:
+        yield base
 
 
 async def task_log(stack: Stack, iid: str, task: str) -> str:
