@@ -193,3 +193,18 @@ async def test_a_worker_started_before_anything_else_comes_up(broker: str, datab
             "succeeded"
     finally:
         fresh.stop()
+
+
+async def test_a_short_attempt_reports_start_and_end_in_one_batch_a_long_one_does_not(
+        stack: Stack):
+    # One orchestrator batch is one transaction, and recorded_at is the transaction's time.
+    await stack.apply({"name": "short-long", "tasks": [
+        {"name": "short", "command": "true"},
+        {"name": "long", "command": "sleep 0.5", "depends_on": ["short"]}]})
+    iid = await start(stack, "short-long")
+    run = await stack.wait_run(iid)
+    assert run["state"] == "succeeded"
+    at = {(e["type"], e["data"]["task"]): e["recorded_at"] for e in await stack.events(iid)
+          if e["type"] in ("TaskStarted", "TaskSucceeded")}
+    assert at[("TaskStarted", "short")] == at[("TaskSucceeded", "short")]
+    assert at[("TaskStarted", "long")] < at[("TaskSucceeded", "long")]

@@ -49,6 +49,12 @@ def consumer(settings: Settings, *topics: str, group_id: str | None,
     )
 
 
+def paced_wait(quiet_s: float, hot_ms: int, max_ms: int) -> int:
+    """The fetch wait after ``quiet_s`` seconds without records: a twentieth of the quiet
+    time, never below ``hot_ms`` nor above ``max_ms``."""
+    return int(min(max_ms, max(hot_ms, quiet_s * 1000 * FetchPacer.QUIET_SHARE)))
+
+
 class FetchPacer:
     """Adapts how long the broker may hold a consumer's fetch to the consumer's traffic.
 
@@ -83,8 +89,7 @@ class FetchPacer:
         now = asyncio.get_running_loop().time()
         if records:
             self._last = now
-        wait = int(min(self.max_ms, max(self.hot_ms,
-                                         (now - self._last) * 1000 * self.QUIET_SHARE)))
+        wait = paced_wait(now - self._last, self.hot_ms, self.max_ms)
         if wait != self.wait_ms and self._fetcher is not None:
             self._fetcher._fetch_max_wait_ms = wait  # private: see the class doc
         self.wait_ms = wait

@@ -119,7 +119,10 @@ class Attempt:
         """A Python attempt forked from the warm runner: a script, or a function call."""
         d = self.dispatch
         spec = d.get("spec") or {}
-        base = self.warm.env if self.warm is not None else {}
+        if self.warm is None:
+            return Outcome(exit_code=None, error="could not start: function tasks need the "
+                                                 "warm Python runner")
+        base = self.warm.env
         request: dict[str, Any] = {"workdir": str(self.workdir),
                                    # Only what differs from the runner's own environment.
                                    "env_set": {k: v for k, v in env.items()
@@ -133,9 +136,6 @@ class Attempt:
             script = self.workdir / "task.py"
             script.write_text(d["command"])
             request["script"] = str(script)
-        if self.warm is None:
-            return Outcome(exit_code=None, error="could not start: function tasks need the "
-                                                 "warm Python runner")
         read_fd, write_fd = os.pipe()
         try:
             child = await self.warm.spawn(request, write_fd)
