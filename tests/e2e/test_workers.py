@@ -198,9 +198,12 @@ async def test_a_worker_started_before_anything_else_comes_up(broker: str, datab
 async def test_a_short_attempt_reports_start_and_end_in_one_batch_a_long_one_does_not(
         stack: Stack):
     # One orchestrator batch is one transaction, and recorded_at is the transaction's time.
+    # A 1 s delay keeps "short" short however loaded the machine is.
+    next(p for p in stack.processes if p.name == "worker").stop()
+    stack.start("worker", SHOAL_WORKER_START_REPORT_DELAY="1")
     await stack.apply({"name": "short-long", "tasks": [
         {"name": "short", "command": "true"},
-        {"name": "long", "command": "sleep 0.5", "depends_on": ["short"]}]})
+        {"name": "long", "command": "sleep 2", "depends_on": ["short"]}]})
     iid = await start(stack, "short-long")
     run = await stack.wait_run(iid)
     assert run["state"] == "succeeded"
