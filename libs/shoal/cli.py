@@ -182,6 +182,11 @@ def _show_run(run: dict[str, Any], as_json: bool) -> None:
           f"attempt {run['attempt']}  submitted {_short(run['submitted_at'])}  took {took}")
     if run.get("failure"):
         print(f"failure: {run['failure']}")
+    if run.get("forked_from"):
+        f = run["forked_from"]
+        print(f"forked from {f['instance_id']} after event {f['seq']}")
+    if run.get("imported"):
+        print("imported from an incident bundle: read-only, never executed here")
     if run.get("params"):
         print("params: " + " ".join(f"{k}={v}" for k, v in run["params"].items()))
     _table([{**t, "started_at": _short(t["started_at"]), "ms": t["duration_ms"],
@@ -387,9 +392,35 @@ def cmd_replay(args: argparse.Namespace) -> None:
     if args.json:
         _print(out)
         return
-    for step in out["steps"]:
-        tasks = " ".join(f"{t['task']}={t['state'] or '-'}" for t in step["tasks"])
-        print(f"{step['seq']:>4} {step['type']:<18} run={step['state']} {tasks}")
+    if not out["steps"]:
+        return
+    # One row per event, one column per task of the DAG: the state after that event.
+    names = [t["task"] for t in out["steps"][0]["tasks"]]
+    header = ["seq", "event", "run", *names]
+    rows = [[str(st["seq"]), st["type"], st["state"],
+             *[_task_cell(t) for t in st["tasks"]]] for st in out["steps"]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _task_cell(t: dict[str, Any]) -> str:
+    if t["state"] is None:
+        return "-"
+    return t["state"] if (t["attempt"] or 1) == 1 else f"{t['state']}#{t['attempt']}"
+
+
+def cmd_fork(args: argparse.Namespace) -> None:
+    """A new run from the state after event --at of this one, with params overridden."""
+    out = _request("POST", f"/api/v1/runs/{args.id}/fork",
+                   json={"at": args.at, "params": _params(args.param)})
+    iid = out["instance_id"]
+    print(iid)
+    if args.wait:
+        run = _wait(iid, args.timeout)
+        _show_run(run, args.json)
+        if run["state"] != "succeeded":
+            sys.exit(1)
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
@@ -534,6 +565,15 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--until", type=int, help="stop after this event (seq)")
     s.add_argument("--at", help="the state at this instant (RFC 3339)")
     s.set_defaults(fn=cmd_replay)
+    s = sub.add_parser("fork", help="a new run from the state after event SEQ of a run "
+                                    "(what had succeeded is kept), with params overridden")
+    s.add_argument("id")
+    s.add_argument("--at", type=int, required=True, metavar="SEQ",
+                   help="the event whose state the fork starts from (see shoal replay)")
+    s.add_argument("--param", action="append", metavar="K=V", help="override a parameter")
+    s.add_argument("--wait", action="store_true", help="wait until the new run finishes")
+    s.add_argument("--timeout", type=float, default=3600)
+    s.set_defaults(fn=cmd_fork)
     s = sub.add_parser("runs", help="list runs, newest first")
     s.add_argument("--workflow")
     s.add_argument("--state", action="append", help="repeatable, e.g. --state failed")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import assert_never
+from typing import Any, assert_never
 
 from shoal.core.definition import Priority, parse_definition
 from shoal.core.model import (
@@ -57,12 +57,14 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
         definition = parse_definition(event.definition)
         scope = (frozenset(event.scope_tasks) if event.scope_tasks is not None
                  else frozenset(definition.task_names))
+        carried = {c["task"]: carried_task(c) for c in event.carried}
         return Run(
             instance_id=instance_id, workflow=event.workflow, version=event.version,
             definition=definition, state=RunState.SUBMITTED, attempt=event.attempt,
-            params=dict(event.params), priority=Priority(event.priority), tasks={}, seq=1,
+            params=dict(event.params), priority=Priority(event.priority), seq=1,
             scope=scope, dry_run=event.dry_run, schedule_time=event.schedule_time,
-            parent=event.parent, submitted_at=event.at,
+            parent=event.parent, submitted_at=event.at, forked_from=event.forked_from,
+            tasks=carried, last_attempts={n: t.attempt for n, t in carried.items()},
             startup=dict(event.startup) if event.startup is not None else {
                 k: v for k, v in event.params.items() if definition.params.get(k) != v},
         )
@@ -179,6 +181,15 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
             return run
         case _:
             assert_never(event)
+
+
+def carried_task(c: Mapping[str, Any]) -> TaskRun:
+    """A task a fork starts with, as its source run had finished it."""
+    return TaskRun(name=c["task"], state=TaskState(c["state"]), attempt=int(c["attempt"]),
+                   worker_id=c.get("worker_id"), exit_code=c.get("exit_code"),
+                   outputs=dict(c.get("outputs") or {}), started_at=c.get("started_at"),
+                   finished_at=c.get("finished_at"),
+                   branch_skipped=bool(c.get("branch_skipped")))
 
 
 def _new_task(run: Run, name: str, attempt: int, state: TaskState) -> Run:

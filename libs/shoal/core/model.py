@@ -121,6 +121,10 @@ class StartWorkflow(Message):
     start_from: tuple[str, ...] | None = None
     scope: Scope = Scope.DOWNSTREAM
     dry_run: bool = False
+    # A fork: {instance_id, seq} of the run and event it starts from, and the tasks that
+    # had succeeded by then (``carried``, see ``shoal.core.replay.carried_tasks``).
+    forked_from: Mapping[str, Any] | None = None
+    carried: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,6 +295,8 @@ class WorkflowSubmitted(Event):
     scope: str = "downstream"
     dry_run: bool = False
     startup: Mapping[str, str] | None = None  # the run's own params (None: older events)
+    forked_from: Mapping[str, Any] | None = None  # {instance_id, seq} of a fork's source
+    carried: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...] = ()  # a fork's outcomes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -662,6 +668,7 @@ class Run:
     finished_at: str | None = None
     failure: str | None = None
     startup: Mapping[str, str] = field(default_factory=dict)
+    forked_from: Mapping[str, Any] | None = None
 
     def next_attempt(self, task: str) -> int:
         return self.last_attempts.get(task, 0) + 1

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from shoal.core.evolve import evolve
-from shoal.core.model import AnyEvent, Run
+from shoal.core.model import AnyEvent, Run, TaskRun
 
 
 def view(run: Run) -> dict[str, Any]:
@@ -32,3 +32,18 @@ def steps(events: Iterable[tuple[int, AnyEvent]], *, instance_id: str,
             return
         run = evolve(run, event, instance_id=instance_id)
         yield seq, event, run
+
+
+def carried_tasks(run: Run) -> list[dict[str, Any]]:
+    """What a fork of ``run`` (in the state after some event) keeps: every task that had
+    finished with success by then (succeeded, forced_success, skipped), with its attempt,
+    outcome and outputs. Failed, killed, lost and unfinished tasks run again in the fork."""
+    return [_carried(t) for name in run.definition.task_names
+            if (t := run.tasks.get(name)) is not None and t.state.done_ok]
+
+
+def _carried(t: TaskRun) -> dict[str, Any]:
+    return {"task": t.name, "state": t.state.value, "attempt": t.attempt,
+            "exit_code": t.exit_code, "outputs": dict(t.outputs), "worker_id": t.worker_id,
+            "started_at": t.started_at, "finished_at": t.finished_at,
+            "branch_skipped": t.branch_skipped}

@@ -192,6 +192,12 @@ def _start(inp: ResolvedStart, ctx: Context) -> Decision:
                                         f"{', '.join(unknown)} of '{definition.name}'")
         scope_tasks = sorted(_scope(definition.task_names, cmd.start_from, cmd.scope,
                                     {t.name: t.depends_on for t in definition.tasks}))
+    bad = [str(c.get("task")) for c in cmd.carried if c.get("task") not in
+           definition.task_names or c.get("state") not in CARRIED_STATES]
+    if bad:
+        return Decision(dead_letter=f"StartWorkflow: a fork carries task(s) {', '.join(bad)} "
+                                    f"that '{definition.name}' v{inp.version} has not, or "
+                                    "not as finished with success")
     submitted = WorkflowSubmitted(
         at=ctx.now, workflow=definition.name, version=inp.version,
         definition=definition.to_dict(), params={**definition.params, **cmd.params},
@@ -200,6 +206,8 @@ def _start(inp: ResolvedStart, ctx: Context) -> Decision:
         schedule_time=cmd.schedule_time, parent=cmd.parent, scope_tasks=scope_tasks,
         start_from=list(cmd.start_from) if cmd.start_from else None, scope=cmd.scope.value,
         dry_run=cmd.dry_run,
+        forked_from=dict(cmd.forked_from) if cmd.forked_from else None,
+        carried=[dict(c) for c in cmd.carried],
     )
     step = Step(fold([submitted], instance_id=cmd.instance_id), ctx)
     step.events.append(submitted)
@@ -217,6 +225,10 @@ def _start(inp: ResolvedStart, ctx: Context) -> Decision:
     _arm_workflow_timeout(step)
     _advance(step)
     return Decision(events=tuple(step.events))
+
+
+# What a fork may carry over from its source: outcomes its successors count as success.
+CARRIED_STATES = frozenset(s.value for s in TaskState if s.done_ok)
 
 
 def _wake(step: Step, inp: Input) -> None:

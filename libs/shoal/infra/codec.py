@@ -90,6 +90,8 @@ def decode_command(value: bytes | None) -> Command:
             schedule_time=obj.get("schedule_time"), parent=obj.get("parent"),
             start_from=tuple(obj["start_from"]) if obj.get("start_from") else None,
             scope=Scope(obj.get("scope") or "downstream"), dry_run=bool(obj.get("dry_run")),
+            forked_from=obj.get("forked_from"),
+            carried=tuple(obj.get("carried") or ()),
         )
     if kind in CONTROL_TYPES:
         return COMMAND_TYPES[kind](**common)
@@ -129,6 +131,8 @@ def encode_command(cmd: Command) -> bytes:
                    schedule_time=cmd.schedule_time, parent=cmd.parent,
                    start_from=list(cmd.start_from) if cmd.start_from else None,
                    scope=cmd.scope.value, dry_run=cmd.dry_run)
+        if cmd.forked_from:
+            obj.update(forked_from=dict(cmd.forked_from), carried=[dict(c) for c in cmd.carried])
     elif isinstance(cmd, ForceTaskSuccess):
         obj.update(task=cmd.task)
     elif isinstance(cmd, FireTimer):

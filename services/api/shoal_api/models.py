@@ -23,6 +23,11 @@ class CommandSent(BaseModel):
     command: str
 
 
+class ForkedFrom(BaseModel):
+    instance_id: str
+    seq: int
+
+
 class RunSummary(BaseModel):
     instance_id: str
     workflow: str
@@ -38,6 +43,11 @@ class RunSummary(BaseModel):
     duration_ms: int | None
     failure: str | None
     parent_instance_id: str | None
+    forked_from: ForkedFrom | None = Field(
+        default=None, description="the run and event (seq) this run was forked from")
+    imported: bool = Field(default=False, description="imported from an incident bundle: "
+                                                      "read-only, never executed here")
+    last_seq: int = Field(default=0, description="the last event (seq) reflected here")
 
 
 class TaskOut(BaseModel):

@@ -53,20 +53,34 @@ _FINISHED = {"WorkflowSucceeded": "succeeded", "WorkflowFailed": "failed",
 _DURATION = "(extract(epoch FROM ({end} - coalesce({start}, {end}))) * 1000)::bigint"
 
 
-async def apply(conn: asyncpg.Connection, e: StoredEvent) -> None:
+async def apply(conn: asyncpg.Connection, e: StoredEvent, *, imported: bool = False) -> None:
+    """Project one event (``imported``: of a run imported from a bundle)."""
     d: dict[str, Any] = e.data
     iid, at = e.instance_id, _ts(d.get("reported_at") or d.get("at"))
     match e.type:
         case "WorkflowSubmitted":
             parent = (d.get("parent") or {}).get("instance_id")
+            forked = d.get("forked_from") or {}
             await conn.execute(
                 "INSERT INTO shoal_read.workflow_runs (instance_id, workflow, version, state, "
                 "priority, params, schedule_time, submitted_at, attempt, parent_instance_id, "
-                "last_seq) VALUES ($1,$2,$3,'submitted',$4,$5::jsonb,$6,$7,$8,$9,$10) "
+                "last_seq, forked_from_instance_id, forked_from_seq, imported) "
+                "VALUES ($1,$2,$3,'submitted',$4,$5::jsonb,$6,$7,$8,$9,$10,$11,$12,$13) "
                 "ON CONFLICT (instance_id) DO NOTHING",
                 iid, d["workflow"], d["version"], d["priority"],
                 codec.dumps(d.get("params", {})).decode(), _ts(d.get("schedule_time")), at,
-                d.get("attempt", 1), parent, e.seq)
+                d.get("attempt", 1), parent, e.seq, forked.get("instance_id"),
+                forked.get("seq"), imported)
+            for c in d.get("carried") or ():  # a fork's tasks, finished in its source
+                await conn.execute(
+                    "INSERT INTO shoal_read.task_runs (instance_id, task, attempt, state, "
+                    "worker_id, started_at, finished_at, duration_ms, exit_code, outputs) "
+                    "VALUES ($1,$2,$3,$4,$5,$6::timestamptz,$7::timestamptz,"
+                    + _DURATION.format(end="$7::timestamptz", start="$6::timestamptz")
+                    + ",$8,$9::jsonb) ON CONFLICT (instance_id, task, attempt) DO NOTHING",
+                    iid, c["task"], c["attempt"], c["state"], c.get("worker_id"),
+                    _ts(c.get("started_at")), _ts(c.get("finished_at")), c.get("exit_code"),
+                    codec.dumps(c.get("outputs") or {}).decode())
         case "WorkflowStarted":
             await _run(conn, e, "state = 'running', started_at = $3", at)
         case "WorkflowRestarted":

@@ -26,7 +26,7 @@ from shoal.core.model import (
     StopWorkflow,
     event_from_data,
 )
-from shoal.core.replay import steps, view
+from shoal.core.replay import carried_tasks, steps, view
 from shoal.core.workflow import rejection
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
@@ -114,12 +114,15 @@ def _run_row(r: Any) -> dict[str, Any]:
         "started_at": _iso(r["started_at"]), "finished_at": _iso(r["finished_at"]),
         "duration_ms": r["duration_ms"], "failure": r["failure"],
         "parent_instance_id": str(r["parent_instance_id"]) if r["parent_instance_id"] else None,
+        "forked_from": {"instance_id": str(r["forked_from_instance_id"]),
+                        "seq": r["forked_from_seq"]} if r["forked_from_instance_id"] else None,
+        "imported": r["imported"], "last_seq": r["last_seq"],
     }
 
 
 _RUN_COLS = ("instance_id, workflow, version, state, attempt, priority, params::text AS params, "
              "schedule_time, submitted_at, started_at, finished_at, duration_ms, failure, "
-             "parent_instance_id")
+             "parent_instance_id, forked_from_instance_id, forked_from_seq, imported, last_seq")
 
 
 def _cursor_encode(submitted_at: datetime, instance_id: uuid.UUID) -> str:
@@ -230,6 +233,63 @@ async def replay(instance_id: uuid.UUID, res: Res,
         out.append({"seq": seq, "type": event.type, "recorded_at": recorded[seq].recorded_at,
                     **view(run)})
     return Replay.model_validate({"instance_id": str(instance_id), "steps": out})
+
+
+class ForkBody(BaseModel):
+    """Body of ``POST /runs/{id}/fork``."""
+
+    model_config = {"extra": "forbid"}
+
+    at: int = Field(ge=1, le=2**31 - 1, description="the event (seq) whose state the fork "
+                                                     "starts from")
+    params: dict[str, str | int | float | bool | None] = Field(
+        default={}, description="override the source run's parameters")
+    instance_id: uuid.UUID | None = Field(
+        default=None, description="choose the new run's id to make the fork idempotent")
+
+
+@router.post("/runs/{instance_id}/fork", status_code=202, dependencies=[OPERATOR],
+             response_model=Accepted)
+async def fork_run(instance_id: uuid.UUID, body: ForkBody, res: Res) -> dict[str, str]:
+    """A new run from the state after event ``at`` of this one: tasks that had succeeded
+    by then keep their outcome and outputs and do not run again; everything else runs,
+    with ``params`` overriding the source's. The new run links back (``forked_from``)."""
+    if await _imported(res, instance_id):
+        raise HTTPException(409, {"message": f"run {instance_id} was imported from a bundle: "
+                                             "it is read-only and cannot be forked here"})
+    events = await res.store.events_of(str(instance_id))
+    if not events:
+        raise HTTPException(404, {"message": f"no events for {instance_id}"})
+    if body.at > events[-1].seq:
+        raise HTTPException(422, {"message": f"at: run {instance_id} has {events[-1].seq} "
+                                             f"events; at must be 1..{events[-1].seq}"})
+    *_, (_, _, source) = steps(((e.seq, event_from_data(e.type, e.data)) for e in events),
+                               instance_id=str(instance_id), until=body.at)
+    status = await workflow_status(res.pool, source.workflow)
+    if status in (None, "deleted"):
+        raise HTTPException(404, {"message": f"no workflow named '{source.workflow}'"})
+    if status == "offline":
+        raise HTTPException(409, {"message": f"workflow '{source.workflow}' is offline; put it "
+                                             "online to fork its runs"})
+    new_id = str(body.instance_id or uuid.uuid4())
+    submitted = events[0].data
+    cmd = StartWorkflow(
+        message_id=str(uuid.uuid4()), instance_id=new_id, sent_at=utcnow_iso(),
+        workflow=source.workflow, version=source.version,
+        params={**source.startup, **string_params(body.params)},
+        priority=source.priority, schedule_time=source.schedule_time,
+        start_from=tuple(submitted["start_from"]) if submitted.get("start_from") else None,
+        scope=Scope(submitted.get("scope") or "downstream"), dry_run=source.dry_run,
+        forked_from={"instance_id": str(instance_id), "seq": body.at},
+        carried=tuple(carried_tasks(source)),
+    )
+    await _send(res, cmd)
+    return {"instance_id": new_id}
+
+
+async def _imported(res: Res, instance_id: uuid.UUID) -> bool:
+    return bool(await res.pool.fetchval(
+        "SELECT imported FROM shoal_read.workflow_runs WHERE instance_id = $1", instance_id))
 
 
 _CONTROL: dict[str, type[PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWorkflow

@@ -80,10 +80,13 @@ def _build(sid: str, f: dict[str, Any], *, epoch: datetime, enabled_at: datetime
         epoch=epoch, enabled_at=enabled_at)
 
 
-async def _public(res: Res, row: Any) -> dict[str, Any]:
+async def _public(res: Res, row: Any, since: datetime | None = None) -> dict[str, Any]:
+    """The schedule as the API shows it; ``next_fires`` are the fires after ``since``
+    (default now: a create passes its epoch, so a fire due while the request was being
+    answered is still listed first, as the scheduler will fire it)."""
     record = codec.loads(row["record"])
     schedule = Schedule.from_dict(record)
-    now = datetime.now(UTC)
+    now = since or datetime.now(UTC)
     return {
         "id": schedule.id, "workflow": schedule.workflow, "cron": schedule.cron,
         "timezone": schedule.timezone, "start": record["start"], "end": record["end"],
@@ -115,7 +118,7 @@ async def create_schedule(body: ScheduleCreate, res: Res) -> dict[str, Any]:
             f"INSERT INTO shoal.schedules (id, workflow, record) VALUES ($1, $2, $3::jsonb) "
             f"RETURNING {_COLS}", uuid.UUID(sid), body.workflow, codec.dumps(record).decode())
         await publish(res, sid, record)
-    return await _public(res, row)
+    return await _public(res, row, since=now)
 
 
 @router.get("", response_model=list[ScheduleOut])

@@ -1,0 +1,130 @@
+"""The event log's tools end to end: time travel, fork, bundles, checker, streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import shoal
+from tests.support import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+async def start(stack: Stack, workflow: str, **body) -> str:
+    r = await stack.request("POST", f"/api/v1/workflows/{workflow}/runs", json=body)
+    assert r.status_code == 202, r.text
+    return r.json()["instance_id"]
+
+
+def latest(tasks: list[dict]) -> dict[str, tuple[str, int]]:
+    """Each task's latest attempt as (state, attempt)."""
+    out: dict[str, tuple[str, int]] = {}
+    for t in sorted(tasks, key=lambda t: t["attempt"]):
+        out[t["task"]] = (t["state"], t["attempt"])
+    return out
+
+
+async def test_replay_at_every_event_equals_what_the_run_showed(stack: Stack, tmp_path: Path):
+    """Acceptance 1: a run with a retry and a pause, watched through the API while it runs;
+    at every event seen, replay?until= rebuilds the same run and task states."""
+    flag = tmp_path / "tried"
+    await stack.apply({"name": "travel", "tasks": [
+        {"name": "flaky", "command": f"if [ -f {flag} ]; then echo ok; else touch {flag}; "
+                                     "exit 3; fi", "retries": 1, "retry_interval": 1},
+        {"name": "slow", "command": "sleep 2", "depends_on": ["flaky"]},
+        {"name": "after", "command": "echo done", "depends_on": ["slow"]}]})
+    iid = await start(stack, "travel")
+    seen: dict[int, dict] = {}
+    paused = resumed = False
+    while True:
+        run = await stack.run_state(iid)
+        if run:
+            seen[run["last_seq"]] = run
+            if not paused and latest(run["tasks"]).get("slow", ("",))[0] == "running":
+                r = await stack.request("POST", f"/api/v1/runs/{iid}/pause")
+                assert r.status_code == 202, r.text
+                paused = True
+            if paused and not resumed and run["state"] == "paused":
+                r = await stack.request("POST", f"/api/v1/runs/{iid}/resume")
+                assert r.status_code == 202, r.text
+                resumed = True
+            if run["state"] in ("succeeded", "failed"):
+                break
+        await asyncio.sleep(0.02)
+    assert run["state"] == "succeeded" and resumed
+    assert latest(run["tasks"])["flaky"] == ("succeeded", 2)
+    states = {r["state"] for r in seen.values()}
+    assert {"running", "paused", "succeeded"} <= states, states
+
+    full = (await stack.request("GET", f"/api/v1/runs/{iid}/replay")).json()["steps"]
+    assert [s["seq"] for s in full] == list(range(1, run["last_seq"] + 1))
+    types = [s["type"] for s in full]
+    assert "TaskRetryScheduled" in types and "WorkflowPaused" in types
+    for seq, shown in sorted(seen.items()):
+        r = await stack.request("GET", f"/api/v1/runs/{iid}/replay", params={"until": seq})
+        steps = r.json()["steps"]
+        assert [s["seq"] for s in steps] == list(range(1, seq + 1))
+        assert steps == full[:seq]
+        at = steps[-1]
+        assert (at["state"], at["attempt"]) == (shown["state"], shown["attempt"]), seq
+        rebuilt = {t["task"]: (t["state"], t["attempt"]) for t in at["tasks"] if t["state"]}
+        assert rebuilt == latest(shown["tasks"]), f"after event {seq}"
+    assert len(seen) >= 6, sorted(seen)
+
+    # --at an instant in the middle of `slow`: it is running there.
+    slow = [t for t in run["tasks"] if t["task"] == "slow"][-1]
+    t0, t1 = (datetime.fromisoformat(slow[k]) for k in ("started_at", "finished_at"))
+    mid = (t0 + (t1 - t0) / 2).isoformat()
+    out = (await shoal(stack, "replay", iid, "--at", mid)).stdout.splitlines()
+    header, last = out[0].split(), out[-1].split()
+    assert header[:3] == ["seq", "event", "run"] and header[3:] == ["flaky", "slow", "after"]
+    assert last[3:] == ["succeeded#2", "running", "-"], out
+
+
+async def test_fork_a_failed_chain_with_a_corrected_param(stack: Stack, tmp_path: Path):
+    """Acceptance 2: fork at the event before the failing task's dispatch, with ok=1."""
+    side, got = tmp_path / "side-effect", tmp_path / "got"
+    await stack.apply({"name": "forkme", "params": {"ok": "0"}, "tasks": [
+        {"name": "first", "command": f"echo ran >> {side}\necho '${{setValue(token=t-42)}}'",
+         "outputs": ["token"]},
+        {"name": "middle", "command": 'test "${ok}" = 1', "depends_on": ["first"]},
+        {"name": "last", "command": f"echo ${{token}} > {got}", "depends_on": ["middle"]}]})
+    iid = await start(stack, "forkme")
+    failed = await stack.wait_run(iid)
+    assert failed["state"] == "failed"
+    events = await stack.events(iid)
+    at = next(e["seq"] for e in events
+              if e["type"] == "TaskDispatched" and e["data"]["task"] == "middle") - 1
+
+    out = await shoal(stack, "fork", iid, "--at", str(at), "--param", "ok=1", "--wait",
+                      "--timeout", "60", "--json")
+    new_id, _, body = out.stdout.partition("\n")
+    forked = json.loads(body)
+    assert forked["state"] == "succeeded", forked
+    assert forked["forked_from"] == {"instance_id": iid, "seq": at}
+    assert forked["params"]["ok"] == "1"
+    assert side.read_text() == "ran\n", "the first task ran again in the fork"
+    assert got.read_text() == "t-42\n", "the first task's output did not reach the third"
+    first = [t for t in forked["tasks"] if t["task"] == "first"]
+    assert [(t["state"], t["outputs"]) for t in first] == [("succeeded", {"token": "t-42"})]
+    submitted = (await stack.events(new_id.strip()))[0]
+    assert submitted["data"]["forked_from"] == {"instance_id": iid, "seq": at}
+    status = (await shoal(stack, "status", new_id.strip())).stdout
+    assert f"forked from {iid} after event {at}" in status
+
+    # Bad forks are refused with a reason, and nothing starts.
+    r = await stack.request("POST", f"/api/v1/runs/{iid}/fork", json={"at": 999})
+    assert r.status_code == 422 and "at must be" in r.json()["detail"], r.text
+    r = await stack.request("POST", "/api/v1/runs/00000000-0000-4000-8000-000000000009/fork",
+                            json={"at": 1})
+    assert r.status_code == 404
+    r = await stack.request("POST", f"/api/v1/runs/{iid}/fork", json={"at": 2},
+                            role="viewer")
+    assert r.status_code == 403
+    runs = (await stack.request("GET", "/api/v1/runs", params={"workflow": "forkme"})).json()
+    assert len(runs["runs"]) == 2
