@@ -459,7 +459,7 @@ def cmd_projections(args: argparse.Namespace) -> None:
 
     import asyncpg
 
-    from shoal.infra.readmodels import rebuild
+    from shoal.infra.readmodels import RebuildBusy, Rebuilt, rebuild
     from shoal.infra.settings import Settings
 
     # The one verb that talks to the database: SHOAL_DATABASE_URL, else what `shoal dev`
@@ -467,19 +467,25 @@ def cmd_projections(args: argparse.Namespace) -> None:
     url = os.environ.get("SHOAL_DATABASE_URL") or _config().get("database_url") \
         or Settings().database_url
 
-    async def go() -> None:
+    def progress(n: int) -> None:
+        print(f"  {n} events projected", file=sys.stderr, flush=True)
+
+    async def go() -> Rebuilt:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
         assert pool is not None
         try:
-            await rebuild(pool)
+            return await rebuild(pool, progress=progress if sys.stderr.isatty() else None)
         finally:
             await pool.close()
 
     try:
-        asyncio.run(go())
+        done = asyncio.run(go())
+    except RebuildBusy as exc:
+        sys.exit(f"shoal: {exc}")
     except (OSError, asyncpg.PostgresError) as exc:
         sys.exit(f"shoal: cannot rebuild the read models in the database: {exc!r}")
-    print("read models emptied; the running projector refills them from the event log")
+    print(f"read models rebuilt from {done.events} events ({done.runs} runs) in "
+          f"{done.seconds:.2f} s, {done.rate:.0f} events/s; swapped in online")
 
 
 def cmd_service(args: argparse.Namespace) -> None:

@@ -7,10 +7,11 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.e2e.test_cli import shoal
-from tests.support import Stack
+from tests.support import Stack, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -128,3 +129,60 @@ async def test_fork_a_failed_chain_with_a_corrected_param(stack: Stack, tmp_path
     assert r.status_code == 403
     runs = (await stack.request("GET", "/api/v1/runs", params={"workflow": "forkme"})).json()
     assert len(runs["runs"]) == 2
+
+
+READ_MODELS = {
+    "shoal_read.workflow_runs": "instance_id",
+    "shoal_read.task_runs": "instance_id, task, attempt",
+}
+
+
+async def snapshot(conn: asyncpg.Connection) -> dict[str, list[tuple]]:
+    return {table: [tuple(r) for r in await conn.fetch(
+        f"SELECT * FROM {table} ORDER BY {key}")] for table, key in READ_MODELS.items()}
+
+
+async def test_rebuild_after_1000_runs_is_row_for_row_identical_and_online(stack: Stack):
+    """Acceptance 6: rebuilt tables equal the live ones; readers never see them empty."""
+    await stack.apply({"name": "many", "params": {"i": "0"}, "tasks": [
+        {"name": "a", "command": "echo '${setValue(n=${i})}'", "outputs": ["n"]},
+        {"name": "b", "command": "exit $(( ${n} % 10 == 0 ))", "depends_on": ["a"]}]})
+    ids: list[str] = []
+    for chunk in range(10):
+        ids += await asyncio.gather(*[start(stack, "many", params={"i": chunk * 100 + k})
+                                      for k in range(100)])
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        async def all_done() -> bool:
+            n = await conn.fetchval("SELECT count(*) FROM shoal_read.workflow_runs "
+                                    "WHERE state IN ('succeeded', 'failed')")
+            return n == 1000
+        await eventually(all_done, timeout=180, what="1,000 runs finished")
+        before = await snapshot(conn)
+        assert sum(1 for r in before["shoal_read.workflow_runs"] if r[3] == "failed") == 100
+
+        counts: list[int] = []
+        reading = True
+
+        async def dashboard() -> None:
+            reader = await asyncpg.connect(stack.database_url)
+            try:
+                while reading:
+                    counts.append(await reader.fetchval(
+                        "SELECT count(*) FROM shoal_read.workflow_runs"))
+                    await asyncio.sleep(0.01)
+            finally:
+                await reader.close()
+
+        watcher = asyncio.create_task(dashboard())
+        out = await shoal(stack, "projections", "rebuild",
+                          SHOAL_DATABASE_URL=stack.database_url)
+        reading = False
+        await watcher
+        print("\n" + out.stdout.strip())
+        assert "(1000 runs)" in out.stdout, out.stdout
+        after = await snapshot(conn)
+        assert after == before, "rebuilt read models differ from the live ones"
+        assert counts and set(counts) == {1000}, "a reader saw the read models incomplete"
+    finally:
+        await conn.close()

@@ -1,20 +1,102 @@
-"""Read-model maintenance shared by the projector and the CLI."""
+"""Read-model maintenance shared by the projector, the API and the CLI."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import asyncpg
+
+from shoal.infra import codec
+from shoal.infra.projection import LIVE, Tables, apply
+from shoal.infra.store import StoredEvent, read_from
 
 CHECKPOINT = "read_models"
 PROJECTOR_LOCK = 0x5E0A3  # held by a projector while it applies a batch
+REBUILD_LOCK = 0x5E0A4    # one rebuild at a time
+SHADOW = Tables("shoal_read.workflow_runs_rebuild", "shoal_read.task_runs_rebuild")
 
 
-async def rebuild(pool: asyncpg.Pool) -> None:
-    """Empty the read models and reset the checkpoint; the projector refills them.
+class RebuildBusy(Exception):
+    """Another rebuild holds the lock."""
 
-    Takes the projector's lock, so it never interleaves with a batch being applied.
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    events: int
+    runs: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+async def rebuild(pool: asyncpg.Pool, batch: int = 2000,
+                  progress: Callable[[int], None] | None = None) -> Rebuilt:
+    """Rebuild ``workflow_runs`` and ``task_runs`` from the whole event log, online.
+
+    The log is projected into shadow tables while the live ones keep serving (and the
+    projector keeps them current). Then, holding the projector's lock, the shadow tables
+    catch up the last events and the imported runs, and replace the live ones in one
+    transaction: a reader sees the old tables or the new, never an empty or half-built one.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PROJECTOR_LOCK)
-        # Logs and workers come from Kafka, not from the event log: they are kept.
-        await conn.execute("TRUNCATE shoal_read.workflow_runs, shoal_read.task_runs")
-        await conn.execute("DELETE FROM shoal_read.checkpoints WHERE name = $1", CHECKPOINT)
+    t0 = time.monotonic()
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
+            raise RebuildBusy("another rebuild of the read models is running")
+        try:
+            await conn.execute(
+                f"DROP TABLE IF EXISTS {SHADOW.runs}, {SHADOW.tasks};"
+                f"CREATE TABLE {SHADOW.runs} (LIKE {LIVE.runs} INCLUDING ALL);"
+                f"CREATE TABLE {SHADOW.tasks} (LIKE {LIVE.tasks} INCLUDING ALL)")
+            pos = n = 0
+            while True:  # the bulk, without blocking the projector
+                async with conn.transaction():
+                    applied = await _apply_from(conn, pos, batch)
+                if not applied:
+                    break
+                pos, n = applied[-1].global_position, n + len(applied)
+                if progress:
+                    progress(n)
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", PROJECTOR_LOCK)
+                while applied := await _apply_from(conn, pos, batch):
+                    pos, n = applied[-1].global_position, n + len(applied)
+                for e in await imported_events(conn):
+                    await apply(conn, e, imported=True, tables=SHADOW)
+                runs = await conn.fetchval(f"SELECT count(*) FROM {SHADOW.runs}")
+                await conn.execute(
+                    f"ALTER TABLE {LIVE.runs} RENAME TO workflow_runs_old;"
+                    f"ALTER TABLE {LIVE.tasks} RENAME TO task_runs_old;"
+                    f"ALTER TABLE {SHADOW.runs} RENAME TO workflow_runs;"
+                    f"ALTER TABLE {SHADOW.tasks} RENAME TO task_runs;"
+                    "DROP TABLE shoal_read.workflow_runs_old, shoal_read.task_runs_old")
+                await conn.execute(
+                    "INSERT INTO shoal_read.checkpoints (name, position) VALUES ($1, $2) "
+                    "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+                    CHECKPOINT, pos)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
+    return Rebuilt(events=n, runs=runs, seconds=time.monotonic() - t0)
+
+
+async def _apply_from(conn: asyncpg.Connection, pos: int, batch: int) -> list[StoredEvent]:
+    events = await read_from(conn, pos, batch)
+    for e in events:
+        await apply(conn, e, tables=SHADOW)
+    return events
+
+
+async def imported_events(conn: asyncpg.Connection,
+                          instance_id: str | None = None) -> list[StoredEvent]:
+    """The events of imported runs (all, or one run's), in order."""
+    rows = await conn.fetch(
+        "SELECT global_position, instance_id, seq, type, data::text AS data, causation_id, "
+        "recorded_at FROM shoal.imported_events WHERE $1::uuid IS NULL OR instance_id = $1 "
+        "ORDER BY instance_id, seq", instance_id)
+    return [StoredEvent(global_position=r["global_position"], instance_id=str(r["instance_id"]),
+                        seq=r["seq"], type=r["type"], data=codec.loads(r["data"]),
+                        causation_id=r["causation_id"], recorded_at=r["recorded_at"].isoformat())
+            for r in rows]
