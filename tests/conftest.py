@@ -63,6 +63,22 @@ def _with_db(url: str, name: str) -> str:
 @pytest.fixture
 async def database(pg_admin_url: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
+    async with _fresh_database(pg_admin_url) as url:
+        yield url
+
+
+@pytest.fixture
+async def other_stack(broker: str, pg_admin_url: str, tmp_path: Path,
+                      request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """A second installation: its own database and topics; the test starts its services."""
+    async with _fresh_database(pg_admin_url) as url, \
+            _owned_stack(broker, url, tmp_path / "other", request) as s:
+        (tmp_path / "other").mkdir()
+        yield s
+
+
+@contextlib.asynccontextmanager
+async def _fresh_database(pg_admin_url: str) -> AsyncIterator[str]:
     name = f"shoal_test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(pg_admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')

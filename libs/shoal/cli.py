@@ -410,6 +410,31 @@ def _task_cell(t: dict[str, Any]) -> str:
     return t["state"] if (t["attempt"] or 1) == 1 else f"{t['state']}#{t['attempt']}"
 
 
+def cmd_export_run(args: argparse.Namespace) -> None:
+    """The run's incident bundle as JSON on stdout (or in --output)."""
+    bundle = _request("GET", f"/api/v1/runs/{args.id}/bundle")
+    text = json.dumps(bundle, indent=1, ensure_ascii=False) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"bundle of run {args.id}: {len(bundle['events'])} events -> {args.output}",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_import_run(args: argparse.Namespace) -> None:
+    """Import a bundle read-only: replayable and inspectable here, never executed."""
+    try:
+        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        bundle = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"shoal: cannot read a bundle from {args.file}: {exc}")
+    out = _request("POST", "/api/v1/runs/import", json=bundle)
+    print(f"imported run {out['instance_id']} ({out['workflow']} v{out['version']}, "
+          f"{out['events']} events), read-only: shoal status/events/replay "
+          f"{out['instance_id']}")
+
+
 def cmd_fork(args: argparse.Namespace) -> None:
     """A new run from the state after event --at of this one, with params overridden."""
     out = _request("POST", f"/api/v1/runs/{args.id}/fork",
@@ -571,6 +596,14 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--until", type=int, help="stop after this event (seq)")
     s.add_argument("--at", help="the state at this instant (RFC 3339)")
     s.set_defaults(fn=cmd_replay)
+    s = sub.add_parser("export-run", help="a run's incident bundle (definition, every event, "
+                                          "log pointers) as JSON")
+    s.add_argument("id")
+    s.add_argument("--output", "-o", help="write it here instead of stdout")
+    s.set_defaults(fn=cmd_export_run)
+    s = sub.add_parser("import-run", help="import a bundle read-only (never executed here)")
+    s.add_argument("file", help="a bundle from shoal export-run ('-' = stdin)")
+    s.set_defaults(fn=cmd_import_run)
     s = sub.add_parser("fork", help="a new run from the state after event SEQ of a run "
                                     "(what had succeeded is kept), with params overridden")
     s.add_argument("id")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -184,5 +185,62 @@ async def test_rebuild_after_1000_runs_is_row_for_row_identical_and_online(stack
         after = await snapshot(conn)
         assert after == before, "rebuilt read models differ from the live ones"
         assert counts and set(counts) == {1000}, "a reader saw the read models incomplete"
+    finally:
+        await conn.close()
+
+
+async def test_a_failed_runs_bundle_imports_read_only_into_another_installation(
+        stack: Stack, other_stack: Stack, tmp_path: Path):
+    """Acceptance 3: export-run, import-run into an empty database: the same states and
+    events replay there, the run is marked imported and nothing executes it."""
+    await stack.apply({"name": "incident", "tasks": [
+        {"name": "extract", "command": "echo '${setValue(rows=7)}'", "outputs": ["rows"]},
+        {"name": "load", "command": "echo loading ${rows}; exit 4", "depends_on": ["extract"],
+         "retries": 1, "retry_interval": 1}]})
+    iid = await start(stack, "incident")
+    assert (await stack.wait_run(iid))["state"] == "failed"
+    bundle_file = tmp_path / "bundle.json"
+    out = await shoal(stack, "export-run", iid)
+    bundle_file.write_text(out.stdout)
+    bundle = json.loads(out.stdout)
+    assert bundle["schema"] == "shoal.run-bundle/1"
+    assert bundle["definition"]["workflow"] == "incident"
+    assert [p["attempt"] for p in bundle["logs"] if p["task"] == "load"] == [1, 2]
+
+    other_stack.start("api")
+    await eventually(other_stack._healthy, timeout=60, what="the other API")
+    other_stack.start("orchestrator")  # present, and still never executes it
+    imported = await shoal(other_stack, "import-run", str(bundle_file))
+    assert f"imported run {iid}" in imported.stdout
+
+    mine = (await stack.request("GET", f"/api/v1/runs/{iid}/replay")).json()
+    theirs = (await other_stack.request("GET", f"/api/v1/runs/{iid}/replay")).json()
+    assert theirs == mine
+    assert await other_stack.events(iid) == await stack.events(iid)
+    run = await other_stack.run_state(iid)
+    assert run["imported"] is True and run["state"] == "failed"
+    original = await stack.run_state(iid)
+    assert latest(run["tasks"]) == latest(original["tasks"])
+    assert "imported from an incident bundle" in (await shoal(other_stack, "status", iid)).stdout
+
+    # Read-only: controls, forks and a second import are refused; nothing was appended.
+    for action in ("rerun", "recover"):
+        r = await other_stack.request("POST", f"/api/v1/runs/{iid}/{action}")
+        assert r.status_code == 409 and "imported" in r.json()["detail"], r.text
+    r = await other_stack.request("POST", f"/api/v1/runs/{iid}/fork", json={"at": 3})
+    assert r.status_code == 409, r.text
+    again = await shoal(other_stack, "import-run", str(bundle_file), check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    broken = {**bundle, "events": bundle["events"][1:]}
+    r = await other_stack.request("POST", "/api/v1/runs/import", json=broken)
+    assert r.status_code == 422 and "seq" in r.json()["detail"], r.text
+    conn = await asyncpg.connect(other_stack.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM shoal.events") == 0
+        # A rebuild keeps the imported run.
+        await shoal(other_stack, "projections", "rebuild",
+                    SHOAL_DATABASE_URL=other_stack.database_url)
+        assert await conn.fetchval("SELECT imported FROM shoal_read.workflow_runs "
+                                   "WHERE instance_id = $1", uuid.UUID(iid))
     finally:
         await conn.close()

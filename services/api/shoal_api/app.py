@@ -19,7 +19,7 @@ from shoal_api import problems
 from shoal_api.deps import VIEWER, Resources
 from shoal_api.limits import BodyLimit, RequestMetrics
 from shoal_api.records import republish_all
-from shoal_api.routes import backfills, cluster, logs, runs, schedules, workflows
+from shoal_api.routes import backfills, bundles, cluster, logs, runs, schedules, workflows
 
 log = logging.getLogger("shoal.api")
 
@@ -52,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics)
     app.include_router(workflows.router)
+    app.include_router(bundles.router)
     app.include_router(runs.router)
     app.include_router(logs.router)
     app.include_router(schedules.router)

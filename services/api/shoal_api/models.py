@@ -290,3 +290,41 @@ class Cluster(BaseModel):
     orchestrators: list[OrchestratorMember]
     workers: list[WorkerMember]
     groups: list[GroupLag]
+
+
+class LogPointer(BaseModel):
+    task: str
+    attempt: int
+    chunks: int
+    lines: int | None
+    complete: bool = Field(description="the attempt's last chunk arrived")
+    path: str = Field(description="where the source installation's API serves it")
+
+
+class BundleDefinition(BaseModel):
+    workflow: str
+    version: int
+    definition: dict[str, Any]
+
+
+class RunBundle(BaseModel):
+    """An incident bundle (schema ``shoal.run-bundle/1``)."""
+
+    model_config = {"populate_by_name": True}
+
+    schema_: str = Field(alias="schema", serialization_alias="schema")
+    exported_at: str
+    source: dict[str, Any]
+    instance_id: str
+    definition: BundleDefinition
+    run: RunDetail
+    events: list[EventOut]
+    logs: list[LogPointer]
+
+
+class Imported(BaseModel):
+    instance_id: str
+    workflow: str
+    version: int
+    events: int
+    imported: bool

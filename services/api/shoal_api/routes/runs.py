@@ -32,6 +32,8 @@ from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
 from shoal.infra.kafka import send_reliably
 from shoal.infra.lifecycle import utcnow_iso
+from shoal.infra.readmodels import imported_events
+from shoal.infra.store import StoredEvent
 from shoal_api.deps import OPERATOR, VIEWER, Res
 from shoal_api.models import (
     Accepted,
@@ -87,6 +89,9 @@ async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[
     if unknown:
         raise HTTPException(422, {"message": f"start_from: unknown task(s) {', '.join(unknown)}"
                                              f" of '{name}'"})
+    if body.instance_id and await _imported(res, body.instance_id):
+        raise HTTPException(409, {"message": f"run {body.instance_id} was imported from a "
+                                             "bundle; choose another instance_id"})
     instance_id = str(body.instance_id or uuid.uuid4())
     cmd = StartWorkflow(
         message_id=str(uuid.uuid4()), instance_id=instance_id, sent_at=utcnow_iso(),
@@ -204,12 +209,20 @@ async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
         for t in tasks]}
 
 
-@router.get("/runs/{instance_id}/events", response_model=list[EventOut])
-async def get_events(instance_id: uuid.UUID, res: Res) -> list[dict[str, Any]]:
+async def history(res: Res, instance_id: uuid.UUID) -> list[StoredEvent]:
+    """The run's events: from the log, or from its bundle for an imported run; 404 if none."""
     events = await res.store.events_of(str(instance_id))
     if not events:
+        async with res.pool.acquire() as conn:
+            events = await imported_events(conn, str(instance_id))
+    if not events:
         raise HTTPException(404, {"message": f"no events for {instance_id}"})
-    return [e.as_dict() for e in events]
+    return events
+
+
+@router.get("/runs/{instance_id}/events", response_model=list[EventOut])
+async def get_events(instance_id: uuid.UUID, res: Res) -> list[dict[str, Any]]:
+    return [e.as_dict() for e in await history(res, instance_id)]
 
 
 @router.get("/runs/{instance_id}/replay", response_model=Replay)
@@ -220,9 +233,7 @@ async def replay(instance_id: uuid.UUID, res: Res,
                                                                "this instant")] = None) -> Replay:
     """The state rebuilt from the log after each event: the run's state and every task's
     state, attempt and outputs (the orchestrator's own fold)."""
-    events = await res.store.events_of(str(instance_id))
-    if not events:
-        raise HTTPException(404, {"message": f"no events for {instance_id}"})
+    events = await history(res, instance_id)
     if at is not None:
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
         events = [e for e in events if datetime.fromisoformat(e.recorded_at) <= at]
@@ -271,6 +282,9 @@ async def fork_run(instance_id: uuid.UUID, body: ForkBody, res: Res) -> dict[str
     if status == "offline":
         raise HTTPException(409, {"message": f"workflow '{source.workflow}' is offline; put it "
                                              "online to fork its runs"})
+    if body.instance_id and await _imported(res, body.instance_id):
+        raise HTTPException(409, {"message": f"run {body.instance_id} was imported from a "
+                                             "bundle; choose another instance_id"})
     new_id = str(body.instance_id or uuid.uuid4())
     submitted = events[0].data
     cmd = StartWorkflow(
@@ -300,11 +314,16 @@ _CONTROL: dict[str, type[PauseWorkflow | ResumeWorkflow | StopWorkflow | RerunWo
 
 
 async def _current_state(res: Res, instance_id: uuid.UUID) -> RunState:
-    state = await res.pool.fetchval(
-        "SELECT state FROM shoal_read.workflow_runs WHERE instance_id = $1", instance_id)
-    if state is None:
+    row = await res.pool.fetchrow(
+        "SELECT state, imported FROM shoal_read.workflow_runs WHERE instance_id = $1",
+        instance_id)
+    if row is None:
         raise HTTPException(404, {"message": f"no run {instance_id}"})
-    return RunState(state)
+    if row["imported"]:
+        raise HTTPException(409, {"message": f"run {instance_id} was imported from a bundle: "
+                                             "it is read-only and never executed here",
+                                  "state": row["state"]})
+    return RunState(row["state"])
 
 
 async def _send(res: Res, cmd: Command) -> None:
@@ -337,8 +356,8 @@ async def control_runs(action: Literal["stop", "rerun", "recover", "pause", "res
     409 refused by its state), and one refusal does not stop the others."""
     cls = _CONTROL[action]
     rows = await res.pool.fetch(
-        "SELECT instance_id, state FROM shoal_read.workflow_runs WHERE instance_id = ANY($1)",
-        list(dict.fromkeys(body.instance_ids)))
+        "SELECT instance_id, state FROM shoal_read.workflow_runs WHERE instance_id = ANY($1) "
+        "AND NOT imported", list(dict.fromkeys(body.instance_ids)))
     states = {r["instance_id"]: RunState(r["state"]) for r in rows}
     results: list[dict[str, Any]] = []
     for iid in dict.fromkeys(body.instance_ids):
