@@ -435,6 +435,20 @@ def cmd_import_run(args: argparse.Namespace) -> None:
           f"{out['instance_id']}")
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    """The consistency checker; exit 1 when it finds a violation."""
+    out = _request("GET", "/api/v1/check", params={"since": args.since, "grace": args.grace})
+    if args.json:
+        _print(out)
+    else:
+        print(f"checked {out['instances']} instances (positions {out['since']}..{out['until']})"
+              f" in {out['seconds']:.2f} s: {len(out['violations']) or 'no'} violation(s)")
+        if out["violations"]:
+            _table(out["violations"], ["instance_id", "seq", "kind", "detail"])
+    if out["violations"]:
+        sys.exit(1)
+
+
 def cmd_fork(args: argparse.Namespace) -> None:
     """A new run from the state after event --at of this one, with params overridden."""
     out = _request("POST", f"/api/v1/runs/{args.id}/fork",
@@ -604,6 +618,13 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("import-run", help="import a bundle read-only (never executed here)")
     s.add_argument("file", help="a bundle from shoal export-run ('-' = stdin)")
     s.set_defaults(fn=cmd_import_run)
+    s = sub.add_parser("check", help="check the read models against the log (exit 1 on a "
+                                     "violation)")
+    s.add_argument("--since", type=int, default=0, metavar="POS",
+                   help="only instances with events after this global position")
+    s.add_argument("--grace", type=float, default=60.0,
+                   help="seconds a running run may sit idle before it counts as stuck")
+    s.set_defaults(fn=cmd_check)
     s = sub.add_parser("fork", help="a new run from the state after event SEQ of a run "
                                     "(what had succeeded is kept), with params overridden")
     s.add_argument("id")

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.e2e.test_cli import shoal
@@ -244,3 +245,59 @@ async def test_a_failed_runs_bundle_imports_read_only_into_another_installation(
                                    "WHERE instance_id = $1", uuid.UUID(iid))
     finally:
         await conn.close()
+
+
+async def test_check_is_quiet_after_200_runs_and_names_a_hand_altered_row(bare_stack: Stack):
+    """Acceptance 4: `shoal check` finds nothing on a healthy system; a read-model row
+    altered by hand is named, by the CLI and by the projector's periodic job (metric)."""
+    stack = bare_stack
+    stack.start("api")
+    await eventually(stack._healthy, timeout=60, what="API up")
+    stack.start("orchestrator")
+    stack.start("projector", SHOAL_CHECK_INTERVAL="1", SHOAL_CHECK_SWEEP="500")
+    stack.start("worker")
+    await stack.apply({"name": "healthy", "params": {"i": "0"}, "tasks": [
+        {"name": "a", "command": "echo '${setValue(n=${i})}'", "outputs": ["n"]},
+        {"name": "b", "command": "exit $(( ${n} % 25 == 0 ))", "depends_on": ["a"]},
+        {"name": "c", "command": "true", "depends_on": ["a"]}]})
+    ids: list[str] = []
+    for chunk in range(4):
+        ids += await asyncio.gather(*[start(stack, "healthy", params={"i": chunk * 50 + k})
+                                      for k in range(50)])
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        async def all_done() -> bool:
+            n = await conn.fetchval("SELECT count(*) FROM shoal_read.workflow_runs "
+                                    "WHERE state IN ('succeeded', 'failed')")
+            return n == 200
+        await eventually(all_done, timeout=120, what="200 runs finished")
+        clean = await shoal(stack, "check")
+        assert "checked 200 instances" in clean.stdout and "no violation" in clean.stdout
+
+        victim = ids[17]
+        await conn.execute("UPDATE shoal_read.task_runs SET state = 'failed' "
+                           "WHERE instance_id = $1 AND task = 'c'", uuid.UUID(victim))
+        found = await shoal(stack, "check", check=False)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert victim in found.stdout and "read-model" in found.stdout, found.stdout
+        report = json.loads((await shoal(stack, "check", "--json", check=False)).stdout)
+        assert [(v["instance_id"], v["kind"]) for v in report["violations"]] == [
+            (victim, "read-model")]
+        assert "task_runs c#1.state is 'failed'" in report["violations"][0]["detail"]
+        # Incremental: nothing happened after the last position, so nothing to check.
+        since = await shoal(stack, "check", "--since", str(report["until"]))
+        assert "checked 0 instances" in since.stdout
+    finally:
+        await conn.close()
+
+    # The projector's job finds it too (its sweep visits every row) and counts it.
+    port = stack.metrics_ports[("projector", 0)]
+
+    async def counted() -> bool:
+        async with httpx.AsyncClient(timeout=5) as c:
+            text = (await c.get(f"http://127.0.0.1:{port}/metrics",
+                                headers=stack.auth("viewer"))).text
+        return 'shoal_consistency_violations_total{kind="read-model"}' in text and \
+            'shoal_consistency_violations_total{kind="read-model"} 0.0' not in text
+    await eventually(counted, timeout=30, what="the periodic check counting the violation")
+    assert f"consistency: read-model at {victim}" in (stack.workdir / "projector-0.log").read_text()

@@ -42,6 +42,11 @@ TASK_DURATION = Histogram(
 RUNS = Gauge("shoal_runs", "Runs in the read model by workflow and state",
              ["workflow", "state"])
 PROJECTOR_LAG = Gauge("shoal_projector_lag_events", "Events in the log not yet projected")
+CONSISTENCY_VIOLATIONS = Counter(
+    "shoal_consistency_violations_total",
+    "Violations found by the consistency checker (read model vs log, stuck runs, ...)", ["kind"])
+CONSISTENCY_CHECKED = Counter("shoal_consistency_checked_instances_total",
+                              "Instances the consistency checker examined")
 PROJECTED = Counter("shoal_projected_events_total", "Events applied to the read models")
 HTTP_REQUESTS = Counter("shoal_http_requests_total", "API requests",
                         ["method", "route", "status"])

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     # While a backfill waits for its runs, the scheduler checks their progress this often.
     scheduler_backfill_poll: float = 0.25
     projector_batch: int = 1000
+    # The projector's consistency check: every this many seconds (0 = off) it checks the
+    # instances changed since its last pass plus check_sweep others; a run counts as stuck
+    # once it has been quiet for check_grace seconds.
+    check_interval: float = 60.0
+    check_grace: float = 60.0
+    check_sweep: int = 100
     # sql tasks: JSON object of datasource name -> connection URL; unset: "default" is
     # database_url. http tasks: a request gives up after this many seconds.
     datasources: str | None = None

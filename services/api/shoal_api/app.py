@@ -19,7 +19,16 @@ from shoal_api import problems
 from shoal_api.deps import VIEWER, Resources
 from shoal_api.limits import BodyLimit, RequestMetrics
 from shoal_api.records import republish_all
-from shoal_api.routes import backfills, bundles, cluster, logs, runs, schedules, workflows
+from shoal_api.routes import (
+    backfills,
+    bundles,
+    check,
+    cluster,
+    logs,
+    runs,
+    schedules,
+    workflows,
+)
 
 log = logging.getLogger("shoal.api")
 
@@ -58,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(backfills.router)
     app.include_router(cluster.router)
+    app.include_router(check.router)
 
     @app.get("/healthz", tags=["health"], responses={503: {
         "description": "the database does not answer", "content": {"application/json": {}}}})

@@ -328,3 +328,19 @@ class Imported(BaseModel):
     version: int
     events: int
     imported: bool
+
+
+class ViolationOut(BaseModel):
+    instance_id: str
+    seq: int = Field(description="the event the violation is about")
+    kind: str = Field(description="read-model | stuck | succeeded-twice | unclosed-attempt | "
+                                  "not-replayable")
+    detail: str
+
+
+class CheckReport(BaseModel):
+    since: int
+    until: int = Field(description="checked up to this global position (the projector's)")
+    instances: int
+    violations: list[ViolationOut]
+    seconds: float

@@ -8,7 +8,7 @@ import logging
 
 import asyncpg
 
-from shoal.infra import kafka, metrics
+from shoal.infra import checker, kafka, metrics
 from shoal.infra.db import DB_ERRORS, connect_pool, migrate, until_available
 from shoal.infra.health import Health
 from shoal.infra.lifecycle import run_service, setup_logging
@@ -54,6 +54,25 @@ async def follow(settings: Settings, pool: asyncpg.Pool, recorder: Recorder,
         await listener.close()
 
 
+async def check_continuously(settings: Settings, pool: asyncpg.Pool,
+                             stop: asyncio.Event) -> None:
+    """The consistency checker as a periodic job, incremental by global position; its
+    checkpoint and sweep cursor live in shoal_read.checkpoints / shoal.checker_state."""
+    if settings.check_interval <= 0:
+        return
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.check_interval)
+        if stop.is_set():
+            return
+        try:
+            await checker.periodic(pool, grace=settings.check_grace,
+                                   sweep=settings.check_sweep)
+        except DB_ERRORS as exc:
+            log.warning("consistency check failed (%r); next pass in %.0f s", exc,
+                        settings.check_interval)
+
+
 async def main(settings: Settings) -> None:
     setup_logging(settings.log_level, "projector", settings.log_format)
     await migrate(settings.database_url)
@@ -69,6 +88,7 @@ async def main(settings: Settings) -> None:
             lambda stop: follow_logs(settings, pool, stop),
             lambda stop: follow_heartbeats(settings, pool, stop),
             lambda stop: gauges(pool, stop),
+            lambda stop: check_continuously(settings, pool, stop),
             lambda stop: metrics.serve(settings, "projector", stop, health),
             lambda stop: health.watch(pool, stop),
         ])

@@ -25,3 +25,9 @@ CREATE TABLE shoal.imported_events (
     recorded_at     timestamptz NOT NULL,
     PRIMARY KEY (instance_id, seq)
 );
+
+-- The periodic consistency check's sweep cursor (its position is in shoal_read.checkpoints).
+CREATE TABLE shoal.checker_state (
+    name  text PRIMARY KEY,
+    value text
+);
