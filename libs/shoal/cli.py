@@ -372,13 +372,53 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_events(args: argparse.Namespace) -> None:
+    if args.follow:
+        _follow_events(args)
+        return
     events = _request("GET", f"/api/v1/runs/{args.id}/events")
     if args.json:
         _print(events)
         return
     for e in events:
-        print(f"{e['seq']:>4} {e['recorded_at']} {e['type']:<18} "
-              f"{json.dumps({k: v for k, v in e['data'].items() if k != 'definition'})}")
+        print(_event_line(e))
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    return (f"{e['seq']:>4} {e['recorded_at']} {e['type']:<18} "
+            f"{json.dumps({k: v for k, v in e['data'].items() if k != 'definition'})}")
+
+
+def _follow_events(args: argparse.Namespace) -> None:
+    """The run's events as they are committed (server-sent events), until it finishes;
+    a dropped connection resumes after the last event seen (Last-Event-ID)."""
+    import httpx
+
+    path = f"/api/v1/runs/{args.id}/stream"
+    last: str | None = None
+    for _ in range(1000):
+        headers = {**_headers(), **({"Last-Event-ID": last} if last else {})}
+        try:
+            with httpx.stream("GET", _api() + path, headers=headers,
+                              timeout=httpx.Timeout(10, read=60)) as r:
+                if r.status_code != 200:
+                    r.read()
+                    _fail(r, "GET", path)
+                kind = ""
+                for line in r.iter_lines():
+                    if line.startswith("id: "):
+                        last = line[4:]
+                    elif line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: "):
+                        if kind == "end":
+                            return
+                        e = json.loads(line[6:])
+                        print(json.dumps(e) if args.json else _event_line(e), flush=True)
+                    elif not line:
+                        kind = ""
+        except httpx.HTTPError:
+            time.sleep(1.0)  # the API restarts or the network drops: resume where it left
+    sys.exit("shoal: the event stream kept dropping; giving up")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -604,6 +644,8 @@ def main(argv: list[str] | None = None) -> None:
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("events", help="a run's event history")
     s.add_argument("id")
+    s.add_argument("--follow", "-f", action="store_true",
+                   help="stream the events as they are committed, until the run finishes")
     s.set_defaults(fn=cmd_events)
     s = sub.add_parser("replay", help="rebuild a run's state from its log, step by step")
     s.add_argument("id")

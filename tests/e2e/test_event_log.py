@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -301,3 +303,91 @@ async def test_check_is_quiet_after_200_runs_and_names_a_hand_altered_row(bare_s
             'shoal_consistency_violations_total{kind="read-model"} 0.0' not in text
     await eventually(counted, timeout=30, what="the periodic check counting the violation")
     assert f"consistency: read-model at {victim}" in (stack.workdir / "projector-0.log").read_text()
+
+
+async def read_sse(stack: Stack, path: str, *, last_event_id: str | None = None,
+                   stop_after: int | None = None, until_end: bool = True,
+                   timeout: float = 60, started: asyncio.Event | None = None,
+                   stop_when: Callable[[dict], bool] | None = None) -> list[dict]:
+    """Server-sent events of ``path`` as dicts {id, event, data}; stops after ``stop_after``
+    messages, at ``event: end``, or after ``timeout`` seconds."""
+    headers = stack.auth("viewer")
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    out: list[dict] = []
+
+    async def read() -> None:
+        async with httpx.AsyncClient(base_url=stack.api, timeout=None) as c, \
+                c.stream("GET", path, headers=headers) as r:
+            assert r.status_code == 200, await r.aread()
+            assert r.headers["content-type"].startswith("text/event-stream")
+            if started:
+                started.set()
+            msg: dict = {}
+            async for line in r.aiter_lines():
+                if not line:
+                    if "data" in msg:
+                        out.append(msg)
+                        if msg.get("event") == "end" and until_end:
+                            return
+                        if stop_after and len(out) >= stop_after:
+                            return
+                        if stop_when and stop_when(msg):
+                            return
+                    msg = {}
+                    continue
+                field, _, value = line.partition(": ")
+                if field in ("id", "event", "data"):
+                    msg[field] = value
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(read(), timeout)
+    return out
+
+
+async def test_streams_deliver_every_event_in_order_and_resume_without_gaps(stack: Stack):
+    """Acceptance 5: a run's stream, cut and resumed with Last-Event-ID, gives every event
+    exactly once in order; the workflow stream gives only that workflow's runs."""
+    await stack.apply({"name": "streamed", "tasks": [
+        {"name": f"t{i}", "command": "sleep 0.3", **({"depends_on": [f"t{i - 1}"]} if i else {})}
+        for i in range(4)]})
+    await stack.apply({"name": "other", "tasks": [{"name": "x", "command": "true"}]})
+    started = asyncio.Event()
+    watcher = asyncio.create_task(read_sse(
+        stack, "/api/v1/stream?workflow=streamed", until_end=False, timeout=60,
+        started=started, stop_when=lambda m: '"WorkflowSucceeded"' in m["data"]))
+    await started.wait()
+    iid = await start(stack, "streamed")
+    other = await start(stack, "other")
+
+    async def exists() -> bool:
+        r = await stack.request("GET", f"/api/v1/runs/{iid}/stream", params={"after": 10**9},
+                                role="viewer", timeout=2)
+        return r.status_code != 404
+    # (a 404 answers at once; a 200 streams, so a short read timeout is expected then)
+    with contextlib.suppress(httpx.ReadTimeout):
+        await eventually(exists, what="the run's first event")
+
+    first = await read_sse(stack, f"/api/v1/runs/{iid}/stream", stop_after=5)
+    assert len(first) == 5 and all(m.get("event") is None for m in first)
+    rest = await read_sse(stack, f"/api/v1/runs/{iid}/stream", last_event_id=first[-1]["id"])
+    assert rest[-1]["event"] == "end" and rest[-1]["data"] == "WorkflowSucceeded"
+    got = [json.loads(m["data"]) for m in first + rest[:-1]]
+    history = await stack.events(iid)
+    assert [(e["seq"], e["global_position"]) for e in got] == [
+        (e["seq"], e["global_position"]) for e in history], "gap, duplicate or disorder"
+    assert [int(m["id"]) for m in first + rest[:-1]] == [e["global_position"] for e in got]
+    assert got == history
+
+    # The CLI follows the same stream to the run's end.
+    out = (await shoal(stack, "events", iid, "--follow")).stdout.splitlines()
+    assert [int(ln.split()[0]) for ln in out] == [e["seq"] for e in history]
+
+    seen = [json.loads(m["data"]) for m in await watcher]
+    assert {e["instance_id"] for e in seen} == {iid}, "the workflow stream leaked another run"
+    assert [e["seq"] for e in seen] == [e["seq"] for e in history]
+    assert other not in {e["instance_id"] for e in seen}
+
+    r = await stack.request("GET", f"/api/v1/runs/{iid}/stream",
+                            headers={"Last-Event-ID": "nope"})
+    assert r.status_code == 400

@@ -17,6 +17,7 @@ from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_api import problems
 from shoal_api.deps import VIEWER, Resources
+from shoal_api.hub import EventHub
 from shoal_api.limits import BodyLimit, RequestMetrics
 from shoal_api.records import republish_all
 from shoal_api.routes import (
@@ -27,6 +28,7 @@ from shoal_api.routes import (
     logs,
     runs,
     schedules,
+    streams,
     workflows,
 )
 
@@ -45,9 +47,11 @@ def create_app(settings: Settings) -> FastAPI:
         n = await republish_all(settings, pool, producer)
         if n:
             log.info("re-published %d schedule and backfill records", n)
+        app.state.hub = EventHub(settings)
         try:
             yield
         finally:
+            await app.state.hub.close()
             await producer.stop()
             await pool.close()
 
@@ -68,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(backfills.router)
     app.include_router(cluster.router)
     app.include_router(check.router)
+    app.include_router(streams.router)
 
     @app.get("/healthz", tags=["health"], responses={503: {
         "description": "the database does not answer", "content": {"application/json": {}}}})
