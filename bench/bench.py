@@ -12,8 +12,11 @@
 5. Python (bench/python_bench.py): Windmill's fibo-40-10 and fibo-10-33 flows, 200
    fibo(10) in parallel, Python task start (warm runner and cold interpreter) and the
    idle warm runner's RSS and CPU.
+6. Event log (bench/log_bench.py): loading a 4,000-event instance whole vs from its
+   snapshot, the online rebuild's events/s and a full consistency check's instances/s
+   (over everything the other groups left in the log).
 
-`bench.py [core] [scheduler] [python]` runs only those groups (default: all).
+`bench.py [core] [scheduler] [python] [log]` runs only those groups (default: all).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from bench.log_bench import bench_log
 from bench.python_bench import bench_python, python_start, write_code
 from shoal.infra import codec
 from shoal.infra.db import migrate
@@ -67,7 +71,7 @@ TOKEN = secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-GROUPS = ("core", "scheduler", "python")
+GROUPS = ("core", "scheduler", "python", "log")
 
 
 async def main() -> None:
@@ -128,6 +132,8 @@ async def main() -> None:
             results["python_start"] = await python_start(work, code)
         if "scheduler" in groups:
             results.update(await bench_scheduler(api, pool, spawn))
+        if "log" in groups:
+            results["log"] = await bench_log(pool)
     finally:
         await producer.stop()
         await pool.close()

@@ -10,9 +10,12 @@ import asyncpg
 import pytest
 
 from shoal.core.errors import StreamConflict
-from shoal.core.model import WorkflowStarted
+from shoal.core.evolve import evolve, fold
+from shoal.core.model import TaskSucceeded, WorkflowStarted
+from shoal.core.snapshot import snapshot_due
 from shoal.infra.db import migrate
 from shoal.infra.store import Append, EventStore, OutboxRow, read_from
+from tests.unit.test_workflow import Driver, chain
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +106,33 @@ async def test_concurrent_appenders_never_let_a_reader_skip_a_position(pool, dat
     everything = [row["global_position"] for row in
                   await pool.fetch("SELECT global_position FROM shoal.events ORDER BY 1")]
     assert seen == everything
+
+
+async def test_a_snapshot_plus_its_tail_loads_the_same_state_as_the_whole_history(pool):
+    """A 60-task chain (≈120 events) committed decision by decision with a snapshot every
+    50 events: load_runs gives the full fold; a snapshot of another format is ignored."""
+    d = Driver(chain(*[f"t{i}" for i in range(60)]))
+    sizes = [len(d.start())]
+    for i in range(60):
+        sizes.append(len(d.report(TaskSucceeded, f"t{i}", exit_code=0)))
+    store = EventStore(pool)
+    iid, seq, run = str(uuid.uuid4()), 1, None
+    snapshots_taken = 0
+    for n in sizes:
+        events = d.log[seq - 1:seq - 1 + n]
+        for e in events:
+            run = evolve(run, e, instance_id=iid)
+        due = snapshot_due(seq, seq + n - 1, 50)
+        snapshots_taken += due
+        await store.commit([Append(iid, seq, events, str(uuid.uuid4()), 0, run.state.value)],
+                           [], snapshots=[(iid, run)] if due else [])
+        seq += n
+    whole = fold(d.log, instance_id=iid)
+    assert snapshots_taken == 2
+    snap_seq = await pool.fetchval("SELECT seq FROM shoal.snapshots WHERE instance_id = $1",
+                                   uuid.UUID(iid))
+    assert 0 < whole.seq - snap_seq < 50
+    assert (await store.load_runs([iid]))[iid] == whole
+    await pool.execute("UPDATE shoal.snapshots SET format = 999")
+    assert (await store.load_runs([iid]))[iid] == whole
+    assert await store.load_runs([str(uuid.uuid4())]) == {}

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # While a backfill waits for its runs, the scheduler checks their progress this often.
     scheduler_backfill_poll: float = 0.25
     projector_batch: int = 1000
+    # The orchestrator stores an instance's folded state every this many events (0 = never),
+    # so loading it reads the snapshot and the events after it.
+    snapshot_every: int = 100
     # The projector's consistency check: every this many seconds (0 = off) it checks the
     # instances changed since its last pass plus check_sweep others; a run counts as stuck
     # once it has been quiet for check_grace seconds.

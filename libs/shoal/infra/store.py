@@ -18,7 +18,9 @@ from typing import Any
 import asyncpg
 
 from shoal.core.errors import StreamConflict
-from shoal.core.model import AnyEvent, event_data, event_from_data
+from shoal.core.evolve import evolve
+from shoal.core.model import AnyEvent, Run, event_data, event_from_data
+from shoal.core.snapshot import FORMAT, from_snapshot, to_snapshot
 from shoal.infra import codec
 
 
@@ -130,18 +132,28 @@ class EventStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def load(self, instance_ids: Iterable[str]) -> dict[str, list[AnyEvent]]:
-        """The full history of each instance (absent ids have no stream)."""
+    async def load_runs(self, instance_ids: Iterable[str]) -> dict[str, Run]:
+        """Each instance's state: its latest snapshot plus the events after it (the whole
+        history where there is no usable snapshot). Absent ids have no stream."""
         ids = list(set(instance_ids))
-        out: dict[str, list[AnyEvent]] = {}
+        out: dict[str, Run] = {}
         if not ids:
             return out
+        for r in await self.pool.fetch(
+                "SELECT instance_id, state::text AS state FROM shoal.snapshots "
+                "WHERE instance_id = ANY($1::uuid[]) AND format = $2", ids, FORMAT):
+            run = from_snapshot(codec.loads(r["state"]))
+            if run is not None:
+                out[str(r["instance_id"])] = run
         rows = await self.pool.fetch(
-            "SELECT instance_id, type, data::text AS data FROM shoal.events "
-            "WHERE instance_id = ANY($1::uuid[]) ORDER BY instance_id, seq", ids)
+            "SELECT e.instance_id, e.type, e.data::text AS data FROM shoal.events e "
+            "LEFT JOIN shoal.snapshots s ON s.instance_id = e.instance_id AND s.format = $2 "
+            "WHERE e.instance_id = ANY($1::uuid[]) AND e.seq > coalesce(s.seq, 0) "
+            "ORDER BY e.instance_id, e.seq", ids, FORMAT)
         for r in rows:
-            out.setdefault(str(r["instance_id"]), []).append(
-                event_from_data(r["type"], codec.loads(r["data"])))
+            iid = str(r["instance_id"])
+            out[iid] = evolve(out.get(iid), event_from_data(r["type"], codec.loads(r["data"])),
+                              instance_id=iid)
         return out
 
     async def processed(self, message_ids: Iterable[str]) -> set[str]:
@@ -165,9 +177,10 @@ class EventStore:
                      cancel: Sequence[tuple[str, str]] = (),
                      serial: Sequence[SerialOp] = (),
                      wake: Callable[[str], OutboxRow] | None = None,
-                     deps: Dependencies | None = None) -> None:
-        """Append every stream's events, the done-markers, the outbox and the timer
-        changes in one transaction.
+                     deps: Dependencies | None = None,
+                     snapshots: Sequence[tuple[str, Run]] = ()) -> None:
+        """Append every stream's events, the done-markers, the outbox, the timer changes
+        and the runs' new snapshots in one transaction.
 
         Raises :class:`StreamConflict` when any ``(instance_id, seq)`` already exists:
         another orchestrator wrote that stream, so the caller must reload and re-decide.
@@ -202,6 +215,14 @@ class EventStore:
                     "state = EXCLUDED.state, updated_at = now()",
                     [(a.instance_id, a.partition, a.first_seq + len(a.events) - 1, a.state)
                      for a in last.values()])
+                if snapshots:
+                    await conn.executemany(
+                        "INSERT INTO shoal.snapshots (instance_id, seq, format, state) "
+                        "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (instance_id) DO UPDATE SET "
+                        "seq = EXCLUDED.seq, format = EXCLUDED.format, state = EXCLUDED.state, "
+                        "taken_at = now()",
+                        [(iid, run.seq, FORMAT, codec.dumps(to_snapshot(run)).decode())
+                         for iid, run in snapshots])
                 await conn.execute("SELECT pg_notify('shoal_events', '')")
             woken = await _apply_serial(conn, serial)
             if wake is not None:

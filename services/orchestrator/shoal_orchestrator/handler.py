@@ -54,6 +54,7 @@ from shoal.core.model import (
     WorkflowSucceeded,
     event_data,
 )
+from shoal.core.snapshot import snapshot_due
 from shoal.core.workflow import Context, decide, evolve
 from shoal.infra import codec
 from shoal.infra.lifecycle import utcnow_iso
@@ -158,9 +159,14 @@ class BatchHandler:
                 deps = Dependencies([], [], [], self._dependency_met)
                 appends, outbox, runs = await self._decide_all(fresh, dead, timers, serial,
                                                                deps)
+                every = self.settings.snapshot_every
+                snapshots = {a.instance_id: runs[a.instance_id][1] for a in appends
+                             if snapshot_due(a.first_seq, a.first_seq + len(a.events) - 1,
+                                             every)}
                 await self.store.commit(
                     appends, outbox, [t for t in timers.values() if t is not None],
-                    [k for k, t in timers.items() if t is None], serial, self._wake, deps)
+                    [k for k, t in timers.items() if t is None], serial, self._wake, deps,
+                    snapshots=list(snapshots.items()))
             except StreamConflict as exc:
                 # Another orchestrator (a zombie or a new owner) wrote one of these streams:
                 # our view is stale. Drop it, reload from the log, decide again.
@@ -188,12 +194,10 @@ class BatchHandler:
                 "ORDER BY instance_id LIMIT $3", list(partitions), after, page)
             if not rows:
                 return loaded
-            histories = await self.store.load(str(r["instance_id"]) for r in rows)
+            states = await self.store.load_runs(str(r["instance_id"]) for r in rows)
             for r in rows:
                 iid = str(r["instance_id"])
-                run: Run | None = None
-                for e in histories.get(iid, []):
-                    run = evolve(run, e, instance_id=iid)
+                run = states.get(iid)
                 if run is not None:
                     self.cache.put(iid, r["partition"], run)
                     loaded += 1
@@ -205,14 +209,11 @@ class BatchHandler:
         deps: Dependencies,
     ) -> tuple[list[Append], list[OutboxRow], dict[str, tuple[int, Run]]]:
         missing = {c.instance_id for _, c in inputs if c.instance_id not in self.cache}
-        histories = await self.store.load(missing)
+        loaded = await self.store.load_runs(missing)
         working: dict[str, Run | None] = {}         # each instance's state as decided so far
         changed: dict[str, tuple[int, Run]] = {}    # instances this batch wrote: partition, run
         for iid in {c.instance_id for _, c in inputs}:
-            run = self.cache.get(iid)
-            for e in histories.get(iid, ()):
-                run = evolve(run, e, instance_id=iid)
-            working[iid] = run
+            working[iid] = self.cache.get(iid) or loaded.get(iid)
         definitions: dict[tuple[str, int | None], tuple[int, Any] | None] = {}
         holders: dict[str, str | None] = {}  # serial workflow -> run holding its slot
         appends: list[Append] = []

@@ -31,3 +31,13 @@ CREATE TABLE shoal.checker_state (
     name  text PRIMARY KEY,
     value text
 );
+
+-- The latest snapshot of each instance's folded state (written with the events that
+-- reach it, every SHOAL_SNAPSHOT_EVERY events); loading = snapshot + the events after it.
+CREATE TABLE shoal.snapshots (
+    instance_id uuid PRIMARY KEY,
+    seq         integer     NOT NULL,
+    format      integer     NOT NULL,
+    state       jsonb       NOT NULL,
+    taken_at    timestamptz NOT NULL DEFAULT now()
+);
