@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -114,6 +115,55 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
             log.info("created topics %s", missing)
     finally:
         await admin.close()
+
+
+async def keep_topics(settings: Settings, names: Iterable[str], stop: asyncio.Event,
+                      every: float = 2.0) -> None:
+    """Recreate any of ``names`` that disappears: a memory-only broker that restarted has
+    none of them, and its clients would otherwise fail on unknown topics forever."""
+    wanted = list(dict.fromkeys(names))
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        try:
+            await asyncio.wait_for(ensure_topics(settings, wanted), 10)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.debug("topics not checked (%r); the broker may be away", exc)
+
+
+class LossWatch:
+    """Notices that the broker lost data: a partition this consumer had read up to offset
+    N now ends before N (its topic was recreated, e.g. by a memory-only broker restart).
+    A real Kafka cluster never shrinks a partition, so this never fires there."""
+
+    def __init__(self) -> None:
+        self.read: dict[TopicPartition, int] = {}
+
+    def saw(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, msgs in batch.items():
+            if msgs:
+                self.read[tp] = max(self.read.get(tp, 0), msgs[-1].offset + 1)
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.read.pop(tp, None)
+
+    async def lost(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        """The partitions (of those read so far) that now end before what was read."""
+        read = {tp: n for tp, n in self.read.items() if tp in consumer.assignment()}
+        if not read:
+            return []
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(list(read)), 5)
+        except (KafkaError, TimeoutError):
+            return []
+        # (a rebalance during the request may have forgotten some: those are not ours now)
+        gone = [tp for tp, n in read.items() if tp in self.read and ends.get(tp, n) < n]
+        for tp in gone:
+            self.read[tp] = ends[tp]
+        return gone
 
 
 def base_topics(settings: Settings) -> list[str]:

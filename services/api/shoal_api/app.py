@@ -48,9 +48,14 @@ def create_app(settings: Settings) -> FastAPI:
         if n:
             log.info("re-published %d schedule and backfill records", n)
         app.state.hub = EventHub(settings)
+        stop = asyncio.Event()
+        keeper = asyncio.create_task(kafka.keep_topics(settings, kafka.base_topics(settings),
+                                                       stop))
         try:
             yield
         finally:
+            stop.set()
+            await keeper
             await app.state.hub.close()
             await producer.stop()
             await pool.close()

@@ -53,6 +53,7 @@ from shoal.core.model import (
     WorkflowStopped,
     WorkflowSucceeded,
     event_data,
+    event_from_data,
 )
 from shoal.core.snapshot import snapshot_due
 from shoal.core.workflow import Context, decide, evolve
@@ -309,15 +310,7 @@ class BatchHandler:
             if isinstance(e, TaskDispatched) and e.task_type not in WORKER_TYPES:
                 rows.extend(self._held(instance_id, run, e, deps))
             elif isinstance(e, TaskDispatched):
-                rows.append(OutboxRow(self.settings.tasks_topic(e.worker_group), key,
-                                      codec.dumps({
-                    "type": "DispatchTask", "message_id": e.dispatch_id,
-                    "instance_id": instance_id, "sent_at": now, "workflow": run.workflow,
-                    "task": e.task, "attempt": e.attempt, "dispatch_id": e.dispatch_id,
-                    "task_type": e.task_type, "worker_group": e.worker_group,
-                    "command": e.command, "env": dict(e.env), "outputs": list(e.outputs),
-                    "priority": e.priority, "schedule_time": run.schedule_time,
-                    "spec": dict(e.spec) if e.spec else None})))
+                rows.append(self._dispatch_row(instance_id, run, e, now))
             elif isinstance(e, TaskKillRequested) and e.worker_id == ORCHESTRATOR:
                 child = (run.tasks[e.task].spec or {}).get("child_instance_id")
                 if child:
@@ -346,6 +339,43 @@ class BatchHandler:
                                                      instance_id))
                 rows.extend(self._tell_parent(run, e))
         return rows
+
+    def _dispatch_row(self, instance_id: str, run: Run, e: TaskDispatched,
+                      now: str) -> OutboxRow:
+        return OutboxRow(self.settings.tasks_topic(e.worker_group), instance_id.encode(),
+                         codec.dumps({
+            "type": "DispatchTask", "message_id": e.dispatch_id,
+            "instance_id": instance_id, "sent_at": now, "workflow": run.workflow,
+            "task": e.task, "attempt": e.attempt, "dispatch_id": e.dispatch_id,
+            "task_type": e.task_type, "worker_group": e.worker_group,
+            "command": e.command, "env": dict(e.env), "outputs": list(e.outputs),
+            "priority": e.priority, "schedule_time": run.schedule_time,
+            "spec": dict(e.spec) if e.spec else None}))
+
+    async def unstarted_dispatches(self) -> list[OutboxRow]:
+        """After the broker lost data: the dispatch of every worker attempt of the runs
+        held here that was dispatched and never reported started, built again from its
+        TaskDispatched event (workers run a dispatch id once)."""
+        wanted = {(iid, t.dispatch_id): run for iid, run in
+                  ((r.instance_id, r) for r in self.cache.runs())
+                  for t in run.tasks.values()
+                  if t.state is TaskState.DISPATCHED and t.dispatch_id
+                  and run.definition.task(t.name).type in WORKER_TYPES}
+        if not wanted:
+            return []
+        rows = await self.store.pool.fetch(
+            "SELECT instance_id, type, data::text AS data FROM shoal.events "
+            "WHERE instance_id = ANY($1::uuid[]) AND type = 'TaskDispatched' "
+            "AND data->>'dispatch_id' = ANY($2::text[])",
+            list({iid for iid, _ in wanted}), [d for _, d in wanted])
+        out = []
+        now = utcnow_iso()
+        for r in rows:
+            e = event_from_data(r["type"], codec.loads(r["data"]))
+            assert isinstance(e, TaskDispatched)
+            iid = str(r["instance_id"])
+            out.append(self._dispatch_row(iid, wanted[(iid, e.dispatch_id)], e, now))
+        return out
 
     # ------------------------------------------------------------------ held tasks
     def _command(self, cls: type[StopWorkflow | PauseWorkflow | ResumeWorkflow],

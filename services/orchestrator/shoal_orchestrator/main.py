@@ -8,7 +8,7 @@ import logging
 import os
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shoal.core.errors import StreamConflict
@@ -43,9 +43,13 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         self.lock = lock
         self.me = me
         self.to_load: set[int] = set()
+        self.reissue_until = 0.0  # after the broker lost data: re-issue after each load
+        self.loss: kafka.LossWatch | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.me.partitions -= {tp.partition for tp in revoked}
+        if self.loss is not None:
+            self.loss.forget(revoked)
         async with self.lock:
             self.cache.drop_partitions({tp.partition for tp in revoked})
         log.info("revoked %d partitions", len(revoked))
@@ -70,6 +74,10 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
     pacer = kafka.FetchPacer(consumer, settings)
     metrics.DEAD_LETTERS.labels("orchestrator")  # exposed at 0 before the first one
     lag = asyncio.create_task(metrics.sample_lag(consumer, me.group, stop, into=me.lag))
+    loss = kafka.LossWatch()
+    ownership.loss = loss
+    checked = 0.0
+    loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
             if ownership.to_load:
@@ -81,8 +89,20 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                     except DB_ERRORS as exc:
                         log.warning("could not load partitions %s: %r", parts, exc)
                         ownership.to_load |= set(parts)
+                if loop.time() < ownership.reissue_until:
+                    await _reissue(handler, producer, lock)
+            if loop.time() - checked > 2.0:
+                checked = loop.time()
+                lost = await loss.lost(consumer)
+                if lost:
+                    log.warning("the broker lost partitions %s (topic recreated): "
+                                "reconciling from the log", sorted(tp.partition for tp in lost))
+                    # Again after the reloads the group's rejoin brings, for a minute.
+                    ownership.reissue_until = loop.time() + 60.0
+                    await _reissue(handler, producer, lock)
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
             pacer.saw(len(batch))
+            loss.saw(batch)
             if not batch:
                 continue
             async with lock:
@@ -122,6 +142,20 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
         await consumer.stop()
 
 
+async def _reissue(handler: BatchHandler, producer: AIOKafkaProducer,
+                   lock: asyncio.Lock) -> None:
+    """Publish again the dispatches a lost broker may have dropped (see
+    ``BatchHandler.unstarted_dispatches``)."""
+    try:
+        async with lock:
+            rows = await handler.unstarted_dispatches()
+        for row in rows:
+            await kafka.send_reliably(producer, row.topic, row.value, row.key)
+        log.info("re-issued %d dispatches without a start", len(rows))
+    except (*DB_ERRORS, KafkaError) as exc:
+        log.warning("re-issuing dispatches failed (%r); retrying after the next load", exc)
+
+
 async def _handle_until_done(handler: BatchHandler, records: list[Record],
                              stop: asyncio.Event) -> BatchResult | None:
     """Retry a batch through database outages; give up only when asked to stop."""
@@ -154,6 +188,7 @@ async def main(settings: Settings) -> None:
     try:
         await run_service("orchestrator", [
             lambda stop: consume(settings, store, relay, cache, me, stop),
+            lambda stop: kafka.keep_topics(settings, kafka.base_topics(settings), stop),
             lambda stop: members.report(pool, me, stop),
             leases.run,
             relay.run,

@@ -89,6 +89,7 @@ async def main(settings: Settings) -> None:
             lambda stop: follow_heartbeats(settings, pool, stop),
             lambda stop: gauges(pool, stop),
             lambda stop: check_continuously(settings, pool, stop),
+            lambda stop: kafka.keep_topics(settings, kafka.base_topics(settings), stop),
             lambda stop: metrics.serve(settings, "projector", stop, health),
             lambda stop: health.watch(pool, stop),
         ])

@@ -14,6 +14,7 @@ after a grace period) and is confirmed with a TaskKilled report.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -80,6 +81,12 @@ class Worker:
         if self.code_path:  # absolute, for the warm runner's preloads as for children
             self.base_env["SHOAL_CODE_PATH"] = ":".join(self.code_path)
         self.warm = WarmPython(self.base_env, run_as=settings.worker_run_as)
+        # Reports sent lately, to send again if the broker loses them; dispatch ids queued
+        # or finished lately, so a dispatch re-issued after such a loss runs once.
+        self.sent: collections.deque[tuple[float, bytes, bytes]] = collections.deque(
+            maxlen=20_000)
+        self.queued: set[str] = set()
+        self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ dispatches
     async def consume(self, stop: asyncio.Event) -> None:
@@ -97,8 +104,16 @@ class Worker:
         metrics.WORKER_SLOTS.labels(s.worker_group).set(s.worker_slots)
         lag = asyncio.create_task(metrics.sample_lag(
             consumer, f"{s.topic_prefix}.workers.{s.worker_group}", stop, into=self.lag))
+        loss = kafka.LossWatch()
+        checked = 0.0
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
+                if loop.time() - checked > 2.0:
+                    checked = loop.time()
+                    lost = await loss.lost(consumer)
+                    if lost:
+                        await self._after_loss(lost)
                 room = s.worker_slots + s.worker_prefetch - len(self.running) - len(self.queue)
                 if room <= 0:
                     consumer.pause(*consumer.assignment())
@@ -107,6 +122,7 @@ class Worker:
                 if room > 0:
                     batch = await consumer.getmany(timeout_ms=100, max_records=room)
                     pacer.saw(len(batch))
+                    loss.saw(batch)
                     for tp, msgs in batch.items():
                         for m in msgs:
                             await self._buffer(tp, m.offset, m.value, m.key)
@@ -123,6 +139,26 @@ class Worker:
             await consumer.stop()
             await self._drain()
             await self.warm.close()
+
+    async def _after_loss(self, lost: list[TopicPartition]) -> None:
+        """The broker lost data (its topics were recreated): offsets of the lost
+        partitions mean nothing now, and reports it had acknowledged may be gone — send
+        the recent ones again (their message ids make that harmless)."""
+        for tp in lost:
+            self.unstarted.pop(tp, None)
+            self.fetched.pop(tp, None)
+            self.committed.pop(tp, None)
+        horizon = time.monotonic() - 600
+        again = [(v, k) for at, v, k in self.sent if at >= horizon]
+        log.warning("the broker lost partitions %s of the tasks topic; sending %d recent "
+                    "reports again", sorted(tp.partition for tp in lost), len(again))
+        for value, key in again:
+            await kafka.send_reliably(self.producer, self.settings.commands_topic, value, key)
+
+    def _remember(self, cmd: TaskStarted | TaskSucceeded | TaskFailed | TaskKilled) -> bytes:
+        value = codec.encode_command(cmd)
+        self.sent.append((time.monotonic(), value, cmd.instance_id.encode()))
+        return value
 
     async def _warm_up(self) -> None:
         """Start the warm Python runner now, so the first Python task does not wait."""
@@ -146,6 +182,9 @@ class Worker:
                 "key": key.decode("utf-8", "replace") if key else None,
                 "value": (value or b"").decode("utf-8", "replace"), "dead_at": utcnow_iso()}))
             return
+        if d["dispatch_id"] in self.queued or d["dispatch_id"] in self.finished:
+            return  # re-issued after a broker loss: already here
+        self.queued.add(d["dispatch_id"])
         self.unstarted.setdefault(tp, set()).add(offset)
         heapq.heappush(self.queue, Pending(int(d.get("priority", 0)), next(self._seq), tp,
                                            offset, d, time.monotonic()))
@@ -155,6 +194,7 @@ class Worker:
             p = heapq.heappop(self.queue)
             self.unstarted.get(p.tp, set()).discard(p.offset)
             d = p.dispatch
+            self.queued.discard(d["dispatch_id"])
             if d["dispatch_id"] in self.running:
                 continue  # redelivered while still running here
             shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
@@ -200,6 +240,7 @@ class Worker:
     def forget(self, tps: list[TopicPartition]) -> None:
         """Revoked partitions: unstarted dispatches go back to Kafka for the new owner."""
         gone = set(tps)
+        self.queued -= {p.dispatch["dispatch_id"] for p in self.queue if p.tp in gone}
         self.queue = [p for p in self.queue if p.tp not in gone]
         heapq.heapify(self.queue)
         for tp in gone:
@@ -235,6 +276,9 @@ class Worker:
             await started.then(end)
         finally:
             self.running.pop(d["dispatch_id"], None)
+            self.finished[d["dispatch_id"]] = None
+            while len(self.finished) > 10_000:
+                self.finished.popitem(last=False)
             self.shippers.pop(d["dispatch_id"], None)
             metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
             self.slot_freed.set()
@@ -325,7 +369,7 @@ class Worker:
         usually takes them in one batch (one commit, one relay pass instead of two)."""
         topic, key = self.settings.commands_topic, first.instance_id.encode()
         try:
-            sent = [await self.producer.send(topic, codec.encode_command(c), key=key)
+            sent = [await self.producer.send(topic, self._remember(c), key=key)
                     for c in (first, second)]
             await asyncio.gather(*sent)
         except KafkaError:  # deterministic message ids: sending again is harmless
@@ -336,7 +380,7 @@ class Worker:
         # Reports carry deterministic message ids, so a retried send is harmless; if the
         # broker stays away past the retry window the lease machinery recovers the attempt.
         await kafka.send_reliably(self.producer, self.settings.commands_topic,
-                                  codec.encode_command(cmd), cmd.instance_id.encode())
+                                  self._remember(cmd), cmd.instance_id.encode())
 
     async def _drain(self, grace: float = 25.0) -> None:
         """On shutdown let running attempts finish, then kill what is left and report it."""
@@ -399,7 +443,11 @@ async def main(settings: Settings) -> None:
     await producer.start()
     worker = Worker(settings, producer)
     try:
+        topics = [settings.tasks_topic(settings.worker_group), settings.commands_topic,
+                  settings.dead_letters_topic, settings.topic("worker-control"),
+                  settings.topic("worker-heartbeats"), settings.topic("task-logs")]
         await run_service("worker", [worker.consume, worker.control, worker.heartbeat,
+                                     lambda stop: kafka.keep_topics(settings, topics, stop),
                                      lambda stop: metrics.serve(settings, "worker", stop)],
                           grace=45.0)
     finally:
