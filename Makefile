@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test test-unit test-integration lint typecheck bench docs clean
+.PHONY: install dev test test-unit test-integration lint typecheck bench chaos docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ typecheck: install
 
 bench: install
 	$(PY) -m bench.bench $(BENCH)
+
+## The long chaos run: 1,000 runs of mixed shapes, an orchestrator or worker SIGKILLed
+## every 5-10 s for 3 minutes; prints lost / stuck / duplicates / kill-to-progress.
+chaos: install
+	SHOAL_CHAOS=long $(PY) -m pytest -q -p no:cacheprovider -s tests/e2e/test_chaos.py
 
 ## Regenerate the README's state tables from libs/shoal/core/workflow.py.
 docs: install
