@@ -146,7 +146,11 @@ def cmd_run(args: argparse.Namespace) -> None:
         body["priority"] = args.priority
     if args.dry_run:
         body["dry_run"] = True
-    out = _request("POST", f"/api/v1/workflows/{args.workflow}/runs", json=body)
+    _started(_request("POST", f"/api/v1/workflows/{args.workflow}/runs", json=body), args)
+
+
+def _started(out: dict[str, Any], args: argparse.Namespace) -> None:
+    """Print a new run's id; with --wait, its outcome (exit 1 unless it succeeded)."""
     iid = out["instance_id"]
     print(iid)
     if args.wait:
@@ -491,15 +495,8 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 def cmd_fork(args: argparse.Namespace) -> None:
     """A new run from the state after event --at of this one, with params overridden."""
-    out = _request("POST", f"/api/v1/runs/{args.id}/fork",
-                   json={"at": args.at, "params": _params(args.param)})
-    iid = out["instance_id"]
-    print(iid)
-    if args.wait:
-        run = _wait(iid, args.timeout)
-        _show_run(run, args.json)
-        if run["state"] != "succeeded":
-            sys.exit(1)
+    _started(_request("POST", f"/api/v1/runs/{args.id}/fork",
+                      json={"at": args.at, "params": _params(args.param)}), args)
 
 
 def cmd_runs(args: argparse.Namespace) -> None:

@@ -26,6 +26,22 @@ async def start(stack: Stack, workflow: str, **body) -> str:
     return r.json()["instance_id"]
 
 
+async def start_many(stack: Stack, workflow: str, n: int) -> list[str]:
+    """``n`` runs with params i = 0..n-1, started 100 at a time."""
+    ids: list[str] = []
+    for first in range(0, n, 100):
+        ids += await asyncio.gather(*[start(stack, workflow, params={"i": i})
+                                      for i in range(first, min(n, first + 100))])
+    return ids
+
+
+async def all_finished(conn: asyncpg.Connection, n: int, timeout: float) -> None:
+    async def done() -> bool:
+        return await conn.fetchval("SELECT count(*) FROM shoal_read.workflow_runs "
+                                   "WHERE state IN ('succeeded', 'failed')") == n
+    await eventually(done, timeout=timeout, what=f"{n} runs finished")
+
+
 def latest(tasks: list[dict]) -> dict[str, tuple[str, int]]:
     """Each task's latest attempt as (state, attempt)."""
     out: dict[str, tuple[str, int]] = {}
@@ -151,17 +167,10 @@ async def test_rebuild_after_1000_runs_is_row_for_row_identical_and_online(stack
     await stack.apply({"name": "many", "params": {"i": "0"}, "tasks": [
         {"name": "a", "command": "echo '${setValue(n=${i})}'", "outputs": ["n"]},
         {"name": "b", "command": "exit $(( ${n} % 10 == 0 ))", "depends_on": ["a"]}]})
-    ids: list[str] = []
-    for chunk in range(10):
-        ids += await asyncio.gather(*[start(stack, "many", params={"i": chunk * 100 + k})
-                                      for k in range(100)])
+    await start_many(stack, "many", 1000)
     conn = await asyncpg.connect(stack.database_url)
     try:
-        async def all_done() -> bool:
-            n = await conn.fetchval("SELECT count(*) FROM shoal_read.workflow_runs "
-                                    "WHERE state IN ('succeeded', 'failed')")
-            return n == 1000
-        await eventually(all_done, timeout=180, what="1,000 runs finished")
+        await all_finished(conn, 1000, timeout=180)
         before = await snapshot(conn)
         assert sum(1 for r in before["shoal_read.workflow_runs"] if r[3] == "failed") == 100
 
@@ -262,17 +271,10 @@ async def test_check_is_quiet_after_200_runs_and_names_a_hand_altered_row(bare_s
         {"name": "a", "command": "echo '${setValue(n=${i})}'", "outputs": ["n"]},
         {"name": "b", "command": "exit $(( ${n} % 25 == 0 ))", "depends_on": ["a"]},
         {"name": "c", "command": "true", "depends_on": ["a"]}]})
-    ids: list[str] = []
-    for chunk in range(4):
-        ids += await asyncio.gather(*[start(stack, "healthy", params={"i": chunk * 50 + k})
-                                      for k in range(50)])
+    ids = await start_many(stack, "healthy", 200)
     conn = await asyncpg.connect(stack.database_url)
     try:
-        async def all_done() -> bool:
-            n = await conn.fetchval("SELECT count(*) FROM shoal_read.workflow_runs "
-                                    "WHERE state IN ('succeeded', 'failed')")
-            return n == 200
-        await eventually(all_done, timeout=120, what="200 runs finished")
+        await all_finished(conn, 200, timeout=120)
         clean = await shoal(stack, "check")
         assert "checked 200 instances" in clean.stdout and "no violation" in clean.stdout
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from shoal.core.check import check_history, check_read_model
 from shoal.core.model import Run, TaskSucceeded, TaskSucceededEvent
-from tests.unit.test_workflow import IID, Driver, chain, dags, settle, step_randomly
+from tests.unit.test_workflow import IID, Driver, chain, dags, random_history
 
 NOW = datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
 GRACE = timedelta(seconds=60)
@@ -31,11 +31,7 @@ def rows(run: Run) -> tuple[dict, list[dict]]:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dags(), st.data())
 def test_healthy_histories_have_no_violations(raw, data):
-    d = Driver(raw)
-    d.start()
-    for _ in range(data.draw(st.integers(0, 40))):
-        step_randomly(d, data, [])
-    settle(d, data)
+    d = random_history(Driver(raw), data)
     run, found = check_history(IID, history(d), now=NOW, grace=GRACE)
     assert found == []
     assert run == d.r

@@ -21,7 +21,7 @@ from shoal.core.model import (
 )
 from shoal.core.replay import carried_tasks, steps
 from shoal.core.workflow import Context, decide
-from tests.unit.test_workflow import IID, Driver, dags, roundtrip, settle, step_randomly
+from tests.unit.test_workflow import IID, Driver, dags, random_history, roundtrip, settle
 
 FORK = "00000000-0000-4000-8000-000000000002"
 
@@ -43,11 +43,7 @@ class Recording(Driver):
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dags(), st.data())
 def test_replay_steps_equal_the_live_state_after_every_decision(raw, data):
-    d = Recording(raw)
-    d.start()
-    for _ in range(data.draw(st.integers(0, 40))):
-        step_randomly(d, data, [])
-    settle(d, data)
+    d = random_history(Recording(raw), data)
     replayed = {seq: run for seq, _, run in
                 steps(enumerate(roundtrip(d.log), start=1), instance_id=IID)}
     for seq, live in d.states:
@@ -122,11 +118,7 @@ def test_a_fork_carrying_an_unknown_or_unfinished_task_is_dead_lettered():
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dags(), st.data())
 def test_a_fork_at_any_event_never_reruns_what_had_succeeded(raw, data):
-    d = Driver(raw)
-    d.start()
-    for _ in range(data.draw(st.integers(0, 40))):
-        step_randomly(d, data, [])
-    settle(d, data)
+    d = random_history(Driver(raw), data)
     at = data.draw(st.integers(1, len(d.log)))
     source = state_after(d, at)
     kept = {n for n, t in source.tasks.items() if t.state.done_ok}

@@ -10,17 +10,13 @@ from hypothesis import strategies as st
 
 from shoal.core.evolve import evolve
 from shoal.core.snapshot import FORMAT, from_snapshot, snapshot_due, to_snapshot
-from tests.unit.test_workflow import IID, Driver, dags, roundtrip, settle, step_randomly
+from tests.unit.test_workflow import IID, Driver, dags, random_history, roundtrip
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dags(), st.data())
 def test_snapshot_then_tail_equals_the_whole_fold(raw, data):
-    d = Driver(raw)
-    d.start()
-    for _ in range(data.draw(st.integers(0, 40))):
-        step_randomly(d, data, [])
-    settle(d, data)
+    d = random_history(Driver(raw), data)
     log = roundtrip(d.log)
     cut = data.draw(st.integers(1, len(log)))
     run = None

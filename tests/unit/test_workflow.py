@@ -539,6 +539,15 @@ def step_randomly(d: Driver, data: st.DataObject, sent: list[tuple]) -> None:
         d.command(ForceTaskSuccess, task=data.draw(st.sampled_from(sorted(run.tasks))))
 
 
+def random_history(d: Driver, data: st.DataObject, steps: int = 40) -> Driver:
+    """Start ``d``, feed it up to ``steps`` random inputs, then let it settle."""
+    d.start()
+    for _ in range(data.draw(st.integers(0, steps))):
+        step_randomly(d, data, [])
+    settle(d, data)
+    return d
+
+
 def settle(d: Driver, data: st.DataObject) -> None:
     """Inputs stop except what the system itself produces: timers fire, workers finish
     what they hold (and confirm kills), and a paused run is resumed."""
