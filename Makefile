@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test test-unit test-integration lint typecheck bench chaos docs clean
+.PHONY: install browser dev test test-unit test-integration lint typecheck bench chaos docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+## The web console's third-party script (dagre), from the npm registry, into the package.
+CONSOLE_VENDOR := services/api/shoal_api/console/vendor/dagre.min.js
+$(CONSOLE_VENDOR): console/package.json console/package-lock.json
+	cd console && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(dir $(CONSOLE_VENDOR))
+	cp console/node_modules/@dagrejs/dagre/dist/dagre.min.js $(CONSOLE_VENDOR)
+
+install: $(STAMP) $(CONSOLE_VENDOR)
+
+## The browser the console tests drive: Debian's chromium (Playwright uses it; it never
+## downloads a browser). Installed with apt when missing (as root, or with sudo).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-dejavu-core; }
 
 ## Whole stack: embedded broker + Postgres unless SHOAL_KAFKA_BOOTSTRAP / SHOAL_DATABASE_URL.
 dev: install
@@ -25,7 +41,7 @@ dev: install
 ## test its own database and topic prefix; most e2e time is waiting, not CPU.
 PYTEST_WORKERS ?= 2
 
-test: install lint typecheck
+test: install browser lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist worksteal
 
 test-unit: install

@@ -167,6 +167,20 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
                 "max": round(p[-1], 2) if p else None, "n": len(p)},
         }
         print(f"\nchaos ({'long' if LONG else 'short'}): {figures}")
+        for iid in stuck[:8]:  # what a stuck run is waiting for
+            tasks = await conn.fetch(
+                "SELECT task, attempt, state, worker_id FROM shoal_read.task_runs WHERE "
+                "instance_id = $1 AND state NOT IN ('succeeded', 'skipped') ORDER BY task, "
+                "attempt", uuid.UUID(iid))
+            tail = await conn.fetch(
+                "SELECT seq, type, data->>'task' AS task, recorded_at FROM shoal.events "
+                "WHERE instance_id = $1 ORDER BY seq DESC LIMIT 6", uuid.UUID(iid))
+            stream_row = await conn.fetchrow(
+                "SELECT partition, state, last_seq FROM shoal.streams WHERE instance_id = $1",
+                uuid.UUID(iid))
+            last = [(r["seq"], r["type"], r["task"], r["recorded_at"].isoformat()) for r in tail]
+            print(f"stuck {iid} ({rows[uuid.UUID(iid)]}, stream {dict(stream_row or {})}): "
+                  f"{[dict(t) for t in tasks]} last events {last}")
         assert len(kills) >= 3
         assert lost == [] and stuck == [], figures
         assert failed == [], figures

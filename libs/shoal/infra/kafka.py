@@ -135,23 +135,23 @@ async def keep_topics(settings: Settings, names: Iterable[str], stop: asyncio.Ev
 
 class LossWatch:
     """Notices that the broker lost data: a partition this consumer had read up to offset
-    N now ends before N (its topic was recreated, e.g. by a memory-only broker restart).
-    A real Kafka cluster never shrinks a partition, so this never fires there."""
+    N still ends before N two checks in a row (its topic was recreated, e.g. by a
+    memory-only broker restart). One look is not enough: the embedded broker's reported
+    end offset can trail records it has already served for a moment. A real Kafka
+    cluster never shrinks a partition, so this never fires there."""
 
     def __init__(self) -> None:
         self.read: dict[TopicPartition, int] = {}
+        self.suspect: set[TopicPartition] = set()
 
     def saw(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, msgs in batch.items():
             if msgs:
                 self.read[tp] = max(self.read.get(tp, 0), msgs[-1].offset + 1)
 
-    def forget(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
-            self.read.pop(tp, None)
-
     async def lost(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        """The partitions (of those read so far) that now end before what was read."""
+        """The partitions (of those read so far) found ending before what was read at
+        this check and the previous one."""
         read = {tp: n for tp, n in self.read.items() if tp in consumer.assignment()}
         if not read:
             return []
@@ -160,7 +160,9 @@ class LossWatch:
         except (KafkaError, TimeoutError):
             return []
         # (a rebalance during the request may have forgotten some: those are not ours now)
-        gone = [tp for tp, n in read.items() if tp in self.read and ends.get(tp, n) < n]
+        short = {tp for tp, n in read.items() if tp in self.read and 0 <= ends.get(tp, n) < n}
+        gone = sorted(short & self.suspect, key=lambda tp: (tp.topic, tp.partition))
+        self.suspect = short - set(gone)
         for tp in gone:
             self.read[tp] = ends[tp]
         return gone

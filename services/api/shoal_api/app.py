@@ -25,6 +25,7 @@ from shoal_api.routes import (
     bundles,
     check,
     cluster,
+    console,
     logs,
     runs,
     schedules,
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(cluster.router)
     app.include_router(check.router)
     app.include_router(streams.router)
+    app.include_router(console.router)
 
     @app.get("/healthz", tags=["health"], responses={503: {
         "description": "the database does not answer", "content": {"application/json": {}}}})

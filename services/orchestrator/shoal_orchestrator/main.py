@@ -44,12 +44,9 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         self.me = me
         self.to_load: set[int] = set()
         self.reissue_until = 0.0  # after the broker lost data: re-issue after each load
-        self.loss: kafka.LossWatch | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.me.partitions -= {tp.partition for tp in revoked}
-        if self.loss is not None:
-            self.loss.forget(revoked)
         async with self.lock:
             self.cache.drop_partitions({tp.partition for tp in revoked})
         log.info("revoked %d partitions", len(revoked))
@@ -75,7 +72,6 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
     metrics.DEAD_LETTERS.labels("orchestrator")  # exposed at 0 before the first one
     lag = asyncio.create_task(metrics.sample_lag(consumer, me.group, stop, into=me.lag))
     loss = kafka.LossWatch()
-    ownership.loss = loss
     checked = 0.0
     loop = asyncio.get_running_loop()
     try:

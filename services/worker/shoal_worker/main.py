@@ -86,6 +86,7 @@ class Worker:
         self.sent: collections.deque[tuple[float, bytes, bytes]] = collections.deque(
             maxlen=20_000)
         self.queued: set[str] = set()
+        self.loss = kafka.LossWatch()
         self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ dispatches
@@ -104,7 +105,7 @@ class Worker:
         metrics.WORKER_SLOTS.labels(s.worker_group).set(s.worker_slots)
         lag = asyncio.create_task(metrics.sample_lag(
             consumer, f"{s.topic_prefix}.workers.{s.worker_group}", stop, into=self.lag))
-        loss = kafka.LossWatch()
+        loss = self.loss
         checked = 0.0
         loop = asyncio.get_running_loop()
         try:
@@ -148,7 +149,7 @@ class Worker:
             self.unstarted.pop(tp, None)
             self.fetched.pop(tp, None)
             self.committed.pop(tp, None)
-        horizon = time.monotonic() - 600
+        horizon = time.monotonic() - 120
         again = [(v, k) for at, v, k in self.sent if at >= horizon]
         log.warning("the broker lost partitions %s of the tasks topic; sending %d recent "
                     "reports again", sorted(tp.partition for tp in lost), len(again))

@@ -1,0 +1,56 @@
+"""The web console: static files served at ``/`` (same origin, same tokens), and
+``GET /api/v1/me`` telling a page what its token may do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from shoal.infra.auth import Role, Tokens
+
+ASSETS = Path(__file__).resolve().parents[1] / "console"
+router = APIRouter(tags=["console"])
+_bearer = HTTPBearer(auto_error=False)
+
+# What the page may load: only files of the console itself, by name.
+_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html",
+          ".svg": "image/svg+xml"}
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return _file("index.html")
+
+
+@router.get("/console/{path:path}", include_in_schema=False)
+async def asset(path: str) -> FileResponse:
+    return _file(path)
+
+
+def _file(path: str) -> FileResponse:
+    target = (ASSETS / path).resolve()
+    if ASSETS not in target.parents or not target.is_file() or target.suffix not in _TYPES:
+        raise HTTPException(404, {"message": f"no console file {path!r}"
+                                             + ("" if (ASSETS / "vendor").is_dir() else
+                                                " (run make to build the console's assets)")})
+    return FileResponse(target, media_type=_TYPES[target.suffix],
+                        headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/api/v1/me", tags=["security"])
+async def me(request: Request, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> dict[str, Any]:
+    """The role of the bearer token (401 without a valid one when tokens are enabled):
+    the console shows only the controls that role may use."""
+    tokens: Tokens = request.app.state.tokens
+    if not tokens.enabled:
+        return {"role": Role.admin.name, "auth": False}
+    role = tokens.role_of(credentials.credentials if credentials else None)
+    if role is None:
+        raise HTTPException(401, {"message": "a valid bearer token is required"},
+                            headers={"WWW-Authenticate": "Bearer"})
+    return {"role": role.name, "auth": True}

@@ -1,0 +1,159 @@
+"""The web console in a real headless browser (Debian's chromium driven by Playwright)
+against the real stack: start, watch live, logs, stop, roles, time travel, screenshots."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+
+from tests.support import Stack
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "console"
+CHROMIUM = os.environ.get("SHOAL_TEST_CHROMIUM", "/usr/bin/chromium")
+
+DEMO = {"name": "console-demo", "params": {"greeting": "hello"}, "tasks": [
+    {"name": "greet", "command": "echo 'says ${greeting}'\necho second line"},
+    {"name": "wait", "command": "sleep 1", "depends_on": ["greet"]},
+    {"name": "done", "command": "echo done", "depends_on": ["wait"]}]}
+LONG = {"name": "console-long", "tasks": [
+    {"name": "sleeper", "command": "sleep 60"},
+    {"name": "after", "command": "true", "depends_on": ["sleeper"]}]}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no browser at {CHROMIUM}: `make test` installs Debian's chromium")
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def signed_in(browser: Browser, stack: Stack, role: str,
+                    hosts: set[str] | None = None) -> Page:
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    if hosts is not None:
+        page.on("request", lambda r: hosts.add(urlparse(r.url).netloc or r.url.split(":")[0]))
+    await page.goto(stack.api + "/")
+    await page.get_by_label("API token").fill(stack.tokens[role])
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#whoami")).to_have_text(f"signed in as {role}")
+    return page
+
+
+def node(page: Page, task: str) -> Locator:
+    return page.locator(f'#dag g.node[data-task="{task}"]')
+
+
+async def test_start_with_a_param_watch_it_turn_green_and_read_a_log(stack: Stack,
+                                                                      browser: Browser):
+    """Acceptance 1, and 4's "no request to any other host"."""
+    await stack.apply(DEMO)
+    hosts: set[str] = set()
+    page = await signed_in(browser, stack, "operator", hosts)
+    await page.goto(stack.api + "/#/workflows/console-demo")
+    await page.get_by_label("greeting").fill("bonjour")
+    await page.get_by_role("button", name="Run", exact=True).click()
+    await expect(page).to_have_url(re.compile(r"/#/runs/[0-9a-f-]{36}$"))
+    # Live: the graph turns green without a reload.
+    for task in ("greet", "wait", "done"):
+        await expect(node(page, task)).to_have_attribute("data-state", "succeeded",
+                                                         timeout=45_000)
+    await expect(page.locator("h1 .badge")).to_have_text("succeeded")
+    await node(page, "greet").click()
+    await expect(page.locator("#log")).to_contain_text("says bonjour")
+    await expect(page.locator("#log")).to_contain_text("second line")
+    await expect(page.locator("#events li").first).to_contain_text("WorkflowSubmitted")
+    assert hosts == {urlparse(stack.api).netloc} | ({"data"} & hosts), hosts
+
+
+async def test_stop_from_the_console_and_viewers_get_no_controls(stack: Stack,
+                                                                 browser: Browser):
+    """Acceptance 2."""
+    await stack.apply(LONG)
+    r = await stack.request("POST", "/api/v1/workflows/console-long/runs", json={})
+    iid = r.json()["instance_id"]
+    await stack.wait_task_state(iid, "running")
+    page = await signed_in(browser, stack, "operator")
+    await page.goto(stack.api + f"/#/runs/{iid}")
+    await expect(node(page, "sleeper")).to_have_attribute("data-state", "running")
+    await page.get_by_role("button", name="stop").click()
+    await expect(node(page, "sleeper")).to_have_attribute("data-state", "killed",
+                                                          timeout=30_000)
+    await expect(page.locator("h1 .badge")).to_have_text("stopped")
+    # A refused control shows the reason the API gave (409).
+    await page.get_by_role("button", name="pause").click()
+    await expect(page.locator("#control-error")).to_contain_text("pause")
+
+    viewer = await signed_in(browser, stack, "viewer")
+    await viewer.goto(stack.api + f"/#/runs/{iid}")
+    await expect(viewer.locator("h1 .badge")).to_have_text("stopped")
+    await expect(viewer.locator("[data-action]")).to_have_count(0)
+    await expect(viewer.get_by_text("Read-only (viewer token).")).to_be_visible()
+
+
+async def test_time_travel_slider_and_screenshots(stack: Stack, browser: Browser):
+    """Acceptance 3 and 4: the slider's first event shows nothing started, its last the
+    final states; PNGs of the runs list, a run and the workflows page."""
+    await stack.apply(DEMO)
+    r = await stack.request("POST", "/api/v1/workflows/console-demo/runs", json={})
+    iid = r.json()["instance_id"]
+    assert (await stack.wait_run(iid))["state"] == "succeeded"
+    hosts: set[str] = set()
+    page = await signed_in(browser, stack, "admin", hosts)
+    await page.goto(stack.api + f"/#/runs/{iid}")
+    for task in ("greet", "wait", "done"):
+        await expect(node(page, task)).to_have_attribute("data-state", "succeeded")
+    slider = page.locator("#travel")
+    last = int(await slider.get_attribute("max") or 0)
+    assert last == len(await stack.events(iid))
+    await slider.fill("1")
+    await expect(page.locator("#travel-label")).to_contain_text("after event 1: WorkflowSubmitted")
+    for task in ("greet", "wait", "done"):
+        await expect(node(page, task)).to_have_attribute("data-state", "none")
+    await expect(page.get_by_role("button", name="Fork from event 1")).to_be_visible()
+    await slider.fill(str(last))
+    for task in ("greet", "wait", "done"):
+        await expect(node(page, task)).to_have_attribute("data-state", "succeeded")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shots = {"run-detail": (f"/#/runs/{iid}", "Run " + iid[:8]),
+             "runs-list": ("/#/runs", iid[:8]),
+             "workflows": ("/#/workflows", "console-demo")}
+    for name, (path, text) in shots.items():
+        await page.goto(stack.api + path)
+        await expect(page.locator("main")).to_contain_text(text)
+        await page.wait_for_timeout(400)  # let the graph and charts finish drawing
+        png = ARTIFACTS / f"{name}.png"
+        await page.screenshot(path=str(png), full_page=True)
+        width, height, colours = png_facts(png.read_bytes())
+        assert width >= 1000 and height >= 300, (name, width, height)
+        assert colours > 50, f"{name}.png looks blank ({colours} distinct bytes)"
+    assert hosts == {urlparse(stack.api).netloc} | ({"data"} & hosts), hosts
+
+
+def png_facts(data: bytes) -> tuple[int, int, int]:
+    """Width, height and how many distinct byte values the decoded pixel rows hold."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    pos, idat = 8, b""
+    while pos < len(data):
+        n = struct.unpack(">I", data[pos:pos + 4])[0]
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    return width, height, len(set(zlib.decompress(idat)))
