@@ -64,7 +64,8 @@ def run_dev(examples: Path, workers: int = 1) -> None:
         base = f"http://{api_host}:{api_port}"
         config = _write_cli_config(data_dir, base, token, env["SHOAL_DATABASE_URL"])
         _load_examples(base, examples, token)
-        print(f"\nShoal is running.\n  API:      {base}/api/v1/workflows\n"
+        print(f"\nShoal is running.\n  console:  {base}/   (sign in with the token below)\n"
+              f"  API:      {base}/api/v1/workflows\n"
               f"  OpenAPI:  {base}/docs\n  logs:     {logs}\n"
               f"  token:    {token or '(auth off: SHOAL_API_TOKENS has no admin token)'}\n"
               f"  CLI:      .venv/bin/shoal run diamond --wait   (URL and token in {config})\n"

@@ -59,6 +59,15 @@ class Kill:
     affected: list[uuid.UUID]
 
 
+def _percentiles(values: list[float]) -> dict[str, float | int | None]:
+    p = sorted(values)
+    if not p:
+        return {"n": 0}
+    return {"p50": round(statistics.median(p), 2),
+            "p99": round(p[min(len(p) - 1, int(len(p) * 0.99))], 2),
+            "max": round(p[-1], 2), "n": len(p)}
+
+
 async def _affected(conn: asyncpg.Connection, stack: Stack, victim) -> list[uuid.UUID]:
     """The unfinished runs the victim holds: an orchestrator's partitions, a worker's
     running attempts."""
@@ -146,25 +155,21 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
         twice = await conn.fetchval(
             "SELECT count(*) FROM (SELECT 1 FROM shoal.events WHERE type = 'TaskSucceeded' "
             "GROUP BY instance_id, data->>'task' HAVING count(*) > 1) d")
-        progress = []
+        progress: dict[str, list[float]] = {"orchestrator": [], "worker": []}
         for k in kills:
             if k.affected:
                 first = await conn.fetchval(
                     "SELECT min(recorded_at) FROM shoal.events WHERE instance_id = ANY($1) "
                     "AND recorded_at > $2", k.affected, k.at)
                 if first:
-                    progress.append((first - k.at).total_seconds())
-        p = sorted(progress)
+                    progress[k.kind].append((first - k.at).total_seconds())
         figures = {
             "runs": len(ids), "succeeded": len(rows) - len(failed) - len(stuck),
             "failed": len(failed), "lost": len(lost), "stuck": len(stuck),
             "duplicate_succeeded_attempts": dup, "tasks_succeeded_twice": twice,
             "kills": {"orchestrator": sum(k.kind == "orchestrator" for k in kills),
                       "worker": sum(k.kind == "worker" for k in kills)},
-            "kill_to_progress_s": {
-                "p50": round(statistics.median(p), 2) if p else None,
-                "p99": round(p[min(len(p) - 1, int(len(p) * 0.99))], 2) if p else None,
-                "max": round(p[-1], 2) if p else None, "n": len(p)},
+            "kill_to_progress_s": {kind: _percentiles(v) for kind, v in progress.items()},
         }
         print(f"\nchaos ({'long' if LONG else 'short'}): {figures}")
         for iid in stuck[:8]:  # what a stuck run is waiting for

@@ -82,13 +82,17 @@ async def test_start_with_a_param_watch_it_turn_green_and_read_a_log(stack: Stac
 
 async def test_stop_from_the_console_and_viewers_get_no_controls(stack: Stack,
                                                                  browser: Browser):
-    """Acceptance 2."""
+    """Acceptance 2, and the runs list updating live."""
     await stack.apply(LONG)
+    page = await signed_in(browser, stack, "operator")
+    await expect(page.locator("#runs")).to_be_visible()  # the runs list, following events
     r = await stack.request("POST", "/api/v1/workflows/console-long/runs", json={})
     iid = r.json()["instance_id"]
-    await stack.wait_task_state(iid, "running")
-    page = await signed_in(browser, stack, "operator")
-    await page.goto(stack.api + f"/#/runs/{iid}")
+    row = page.locator(f'#runs tr[data-run="{iid}"]')
+    await expect(row).to_be_visible(timeout=20_000)  # arrived without a reload
+    await expect(row.locator(".badge")).to_have_text("running", timeout=20_000)
+    await row.get_by_role("link").click()
+    await expect(page).to_have_url(re.compile(f"/#/runs/{iid}$"))
     await expect(node(page, "sleeper")).to_have_attribute("data-state", "running")
     await page.get_by_role("button", name="stop").click()
     await expect(node(page, "sleeper")).to_have_attribute("data-state", "killed",
