@@ -134,37 +134,27 @@ async def keep_topics(settings: Settings, names: Iterable[str], stop: asyncio.Ev
 
 
 class LossWatch:
-    """Notices that the broker lost data: a partition this consumer had read up to offset
-    N still ends before N two checks in a row (its topic was recreated, e.g. by a
-    memory-only broker restart). One look is not enough: the embedded broker's reported
-    end offset can trail records it has already served for a moment. A real Kafka
-    cluster never shrinks a partition, so this never fires there."""
+    """Notices that the broker lost data: a fetch returns records of a partition below an
+    offset this member had committed there. The group's committed offset of a partition
+    only grows, and a consumer never reads below it, unless the partition's log and the
+    group's offsets were lost (a memory-only broker restarted, and the group rejoined at
+    the earliest offset of the recreated topic). A real Kafka cluster keeps both, so this
+    never fires there. (End offsets would be the obvious probe, but the embedded broker
+    reports a partition's end as the start of its last batch plus one.)"""
 
     def __init__(self) -> None:
-        self.read: dict[TopicPartition, int] = {}
-        self.suspect: set[TopicPartition] = set()
+        self.committed: dict[TopicPartition, int] = {}
 
-    def saw(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        for tp, msgs in batch.items():
-            if msgs:
-                self.read[tp] = max(self.read.get(tp, 0), msgs[-1].offset + 1)
+    def committed_up_to(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, n in offsets.items():
+            self.committed[tp] = max(self.committed.get(tp, 0), n)
 
-    async def lost(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        """The partitions (of those read so far) found ending before what was read at
-        this check and the previous one."""
-        read = {tp: n for tp, n in self.read.items() if tp in consumer.assignment()}
-        if not read:
-            return []
-        try:
-            ends = await asyncio.wait_for(consumer.end_offsets(list(read)), 5)
-        except (KafkaError, TimeoutError):
-            return []
-        # (a rebalance during the request may have forgotten some: those are not ours now)
-        short = {tp for tp, n in read.items() if tp in self.read and 0 <= ends.get(tp, n) < n}
-        gone = sorted(short & self.suspect, key=lambda tp: (tp.topic, tp.partition))
-        self.suspect = short - set(gone)
+    def lost(self, batch: dict[TopicPartition, list[Any]]) -> list[TopicPartition]:
+        """The partitions whose records in ``batch`` start below what was committed."""
+        gone = [tp for tp, msgs in batch.items()
+                if msgs and msgs[0].offset < self.committed.get(tp, 0)]
         for tp in gone:
-            self.read[tp] = ends[tp]
+            self.committed[tp] = 0  # a new numbering from here
         return gone
 
 

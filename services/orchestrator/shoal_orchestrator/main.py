@@ -72,7 +72,6 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
     metrics.DEAD_LETTERS.labels("orchestrator")  # exposed at 0 before the first one
     lag = asyncio.create_task(metrics.sample_lag(consumer, me.group, stop, into=me.lag))
     loss = kafka.LossWatch()
-    checked = 0.0
     loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
@@ -87,18 +86,16 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                         ownership.to_load |= set(parts)
                 if loop.time() < ownership.reissue_until:
                     await _reissue(handler, producer, lock)
-            if loop.time() - checked > 2.0:
-                checked = loop.time()
-                lost = await loss.lost(consumer)
-                if lost:
-                    log.warning("the broker lost partitions %s (topic recreated): "
-                                "reconciling from the log", sorted(tp.partition for tp in lost))
-                    # Again after the reloads the group's rejoin brings, for a minute.
-                    ownership.reissue_until = loop.time() + 60.0
-                    await _reissue(handler, producer, lock)
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
             pacer.saw(len(batch))
-            loss.saw(batch)
+            lost = loss.lost(batch)
+            if lost:
+                log.warning("the broker lost partitions %s (records below the committed "
+                            "offset): reconciling from the log",
+                            sorted(tp.partition for tp in lost))
+                # Again after the reloads the group's rejoin brings, for a minute.
+                ownership.reissue_until = loop.time() + 60.0
+                await _reissue(handler, producer, lock)
             if not batch:
                 continue
             async with lock:
@@ -126,9 +123,10 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                         "size": len(rec.value or b""),
                         "dead_at": utcnow_iso()}), rec.key)
                 relay.wake.set()
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
                 try:
-                    await consumer.commit({tp: msgs[-1].offset + 1
-                                           for tp, msgs in batch.items()})
+                    await consumer.commit(offsets)
+                    loss.committed_up_to(offsets)
                 except KafkaError as exc:
                     # The batch is durable; its redelivery is recognised by message_id.
                     log.warning("offset commit failed (%r); the batch will be redelivered "

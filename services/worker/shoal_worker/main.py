@@ -105,16 +105,8 @@ class Worker:
         metrics.WORKER_SLOTS.labels(s.worker_group).set(s.worker_slots)
         lag = asyncio.create_task(metrics.sample_lag(
             consumer, f"{s.topic_prefix}.workers.{s.worker_group}", stop, into=self.lag))
-        loss = self.loss
-        checked = 0.0
-        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
-                if loop.time() - checked > 2.0:
-                    checked = loop.time()
-                    lost = await loss.lost(consumer)
-                    if lost:
-                        await self._after_loss(lost)
                 room = s.worker_slots + s.worker_prefetch - len(self.running) - len(self.queue)
                 if room <= 0:
                     consumer.pause(*consumer.assignment())
@@ -123,7 +115,9 @@ class Worker:
                 if room > 0:
                     batch = await consumer.getmany(timeout_ms=100, max_records=room)
                     pacer.saw(len(batch))
-                    loss.saw(batch)
+                    lost = self.loss.lost(batch)
+                    if lost:
+                        await self._after_loss(lost)
                     for tp, msgs in batch.items():
                         for m in msgs:
                             await self._buffer(tp, m.offset, m.value, m.key)
@@ -235,6 +229,7 @@ class Worker:
         try:
             await consumer.commit(offsets)
             self.committed.update(offsets)
+            self.loss.committed_up_to(offsets)
         except KafkaError as exc:  # a rebalance: the new owner re-reads from the last commit
             log.warning("offset commit failed: %r", exc)
 
