@@ -1,4 +1,10 @@
 # One image for every Shoal service; the command picks the service.
+# The console's third-party script (dagre) comes from the npm registry, as `make` does.
+FROM node:20-slim AS console
+WORKDIR /console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -6,6 +12,8 @@ COPY libs ./libs
 COPY services ./services
 COPY schemas ./schemas
 COPY examples ./examples
+COPY --from=console /console/node_modules/@dagrejs/dagre/dist/dagre.min.js \
+     ./services/api/shoal_api/console/vendor/dagre.min.js
 RUN pip install --no-cache-dir -e . \
     && useradd --create-home shoal
 USER shoal
