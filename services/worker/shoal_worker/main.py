@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -187,10 +188,10 @@ class Worker:
     async def _start_ready(self) -> None:
         while self.queue and len(self.running) < self.settings.worker_slots:
             p = heapq.heappop(self.queue)
-            self.unstarted.get(p.tp, set()).discard(p.offset)
             d = p.dispatch
             self.queued.discard(d["dispatch_id"])
             if d["dispatch_id"] in self.running:
+                self.unstarted.get(p.tp, set()).discard(p.offset)
                 continue  # redelivered while still running here
             shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
             attempt = Attempt(d, self.settings.data_dir, self.base_env, on_lines=shipper.add,
@@ -202,11 +203,19 @@ class Worker:
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
+            # The dispatch's offset is committed only once its start is on the broker: a
+            # worker killed before that leaves it to be redelivered, not a dispatched
+            # attempt nobody runs (there is no lease before a start).
             started = _StartReport(self, TaskStarted(**self._fields(d, "started")),
-                                   self.settings.worker_start_report_delay)
+                                   self.settings.worker_start_report_delay,
+                                   on_sent=functools.partial(self._started, p.tp, p.offset))
             t = asyncio.create_task(self._run(attempt, started))
             self.tasks.add(t)
             t.add_done_callback(self.tasks.discard)
+
+    def _started(self, tp: TopicPartition, offset: int) -> None:
+        """The attempt's start is on the broker: its dispatch's offset may be committed."""
+        self.unstarted.get(tp, set()).discard(offset)
 
     def _in_loop(self, d: dict[str, Any]) -> Callable[[Say], Awaitable[Outcome]] | None:
         """sql and http attempts run in this event loop (still one slot each)."""
@@ -395,9 +404,11 @@ class _StartReport:
     ends first: then start and end go together. The end is always sent after the start
     was acknowledged (or with it), so the two stay in order on the partition."""
 
-    def __init__(self, worker: Worker, cmd: TaskStarted, delay: float) -> None:
+    def __init__(self, worker: Worker, cmd: TaskStarted, delay: float,
+                 on_sent: Callable[[], None] = lambda: None) -> None:
         self.worker = worker
         self.cmd = cmd
+        self.on_sent = on_sent
         self.ended = asyncio.Event()
         self.task = asyncio.create_task(self._later(delay))
 
@@ -411,6 +422,7 @@ class _StartReport:
             await self.worker._report(self.cmd)
         except KafkaError as exc:  # the lease machinery recovers a start never heard of
             log.warning("could not report the start of %s: %r", self.cmd.task, exc)
+        self.on_sent()
         return True
 
     async def then(self, end: TaskSucceeded | TaskFailed | TaskKilled) -> None:
@@ -419,6 +431,7 @@ class _StartReport:
             await self.worker._report(end)
         else:
             await self.worker._report_both(self.cmd, end)
+            self.on_sent()
 
 
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
