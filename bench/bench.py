@@ -12,7 +12,7 @@
 5. Python (bench/python_bench.py): Windmill's fibo-40-10 and fibo-10-33 flows, 200
    fibo(10) in parallel, Python task start (warm runner and cold interpreter) and the
    idle warm runner's RSS and CPU.
-6. Event log (bench/log_bench.py): loading a 4,000-event instance whole vs from its
+6. Event log (bench/log_bench.py): loading a 2,000-event instance whole vs from its
    snapshot, the online rebuild's events/s and a full consistency check's instances/s
    (over everything the other groups left in the log).
 

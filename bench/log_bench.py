@@ -1,6 +1,6 @@
 """Event-log figures of `make bench` (group ``log``), against the bench's database:
 
-* ``load``: loading one instance with a long history (a 2,000-task chain, ≈4,000 events)
+* ``load``: loading one instance with a long history (a 1,000-task chain, ≈2,000 events)
   the way an orchestrator does after a failover — the whole history versus the latest
   snapshot plus its tail (``SHOAL_SNAPSHOT_EVERY``, default 100). Median of 5.
 * ``rebuild``: ``shoal projections rebuild`` of everything in the log so far: events/s.
@@ -44,7 +44,7 @@ def _long_history(tasks: int) -> list[list[Any]]:
             run = evolve(run, e, instance_id="bench")
         decisions.append(list(d.events))
 
-    common = {"instance_id": "bench", "sent_at": "t"}
+    common = {"instance_id": "bench", "sent_at": "2026-01-01T00:00:00+00:00"}
     feed(ResolvedStart(command=StartWorkflow(message_id="s", workflow="long", **common),
                        definition=definition, version=1))
     while run is not None and not run.state.finished:
@@ -69,7 +69,7 @@ async def _store(store: EventStore, decisions: list[list[Any]], every: int) -> s
 
 async def bench_log(pool: asyncpg.Pool) -> dict[str, object]:
     store = EventStore(pool)
-    decisions = _long_history(2000)
+    decisions = _long_history(1000)
     events = sum(len(d) for d in decisions)
     whole = await _store(store, decisions, every=0)
     snapped = await _store(store, decisions, every=100)
