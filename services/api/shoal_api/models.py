@@ -344,3 +344,8 @@ class CheckReport(BaseModel):
     instances: int
     violations: list[ViolationOut]
     seconds: float
+
+
+class Me(BaseModel):
+    role: Literal["viewer", "operator", "admin"]
+    auth: bool = Field(description="false: the API runs without tokens (everyone is admin)")

@@ -11,6 +11,8 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shoal.infra.auth import Role, Tokens
+from shoal_api.models import Me
+from shoal_api.problems import ERRORS
 
 ASSETS = Path(__file__).resolve().parents[1] / "console"
 router = APIRouter(tags=["console"])
@@ -41,7 +43,7 @@ def _file(path: str) -> FileResponse:
                         headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/api/v1/me", tags=["security"])
+@router.get("/api/v1/me", tags=["security"], responses=ERRORS, response_model=Me)
 async def me(request: Request, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> dict[str, Any]:
     """The role of the bearer token (401 without a valid one when tokens are enabled):
