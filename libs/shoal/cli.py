@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,22 +234,29 @@ def cmd_logs(args: argparse.Namespace) -> None:
             if r.status_code >= 400:
                 r.read()
                 _fail(r, "GET", path)
-            _print_sse(r.iter_lines())
+            for _, event, data in _sse(r.iter_lines()):
+                if event == "end":
+                    break
+                print(data, flush=True)
     except httpx.HTTPError as exc:
         sys.exit(f"shoal: the log stream from {_api()} broke off: {exc}")
 
 
-def _print_sse(lines: Any) -> None:
-    event = "message"
+def _sse(lines: Any) -> Iterator[tuple[str | None, str, str]]:
+    """``(id, event, data)`` of each server-sent message."""
+    msg_id: str | None = None
+    event, data = "message", None
     for line in lines:
-        if line.startswith("event: "):
+        if line.startswith("id: "):
+            msg_id = line[4:]
+        elif line.startswith("event: "):
             event = line[7:]
-        elif line.startswith("data: ") or line == "data:":
-            if event == "end":
-                return
-            print(line[6:], flush=True)
+        elif line.startswith("data:"):
+            data = line[6:]
         elif not line:
-            event = "message"
+            if data is not None:
+                yield msg_id, event, data
+            event, data = "message", None
 
 
 def _params(pairs: list[str] | None) -> dict[str, str]:
@@ -407,19 +415,12 @@ def _follow_events(args: argparse.Namespace) -> None:
                 if r.status_code != 200:
                     r.read()
                     _fail(r, "GET", path)
-                kind = ""
-                for line in r.iter_lines():
-                    if line.startswith("id: "):
-                        last = line[4:]
-                    elif line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: "):
-                        if kind == "end":
-                            return
-                        e = json.loads(line[6:])
-                        print(json.dumps(e) if args.json else _event_line(e), flush=True)
-                    elif not line:
-                        kind = ""
+                for msg_id, event, data in _sse(r.iter_lines()):
+                    last = msg_id or last
+                    if event == "end":
+                        return
+                    e = json.loads(data)
+                    print(json.dumps(e) if args.json else _event_line(e), flush=True)
         except httpx.HTTPError:
             time.sleep(1.0)  # the API restarts or the network drops: resume where it left
     sys.exit("shoal: the event stream kept dropping; giving up")

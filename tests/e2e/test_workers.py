@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import time
 import uuid
@@ -211,3 +213,36 @@ async def test_a_short_attempt_reports_start_and_end_in_one_batch_a_long_one_doe
           if e["type"] in ("TaskStarted", "TaskSucceeded")}
     assert at[("TaskStarted", "short")] == at[("TaskSucceeded", "short")]
     assert at[("TaskStarted", "long")] < at[("TaskSucceeded", "long")]
+
+
+async def test_a_worker_killed_before_reporting_a_start_leaves_the_dispatch_to_another(
+        bare_stack: Stack, tmp_path):
+    """The first worker takes the dispatch and starts the process, but holds back its start
+    report (a 30 s report delay) and is SIGKILLed: no start was reported, so there is no
+    lease to lapse. Its offset was not committed, so the next worker gets the dispatch."""
+    stack = bare_stack
+    stack.start("api")
+    await eventually(stack._healthy, timeout=60, what="API up")
+    stack.start("orchestrator")
+    stack.start("projector")
+    first = stack.start("worker", SHOAL_WORKER_START_REPORT_DELAY="30")
+    marker = tmp_path / "first-pid"
+    await stack.apply({"name": "quiet-start", "tasks": [{"name": "only", "command":
+        f"if [ -f {marker} ]; then echo second; else echo $$ > {marker}; exec sleep 60; fi"}]})
+    iid = await start(stack, "quiet-start")
+
+    async def taken() -> bool:
+        return marker.exists() and bool(marker.read_text().strip())
+    await eventually(taken, timeout=60, what="the first worker running the task")
+    first.kill9()
+    orphan = int(marker.read_text())
+    try:
+        second = stack.start("worker")
+        run = await stack.wait_run(iid, timeout=60)
+        assert run["state"] == "succeeded"
+        started = [e["data"]["worker_id"] for e in await stack.events(iid)
+                   if e["type"] == "TaskStarted"]
+        assert started == [second.env["SHOAL_WORKER_ID"]]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)  # the first worker's child, in its own group

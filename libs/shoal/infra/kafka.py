@@ -101,36 +101,55 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in dict.fromkeys(names) if n not in existing]
-        if missing:
-            # Created concurrently by another service: what we wanted.
-            compacted = {settings.topic(t) for t in COMPACTED_TOPICS}
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([
-                    NewTopic(n, settings.partitions, settings.kafka_replication_factor,
-                             topic_configs={"cleanup.policy": "compact"} if n in compacted
-                             else {})
-                    for n in missing])
-            log.info("created topics %s", missing)
+        await _create_missing(admin, settings, names)
     finally:
         await admin.close()
+
+
+async def _create_missing(admin: AIOKafkaAdminClient, settings: Settings,
+                          names: Iterable[str]) -> None:
+    existing = set(await admin.list_topics())
+    missing = [n for n in dict.fromkeys(names) if n not in existing]
+    if missing:
+        # Created concurrently by another service: what we wanted.
+        compacted = {settings.topic(t) for t in COMPACTED_TOPICS}
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([
+                NewTopic(n, settings.partitions, settings.kafka_replication_factor,
+                         topic_configs={"cleanup.policy": "compact"} if n in compacted
+                         else {})
+                for n in missing])
+        log.info("created topics %s", missing)
 
 
 async def keep_topics(settings: Settings, names: Iterable[str], stop: asyncio.Event,
                       every: float = 2.0) -> None:
     """Recreate any of ``names`` that disappears: a memory-only broker that restarted has
-    none of them, and its clients would otherwise fail on unknown topics forever."""
+    none of them, and its clients would otherwise fail on unknown topics forever. One
+    admin connection is kept (and opened again after a failure)."""
     wanted = list(dict.fromkeys(names))
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
-        if stop.is_set():
-            return
-        try:
-            await asyncio.wait_for(ensure_topics(settings, wanted), 10)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.debug("topics not checked (%r); the broker may be away", exc)
+    admin: AIOKafkaAdminClient | None = None
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if stop.is_set():
+                return
+            try:
+                if admin is None:
+                    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+                    await admin.start()
+                await asyncio.wait_for(_create_missing(admin, settings, wanted), 10)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.debug("topics not checked (%r); the broker may be away", exc)
+                if admin is not None:
+                    with contextlib.suppress(Exception):
+                        await admin.close()
+                    admin = None
+    finally:
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
 
 
 class LossWatch:

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from shoal.infra import codec
 from shoal.infra.projection import LIVE, Tables, apply
-from shoal.infra.store import StoredEvent, read_from
+from shoal.infra.store import StoredEvent, imported_events, read_from
 
 CHECKPOINT = "read_models"
 PROJECTOR_LOCK = 0x5E0A3  # held by a projector while it applies a batch
@@ -87,16 +86,3 @@ async def _apply_from(conn: asyncpg.Connection, pos: int, batch: int) -> list[St
     for e in events:
         await apply(conn, e, tables=SHADOW)
     return events
-
-
-async def imported_events(conn: asyncpg.Connection,
-                          instance_id: str | None = None) -> list[StoredEvent]:
-    """The events of imported runs (all, or one run's), in order."""
-    rows = await conn.fetch(
-        "SELECT global_position, instance_id, seq, type, data::text AS data, causation_id, "
-        "recorded_at FROM shoal.imported_events WHERE $1::uuid IS NULL OR instance_id = $1 "
-        "ORDER BY instance_id, seq", instance_id)
-    return [StoredEvent(global_position=r["global_position"], instance_id=str(r["instance_id"]),
-                        seq=r["seq"], type=r["type"], data=codec.loads(r["data"]),
-                        causation_id=r["causation_id"], recorded_at=r["recorded_at"].isoformat())
-            for r in rows]

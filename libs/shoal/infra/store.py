@@ -359,6 +359,16 @@ def _wait(r: asyncpg.Record) -> WaitRow:
                    window_end=r["window_end"])
 
 
+async def imported_events(conn: asyncpg.Connection,
+                          instance_id: str | None = None) -> list[StoredEvent]:
+    """The events of runs imported from bundles (all, or one run's), in order; their
+    global positions are the exporting installation's."""
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLS} FROM shoal.imported_events WHERE $1::uuid IS NULL OR "
+        "instance_id = $1 ORDER BY instance_id, seq", instance_id)
+    return [_row_event(r) for r in rows]
+
+
 async def read_from(conn: asyncpg.Connection, after: int, limit: int) -> list[StoredEvent]:
     """Events with ``global_position > after`` in order (gap-free; see module docstring)."""
     rows = await conn.fetch(

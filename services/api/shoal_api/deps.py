@@ -35,18 +35,24 @@ Res = Annotated[Resources, Depends(_resources)]
 _bearer = HTTPBearer(auto_error=False, description="a token of SHOAL_API_TOKENS")
 
 
+async def current_role(request: Request, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Role | None:
+    """The role of the request's bearer token; None when tokens are off (everyone may do
+    everything); 401 without a valid token when they are on."""
+    tokens: Tokens = request.app.state.tokens
+    if not tokens.enabled:
+        return None
+    have = tokens.role_of(credentials.credentials if credentials else None)
+    if have is None:
+        raise HTTPException(401, {"message": "a valid bearer token is required "
+                                             "(Authorization: Bearer <token>)"},
+                            headers={"WWW-Authenticate": "Bearer"})
+    return have
+
+
 def _need(role: Role) -> Callable[..., Coroutine[Any, Any, None]]:
-    async def check(request: Request, credentials: Annotated[
-            HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-        tokens: Tokens = request.app.state.tokens
-        if not tokens.enabled:
-            return
-        have = tokens.role_of(credentials.credentials if credentials else None)
-        if have is None:
-            raise HTTPException(401, {"message": "a valid bearer token is required "
-                                                 "(Authorization: Bearer <token>)"},
-                                headers={"WWW-Authenticate": "Bearer"})
-        if have < role:
+    async def check(have: Annotated[Role | None, Depends(current_role)]) -> None:
+        if have is not None and have < role:
             raise HTTPException(403, {"message": f"this needs the {role.name} role; the token "
                                                  f"has {have.name}"})
 

@@ -8,7 +8,7 @@ import logging
 import os
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shoal.core.errors import StreamConflict
@@ -85,7 +85,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                         log.warning("could not load partitions %s: %r", parts, exc)
                         ownership.to_load |= set(parts)
                 if loop.time() < ownership.reissue_until:
-                    await _reissue(handler, producer, lock)
+                    await _reissue(handler, relay, lock)
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
             pacer.saw(len(batch))
             lost = loss.lost(batch)
@@ -95,7 +95,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                             sorted(tp.partition for tp in lost))
                 # Again after the reloads the group's rejoin brings, for a minute.
                 ownership.reissue_until = loop.time() + 60.0
-                await _reissue(handler, producer, lock)
+                await _reissue(handler, relay, lock)
             if not batch:
                 continue
             async with lock:
@@ -136,17 +136,16 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
         await consumer.stop()
 
 
-async def _reissue(handler: BatchHandler, producer: AIOKafkaProducer,
-                   lock: asyncio.Lock) -> None:
-    """Publish again the dispatches a lost broker may have dropped (see
-    ``BatchHandler.unstarted_dispatches``)."""
+async def _reissue(handler: BatchHandler, relay: OutboxRelay, lock: asyncio.Lock) -> None:
+    """Put the dispatches a lost broker may have dropped (see
+    ``BatchHandler.unstarted_dispatches``) in the outbox again; the relay publishes them."""
     try:
         async with lock:
             rows = await handler.unstarted_dispatches()
-        for row in rows:
-            await kafka.send_reliably(producer, row.topic, row.value, row.key)
+            await handler.store.commit([], rows)
+        relay.wake.set()
         log.info("re-issued %d dispatches without a start", len(rows))
-    except (*DB_ERRORS, KafkaError) as exc:
+    except DB_ERRORS as exc:
         log.warning("re-issuing dispatches failed (%r); retrying after the next load", exc)
 
 

@@ -32,8 +32,7 @@ from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
 from shoal.infra.kafka import send_reliably
 from shoal.infra.lifecycle import utcnow_iso
-from shoal.infra.readmodels import imported_events
-from shoal.infra.store import StoredEvent
+from shoal.infra.store import StoredEvent, imported_events
 from shoal_api.deps import OPERATOR, VIEWER, Res
 from shoal_api.models import (
     Accepted,
