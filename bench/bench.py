@@ -12,11 +12,18 @@
 5. Python (bench/python_bench.py): Windmill's fibo-40-10 and fibo-10-33 flows, 200
    fibo(10) in parallel, Python task start (warm runner and cold interpreter) and the
    idle warm runner's RSS and CPU.
-6. Event log (bench/log_bench.py): loading a 2,000-event instance whole vs from its
-   snapshot, the online rebuild's events/s and a full consistency check's instances/s
-   (over everything the other groups left in the log).
+6. Workloads (bench/workloads.py): chain50, fanout200, many_runs, sleep_fanout (3 times
+   each), then the whole stack's idle CPU over 30 s; ``sustained``: 10,000 one-task runs
+   through the REST API; ``scale``: 10,000 active runs, orchestrator RSS, SIGKILL and
+   recovery.
+7. Event log (bench/log_bench.py): loading a 2,000- and a 10,000-event instance whole vs
+   from its snapshot, a full consistency check's instances/s (over everything the other
+   groups left in the log), then the log grown to 1,000,000 events: the projector's
+   catch-up and the online rebuild, events/s.
 
-`bench.py [core] [scheduler] [python] [log]` runs only those groups (default: all).
+`bench.py [core] [python] [workloads] [sustained] [scheduler] [scale] [log]` runs only
+those groups (default: all, in that order). A table of the figures is printed at the end
+and everything goes to ``bench/results/<UTC time>.json``.
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from bench import workloads
 from bench.log_bench import bench_log
 from bench.python_bench import bench_python, python_start, write_code
+from bench.table import table
 from shoal.infra import codec
 from shoal.infra.db import migrate
 from shoal.infra.processes import OwnedProcess, free_port, service_argv, start_broker, wait_port
@@ -71,11 +80,11 @@ TOKEN = secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-GROUPS = ("core", "scheduler", "python", "log")
+GROUPS = ("core", "python", "workloads", "sustained", "scheduler", "scale", "log")
 
 
 async def main() -> None:
-    groups = [g for g in sys.argv[1:] if g] or list(GROUPS)
+    groups = [g for a in sys.argv[1:] for g in a.split() if g] or list(GROUPS)
     unknown = set(groups) - set(GROUPS)
     if unknown:
         sys.exit(f"unknown benchmark group(s) {', '.join(sorted(unknown))}; "
@@ -118,7 +127,8 @@ async def main() -> None:
         async with httpx.AsyncClient(base_url=api, timeout=30, headers=AUTH) as c:
             for d in (DIAMOND, ONE):
                 (await c.post("/api/v1/workflows", json=d)).raise_for_status()
-        spawn("orchestrator")
+            await workloads.publish(c)
+        orchestrator = spawn("orchestrator")
         worker = spawn("worker")
         await producer.start()
         if "core" in groups:
@@ -130,10 +140,31 @@ async def main() -> None:
             async with httpx.AsyncClient(base_url=api, timeout=30, headers=AUTH) as c:
                 results["python"] = await bench_python(c, pool, wait_until)
             results["python_start"] = await python_start(work, code)
+        async with httpx.AsyncClient(base_url=api, timeout=60, headers=AUTH) as c:
+            if "workloads" in groups:
+                results["workloads"] = await workloads.bench_workloads(c, pool, wait_until)
+                results["idle"] = await workloads.bench_idle(owned)
+            if "sustained" in groups:
+                results["sustained"] = await workloads.bench_sustained(
+                    c, pool, bootstrap, prefix,
+                    runs=int(os.environ.get("BENCH_SUSTAINED_RUNS", "10000")))
         if "scheduler" in groups:
             results.update(await bench_scheduler(api, pool, spawn))
+        if "scale" in groups:
+            results["scale"] = await workloads.bench_scale(
+                producer, f"{prefix}.commands", pool, orchestrator, spawn, wait_until,
+                runs=int(os.environ.get("BENCH_SCALE_RUNS", "10000")))
+
+        def restart_projector():  # type: ignore[no-untyped-def]
+            for p in owned:
+                if p.name == "projector" and p.alive():
+                    p.stop()
+            return lambda: spawn("projector", SHOAL_CHECK_INTERVAL="0")
+
         if "log" in groups:
-            results["log"] = await bench_log(pool)
+            results["log"] = await bench_log(
+                pool, restart_projector,
+                total=int(os.environ.get("BENCH_LOG_EVENTS", "1000000")))
     finally:
         await producer.stop()
         await pool.close()
@@ -144,8 +175,19 @@ async def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H%M%S", time.gmtime())
+    results["machine"] = machine(bootstrap_given=bool(os.environ.get("SHOAL_KAFKA_BOOTSTRAP")))
     (out / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"results: bench/results/{stamp}.json")
+
+
+def machine(bootstrap_given: bool) -> dict[str, object]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in
+                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+               "unknown")
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": sys.version.split()[0],
+            "broker": "given (SHOAL_KAFKA_BOOTSTRAP)" if bootstrap_given else "embedded"}
 
 
 async def bench_core(producer: AIOKafkaProducer, topic: str, pool: asyncpg.Pool,

@@ -49,7 +49,10 @@ async def check(pool: asyncpg.Pool, *, since: int = 0, grace: float = 60.0,
     """Check what changed in ``(since, projected]`` (every instance when ``since`` is 0),
     plus ``sweep`` instances after ``sweep_from``; return the report and the sweep's end."""
     t0 = time.monotonic()
-    async with pool.acquire() as conn:
+    # One snapshot: the projector commits rows and checkpoint together, so the rows read
+    # here are exactly the projection of the events up to the checkpoint read here.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                        readonly=True):
         until = await conn.fetchval(
             "SELECT position FROM shoal_read.checkpoints WHERE name = $1", CHECKPOINT) or 0
         report = Report(since=since, until=until)

@@ -63,8 +63,7 @@ async def rebuild(pool: asyncpg.Pool, batch: int = 2000,
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", PROJECTOR_LOCK)
                 while applied := await _apply_from(conn, pos, batch):
                     pos, n = applied[-1].global_position, n + len(applied)
-                for e in await imported_events(conn):
-                    await apply(conn, e, imported=True, tables=SHADOW)
+                await apply(conn, await imported_events(conn), imported=True, tables=SHADOW)
                 runs = await conn.fetchval(f"SELECT count(*) FROM {SHADOW.runs}")
                 await conn.execute(
                     f"ALTER TABLE {LIVE.runs} RENAME TO workflow_runs_old;"
@@ -83,6 +82,5 @@ async def rebuild(pool: asyncpg.Pool, batch: int = 2000,
 
 async def _apply_from(conn: asyncpg.Connection, pos: int, batch: int) -> list[StoredEvent]:
     events = await read_from(conn, pos, batch)
-    for e in events:
-        await apply(conn, e, tables=SHADOW)
+    await apply(conn, events, tables=SHADOW)
     return events

@@ -58,7 +58,8 @@ async def check_continuously(settings: Settings, pool: asyncpg.Pool,
                              stop: asyncio.Event) -> None:
     """The consistency checker as a periodic job, incremental by global position; its
     checkpoint and sweep cursor live in shoal_read.checkpoints / shoal.checker_state."""
-    if settings.check_interval <= 0:
+    if settings.check_interval <= 0:  # disabled; returning would end the service
+        await stop.wait()
         return
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):

@@ -28,8 +28,7 @@ async def project_once(pool: asyncpg.Pool, limit: int = 1000,
         pos = await conn.fetchval(
             "SELECT position FROM shoal_read.checkpoints WHERE name = $1", CHECKPOINT) or 0
         events = await read_from(conn, pos, limit)
-        for e in events:
-            await apply(conn, e)
+        await apply(conn, events)
         if events and also is not None:
             await also(conn, events)
         if events:

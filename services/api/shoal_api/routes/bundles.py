@@ -126,8 +126,7 @@ async def import_run(res: Res, bundle: Annotated[dict[str, Any], Body(
             "causation_id, recorded_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)",
             [(uuid.UUID(iid), e.seq, e.global_position, e.type, codec.dumps(e.data).decode(),
               e.causation_id, datetime.fromisoformat(e.recorded_at)) for e in events])
-        for e in events:
-            await apply(conn, e, imported=True)
+        await apply(conn, list(events), imported=True)
     first = events[0].data
     return {"instance_id": iid, "workflow": first["workflow"], "version": first["version"],
             "events": len(events), "imported": True}
