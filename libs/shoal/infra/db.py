@@ -52,9 +52,18 @@ async def until_available(what: str, attempt: Callable[[], Awaitable[T]],
             delay = min(delay * 2, 5.0)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections are not reset on the server. asyncpg's default reset sends
+    ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` at every release — a
+    round trip per use of the pool. The services keep no session state on pooled
+    connections (session locks are released where they are taken; LISTEN uses its own
+    connection); an open transaction is still rolled back by asyncpg before this."""
+
+
 async def connect_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     async def create() -> asyncpg.Pool:
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                         reset=_keep_session)
         assert pool is not None
         return pool
 

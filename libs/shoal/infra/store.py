@@ -192,47 +192,46 @@ class EventStore:
              a.message_id)
             for a in appends for i, e in enumerate(a.events)
         ]
+        last: dict[str, Append] = {}
+        for a in appends:
+            last[a.instance_id] = a
+        successes = list(deps.successes) if deps else []
         async with self.pool.acquire() as conn, conn.transaction():
             if event_rows:
-                await conn.execute("LOCK TABLE shoal.events IN EXCLUSIVE MODE")
-                try:
-                    await conn.executemany(
-                        "INSERT INTO shoal.events (instance_id, seq, type, data, causation_id) "
-                        "VALUES ($1, $2, $3, $4::jsonb, $5)", event_rows)
-                except asyncpg.UniqueViolationError as exc:
-                    raise StreamConflict(str(exc)) from exc
-                await conn.executemany(
-                    "INSERT INTO shoal.processed_messages (message_id, instance_id) "
-                    "VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    [(a.message_id, a.instance_id) for a in appends])
-                last: dict[str, Append] = {}
-                for a in appends:
-                    last[a.instance_id] = a
-                await conn.executemany(
-                    "INSERT INTO shoal.streams (instance_id, partition, last_seq, state) "
-                    "VALUES ($1, $2, $3, $4) ON CONFLICT (instance_id) DO UPDATE SET "
-                    "partition = EXCLUDED.partition, last_seq = EXCLUDED.last_seq, "
-                    "state = EXCLUDED.state, updated_at = now()",
+                # One round trip for the lock and the notification (delivered at commit).
+                await conn.execute("LOCK TABLE shoal.events IN EXCLUSIVE MODE; "
+                                   "SELECT pg_notify('shoal_events', '')")
+            # One statement for the events, their done-markers, the streams index, the
+            # successes and the outbox rows; it returns the dependency waits now met.
+            try:
+                met_rows = await conn.fetch(_COMMIT, *_columns(event_rows, 5), *_columns(
+                    [(a.message_id, a.instance_id) for a in appends], 2), *_columns(
                     [(a.instance_id, a.partition, a.first_seq + len(a.events) - 1, a.state)
-                     for a in last.values()])
-                if snapshots:
-                    await conn.executemany(
-                        "INSERT INTO shoal.snapshots (instance_id, seq, format, state) "
-                        "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (instance_id) DO UPDATE SET "
-                        "seq = EXCLUDED.seq, format = EXCLUDED.format, state = EXCLUDED.state, "
-                        "taken_at = now()",
-                        [(iid, run.seq, FORMAT, codec.dumps(to_snapshot(run)).decode())
-                         for iid, run in snapshots])
-                await conn.execute("SELECT pg_notify('shoal_events', '')")
-            woken = await _apply_serial(conn, serial)
-            if wake is not None:
-                outbox = [*outbox, *(wake(iid) for iid in woken)]
+                     for a in last.values()], 4), *_columns(
+                    [(x.workflow, x.task, x.business_time, x.instance_id) for x in successes],
+                    4), *_columns([(o.topic, o.key, o.value) for o in outbox], 3))
+            except asyncpg.UniqueViolationError as exc:
+                raise StreamConflict(str(exc)) from exc
+            if snapshots:
+                await conn.executemany(
+                    "INSERT INTO shoal.snapshots (instance_id, seq, format, state) "
+                    "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (instance_id) DO UPDATE SET "
+                    "seq = EXCLUDED.seq, format = EXCLUDED.format, state = EXCLUDED.state, "
+                    "taken_at = now()",
+                    [(iid, run.seq, FORMAT, codec.dumps(to_snapshot(run)).decode())
+                     for iid, run in snapshots])
+            more: list[OutboxRow] = []
+            if serial:
+                woken = await _apply_serial(conn, serial)
+                if wake is not None:
+                    more += [wake(iid) for iid in woken]
             if deps:
-                outbox = [*outbox, *(deps.met(w) for w in await _apply_dependencies(conn, deps))]
-            if outbox:
+                met = await _apply_dependencies(conn, deps, [_wait(r) for r in met_rows])
+                more += [deps.met(w) for w in met]
+            if more:
                 await conn.executemany(
                     "INSERT INTO shoal.outbox (topic, key, value) VALUES ($1, $2, $3)",
-                    [(o.topic, o.key, o.value) for o in outbox])
+                    [(o.topic, o.key, o.value) for o in more])
             if cancel:
                 await conn.executemany(
                     "DELETE FROM shoal.timers WHERE instance_id = $1 AND timer_id = $2", cancel)
@@ -311,8 +310,11 @@ _WAIT_COLS = ("dispatch_id, instance_id, task, attempt, workflow, upstream_task,
               "window_end")
 
 
-async def _apply_dependencies(conn: asyncpg.Connection, deps: Dependencies) -> list[WaitRow]:
-    """Record successes and waits; return (and remove) the waits now satisfied.
+async def _apply_dependencies(conn: asyncpg.Connection, deps: Dependencies,
+                              met_by_successes: Sequence[WaitRow]) -> list[WaitRow]:
+    """Record waits; return (and remove) the waits now satisfied: ``met_by_successes``
+    (found by the commit statement, which also recorded the batch's successes) and the
+    new waits whose success is already recorded.
 
     Runs after the event-table lock, so every other committing batch is serialized with
     this one: a success and a wait committed by different orchestrators always meet."""
@@ -320,20 +322,9 @@ async def _apply_dependencies(conn: asyncpg.Connection, deps: Dependencies) -> l
         await conn.executemany(
             "DELETE FROM shoal.dependent_waits WHERE instance_id = $1 AND task = $2",
             deps.ended)
-    met: dict[str, WaitRow] = {}
-    if deps.successes:
-        await conn.executemany(
-            "INSERT INTO shoal.successes (workflow, task, business_time, instance_id) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            [(s.workflow, s.task, s.business_time, s.instance_id) for s in deps.successes])
-        rows = await conn.fetch(
-            f"SELECT {', '.join('w.' + c for c in _WAIT_COLS.split(', '))} "
-            "FROM shoal.dependent_waits w JOIN unnest($1::text[], "
-            "$2::text[], $3::timestamp[]) AS s(workflow, task, bt) ON w.workflow = s.workflow "
-            "AND w.upstream_task = s.task AND s.bt >= w.window_start AND s.bt < w.window_end",
-            [s.workflow for s in deps.successes], [s.task for s in deps.successes],
-            [s.business_time for s in deps.successes])
-        met.update((str(r["dispatch_id"]), _wait(r)) for r in rows)
+    ended = set(deps.ended)
+    met: dict[str, WaitRow] = {w.dispatch_id: w for w in met_by_successes
+                               if (w.instance_id, w.task) not in ended}
     for w in deps.waits:
         found = await conn.fetchval(
             "SELECT 1 FROM shoal.successes WHERE workflow = $1 AND task = $2 AND "
@@ -350,6 +341,38 @@ async def _apply_dependencies(conn: asyncpg.Connection, deps: Dependencies) -> l
         await conn.execute("DELETE FROM shoal.dependent_waits WHERE dispatch_id = ANY($1::uuid[])",
                            list(met))
     return list(met.values())
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one array per column (for ``unnest``)."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+_COMMIT = f"""
+WITH ev AS (
+    INSERT INTO shoal.events (instance_id, seq, type, data, causation_id)
+    SELECT i, s, t, d::jsonb, c FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[],
+                                            $5::uuid[]) AS u(i, s, t, d, c)),
+pm AS (
+    INSERT INTO shoal.processed_messages (message_id, instance_id)
+    SELECT * FROM unnest($6::uuid[], $7::uuid[]) ON CONFLICT DO NOTHING),
+st AS (
+    INSERT INTO shoal.streams (instance_id, partition, last_seq, state)
+    SELECT * FROM unnest($8::uuid[], $9::int[], $10::int[], $11::text[])
+    ON CONFLICT (instance_id) DO UPDATE SET partition = EXCLUDED.partition,
+        last_seq = EXCLUDED.last_seq, state = EXCLUDED.state, updated_at = now()),
+su AS (
+    INSERT INTO shoal.successes (workflow, task, business_time, instance_id)
+    SELECT * FROM unnest($12::text[], $13::text[], $14::timestamp[], $15::uuid[])
+    ON CONFLICT DO NOTHING),
+ob AS (
+    INSERT INTO shoal.outbox (topic, key, value)
+    SELECT * FROM unnest($16::text[], $17::bytea[], $18::bytea[]))
+SELECT {', '.join('w.' + c for c in _WAIT_COLS.split(', '))}
+FROM shoal.dependent_waits w JOIN unnest($12::text[], $13::text[], $14::timestamp[])
+    AS s(workflow, task, bt) ON w.workflow = s.workflow AND w.upstream_task = s.task
+    AND s.bt >= w.window_start AND s.bt < w.window_end
+"""
 
 
 def _wait(r: asyncpg.Record) -> WaitRow:
