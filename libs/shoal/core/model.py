@@ -8,6 +8,7 @@ appear in ``schemas/``, REST and the read models.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -598,10 +599,15 @@ def event_data(event: AnyEvent) -> dict[str, Any]:
     return out
 
 
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def event_from_data(type_name: str, data: Mapping[str, Any]) -> AnyEvent:
     """Rebuild an event from its stored form; unknown fields (added later) are ignored."""
     cls = EVENT_TYPES[type_name]
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)
     kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                               for k, v in data.items() if k in names}
     return cls(**kwargs)
