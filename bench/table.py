@@ -38,6 +38,9 @@ ROWS: list[tuple[str, str, Callable[[Any], str], str]] = [
      "≥ 250 tasks/s, bounded lag"),
     ("orchestrator append burst (1,000 starts)", "burst_1000_starts",
      lambda x: f"{x['events_per_s']} events/s", "≥ 20,000 events/s"),
+    ("orchestrator appends, 10,000 starts", "scale/append",
+     lambda x: f"{x['events_per_s']} events/s ({x['events']} events, first to last commit "
+               f"{x['first_to_last_commit_s']} s)", "≥ 20,000 events/s"),
     ("projector catch-up", "log/million/projector",
      lambda x: f"{x['events_per_s']} events/s ({x['events']} events)", "≥ 20,000 events/s"),
     ("replay of one instance", "log/replay_10k",

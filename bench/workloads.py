@@ -269,6 +269,11 @@ async def bench_scale(producer: Any, topic: str, pool: asyncpg.Pool, orchestrato
 
     await wait(dispatched, limit_s=600, interval=0.25)
     started_s = time.monotonic() - t0
+    # The orchestrator's append rate once the commands flow, from the events' own commit
+    # times: every event of these runs, first transaction's start to last one's.
+    span = await pool.fetchrow(
+        "SELECT count(*) AS n, extract(epoch FROM max(recorded_at) - min(recorded_at)) AS s "
+        "FROM shoal.events WHERE instance_id = ANY($1::uuid[])", ids)
     await asyncio.sleep(2.0)
     rss = rss_mb(orchestrator.pid)
     t_kill = time.monotonic()
@@ -285,6 +290,9 @@ async def bench_scale(producer: Any, topic: str, pool: asyncpg.Pool, orchestrato
     recovered = time.monotonic() - t_kill
     await asyncio.sleep(1.0)
     return {"active_runs": runs, "started_and_dispatched_s": round(started_s, 1),
+            "append": {"events": span["n"], "first_to_last_commit_s": round(float(span["s"]), 2),
+                       "events_per_s": round(span["n"] / float(span["s"]))
+                       if span["s"] else None},
             "orchestrator_rss_mb": rss, "orchestrator_rss_before_mb": rss_before,
             "sigkill_to_all_loaded_s": round(recovered, 1),
             "successor_rss_mb": rss_mb(successor.pid)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
-from functools import cache
 from typing import Any, TypeVar, assert_never
 
 from shoal.core.definition import Priority, parse_definition
@@ -53,16 +52,21 @@ from shoal.core.model import (
 T = TypeVar("T")
 
 
-@cache
+_COPIERS: dict[type, Callable[[Any], Any]] = {}
+
+
 def _copier(cls: type) -> Callable[[Any], Any]:
     """A function copying every field of a ``cls`` instance, unrolled (no loop, no
     ``getattr``): generated once per class from its fields."""
+    if cls in _COPIERS:
+        return _COPIERS[cls]
     names = [f.name for f in fields(cls)]
     body = "".join(f"    put(o, {n!r}, obj.{n})\n" for n in names)
     source = f"def copy(obj):\n    o = new(cls)\n{body}    return o\n"
     scope: dict[str, Any] = {"new": object.__new__, "put": object.__setattr__, "cls": cls}
     exec(source, scope)  # noqa: S102 - generated from the dataclass's own field names
     copier: Callable[[Any], Any] = scope["copy"]
+    _COPIERS[cls] = copier
     return copier
 
 
@@ -216,6 +220,8 @@ def _apply(run: Run, event: AnyEvent) -> Run:
                                            finished_at=event.at))
         case InputRejected():
             return run
+        case WorkflowSubmitted():
+            raise AssertionError("WorkflowSubmitted on an existing run")
         case _:
             assert_never(event)
 

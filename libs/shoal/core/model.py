@@ -8,7 +8,6 @@ appear in ``schemas/``, REST and the read models.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -599,9 +598,14 @@ def event_data(event: AnyEvent) -> dict[str, Any]:
     return out
 
 
-@functools.cache
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _field_names(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls))
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def event_from_data(type_name: str, data: Mapping[str, Any]) -> AnyEvent:
