@@ -47,7 +47,7 @@ from bench import workloads
 from bench.log_bench import bench_log
 from bench.python_bench import bench_python, python_start, write_code
 from bench.table import table
-from shoal.infra import codec
+from bench.workloads import start
 from shoal.infra.db import migrate
 from shoal.infra.processes import OwnedProcess, free_port, service_argv, start_broker, wait_port
 
@@ -57,13 +57,6 @@ DIAMOND = {"name": "diamond", "tasks": [
     {"name": "c", "command": "true", "depends_on": ["a"]},
     {"name": "d", "command": "true", "depends_on": ["b", "c"]}]}
 ONE = {"name": "one", "tasks": [{"name": "only", "command": "true"}]}
-
-
-def start(workflow: str) -> tuple[str, bytes]:
-    iid = str(uuid.uuid4())
-    return iid, codec.dumps({"type": "StartWorkflow", "message_id": str(uuid.uuid4()),
-                             "instance_id": iid, "sent_at": "2026-01-01T00:00:00+00:00",
-                             "workflow": workflow})
 
 
 async def wait_until(probe, limit_s: float = 120.0, interval: float = 0.01):  # type: ignore[no-untyped-def]

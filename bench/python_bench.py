@@ -27,6 +27,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.procfs import children, cpu_ticks, pss_kb, status_kb
+
 FIBO = '''
 def fib(n):
     return n if n < 2 else fib(n - 1) + fib(n - 2)
@@ -175,48 +177,13 @@ async def _idle(warm: Any) -> dict[str, Any]:
     """RSS (and PSS: shared pages counted once) of the zygote and its spare, and their
     CPU over 10 s with nothing to do."""
     pid = warm.pid
-    pids = [pid, *_children(pid)]
+    pids = [pid, *children(pid)]
     await asyncio.sleep(1.0)
-    cpu0 = sum(_cpu_ticks(p) for p in pids)
+    cpu0 = sum(cpu_ticks(p) for p in pids)
     await asyncio.sleep(10.0)
-    cpu1 = sum(_cpu_ticks(p) for p in pids)
+    cpu1 = sum(cpu_ticks(p) for p in pids)
     return {"processes": len(pids),
-            "rss_mb": round(sum(_status_kb(p, "VmRSS") for p in pids) / 1024, 1),
-            "pss_mb": round(sum(_pss_kb(p) for p in pids) / 1024, 1),
+            "rss_mb": round(sum(status_kb(p, "VmRSS") for p in pids) / 1024, 1),
+            "pss_mb": round(sum(pss_kb(p) for p in pids) / 1024, 1),
             "cpu_percent_of_a_core": round((cpu1 - cpu0) / os.sysconf("SC_CLK_TCK") / 10 * 100,
                                            2)}
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0

@@ -21,21 +21,21 @@ figures (CPU, RSS) which come from ``/proc``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.procfs import group_ticks, rss_mb
 from bench.python_bench import summary
+from shoal.infra import codec
 
 Wait = Callable[..., Awaitable[Any]]
 
@@ -59,6 +59,14 @@ WORKLOADS = {
 PARKED = {"name": "bench-parked", "tasks": [
     {"name": "long", "command": "sleep 3600", "worker_group": "bench-nobody"}]}
 ONE = {"name": "bench-one", "tasks": [{"name": "only", "command": "true"}]}
+
+
+def start(workflow: str) -> tuple[str, bytes]:
+    """A StartWorkflow command for ``workflow``: (instance id, value), for the commands topic."""
+    iid = str(uuid.uuid4())
+    return iid, codec.dumps({"type": "StartWorkflow", "message_id": str(uuid.uuid4()),
+                             "instance_id": iid, "sent_at": "2026-01-01T00:00:00+00:00",
+                             "workflow": workflow})
 
 
 async def publish(c: httpx.AsyncClient) -> None:
@@ -128,23 +136,6 @@ async def bench_workloads(c: httpx.AsyncClient, pool: asyncpg.Pool, wait: Wait,
 
 
 # ---------------------------------------------------------------------------- idle
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _group_ticks(pgid: int) -> int:
-    """CPU ticks (user + system) of every live process in a process group."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            f = _stat(int(entry.name))
-            if int(f[2]) == pgid:
-                total += int(f[11]) + int(f[12])
-    return total
-
-
 async def bench_idle(processes: list[Any], seconds: float = 30.0,
                      windows: int = 3) -> dict[str, Any]:
     """CPU of each owned process group, as % of one core, over ``windows`` windows."""
@@ -158,13 +149,13 @@ async def bench_idle(processes: list[Any], seconds: float = 30.0,
     per: dict[str, list[float]] = {n: [] for n in names.values()}
     totals = []
     for _ in range(windows):
-        before = {pid: _group_ticks(pid) for pid in names}
+        before = {pid: group_ticks(pid) for pid in names}
         t0 = time.monotonic()
         await asyncio.sleep(seconds / windows)
         dt = time.monotonic() - t0
         total = 0.0
         for pid, name in names.items():
-            pct = (_group_ticks(pid) - before[pid]) / tick / dt * 100
+            pct = (group_ticks(pid) - before[pid]) / tick / dt * 100
             per[name].append(pct)
             total += pct
         totals.append(total)
@@ -173,29 +164,36 @@ async def bench_idle(processes: list[Any], seconds: float = 30.0,
 
 
 # ---------------------------------------------------------------------------- sustained
-async def _lag(bootstrap: str, topic: str, group: str) -> Callable[[], Awaitable[int]]:
+class _Lag:
     """Records on ``topic`` past the offsets ``group`` committed (read as a non-member:
     this consumer never subscribes, so it never joins the group)."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                              enable_auto_commit=False)
-    await reader.start()
-    parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
 
-    async def probe() -> int:
-        end = await reader.end_offsets(parts)
+    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+        self.topic = topic
+        self.reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                       enable_auto_commit=False)
+
+    async def start(self) -> None:
+        await self.reader.start()
+        self.parts = [TopicPartition(self.topic, p)
+                      for p in sorted(self.reader.partitions_for_topic(self.topic) or ())]
+
+    async def __call__(self) -> int:
+        end = await self.reader.end_offsets(self.parts)
         lag = 0
-        for tp in parts:
-            committed = await reader.committed(tp)
+        for tp in self.parts:
+            committed = await self.reader.committed(tp)
             lag += max(0, end[tp] - (committed or 0))
         return lag
 
-    probe.close = reader.stop  # type: ignore[attr-defined]
-    return probe
+    async def close(self) -> None:
+        await self.reader.stop()
 
 
 async def bench_sustained(c: httpx.AsyncClient, pool: asyncpg.Pool, bootstrap: str,
                           prefix: str, runs: int = 10_000, clients: int = 8) -> dict[str, Any]:
-    lag = await _lag(bootstrap, f"{prefix}.commands", f"{prefix}.orchestrator")
+    lag = _Lag(bootstrap, f"{prefix}.commands", f"{prefix}.orchestrator")
+    await lag.start()
     ids: list[uuid.UUID] = []
     todo = iter(range(runs))
     t0 = time.monotonic()
@@ -228,7 +226,7 @@ async def bench_sustained(c: httpx.AsyncClient, pool: asyncpg.Pool, bootstrap: s
             if time.monotonic() - t0 > 600:
                 raise TimeoutError(f"sustained: {n} of {runs} runs completed in 600 s")
     finally:
-        await lag.close()  # type: ignore[attr-defined]
+        await lag.close()
     span = await pool.fetchrow(
         "SELECT extract(epoch FROM max(finished_at) - min(started_at)) AS s FROM "
         "shoal_read.workflow_runs WHERE instance_id = ANY($1::uuid[])", ids)
@@ -242,18 +240,9 @@ async def bench_sustained(c: httpx.AsyncClient, pool: asyncpg.Pool, bootstrap: s
 
 
 # ---------------------------------------------------------------------------- scale
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
 async def bench_scale(producer: Any, topic: str, pool: asyncpg.Pool, orchestrator: Any,
                       spawn: Callable[..., Any], wait: Wait, runs: int = 10_000
                       ) -> dict[str, Any]:
-    from bench.bench import start  # the StartWorkflow encoder
-
     rss_before = rss_mb(orchestrator.pid)
     burst = [start("bench-parked") for _ in range(runs)]
     ids = [uuid.UUID(i) for i, _ in burst]

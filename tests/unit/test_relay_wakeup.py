@@ -10,7 +10,7 @@ from shoal_orchestrator.relay import OutboxRelay
 
 class Probe(OutboxRelay):
     def __init__(self) -> None:
-        super().__init__(Settings(outbox_relay_interval=60.0), None, None)  # type: ignore[arg-type]
+        super().__init__(Settings(outbox_relay_interval=60.0), None)  # type: ignore[arg-type]
         self.passes = 0
         self.second = asyncio.Event()
 

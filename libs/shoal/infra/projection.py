@@ -31,17 +31,16 @@ LIVE = Tables("shoal_read.workflow_runs", "shoal_read.task_runs")
 
 
 _JSON = {"params", "outputs"}
-_RUN_TYPES = {"instance_id": "uuid", "workflow": "text", "version": "int", "state": "text",
+# Column types for the ``unnest`` arrays (jsonb goes as text and is cast on insert).
+_SQL_TYPES = {"instance_id": "uuid", "workflow": "text", "version": "int", "state": "text",
               "priority": "text", "params": "text", "schedule_time": "timestamptz",
               "submitted_at": "timestamptz", "started_at": "timestamptz",
               "finished_at": "timestamptz", "duration_ms": "bigint", "attempt": "int",
               "parent_instance_id": "uuid", "failure": "text", "last_seq": "int",
               "forked_from_instance_id": "uuid", "forked_from_seq": "int",
-              "imported": "boolean"}
-_TASK_TYPES = {"instance_id": "uuid", "task": "text", "attempt": "int", "state": "text",
-               "worker_id": "text", "started_at": "timestamptz", "finished_at": "timestamptz",
-               "duration_ms": "bigint", "exit_code": "int", "outputs": "text", "error": "text",
-               "worker_group": "text", "child_instance_id": "uuid"}
+              "imported": "boolean", "task": "text", "worker_id": "text", "exit_code": "int",
+              "outputs": "text", "error": "text", "worker_group": "text",
+              "child_instance_id": "uuid"}
 
 
 def _select(columns: tuple[str, ...]) -> str:
@@ -49,13 +48,13 @@ def _select(columns: tuple[str, ...]) -> str:
                      for c in columns)
 
 
-def _upsert(table: str, columns: tuple[str, ...], types: dict[str, str], key: str) -> str:
-    arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(columns, 1))
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    arrays = ", ".join(f"${i}::{_SQL_TYPES[c]}[]" for i, c in enumerate(columns, 1))
     values = ", ".join(f"{c}::jsonb" if c in _JSON else c for c in columns)
-    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key.split(", "))
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
     return (f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values} FROM "
             f"unnest({arrays}) AS u({', '.join(columns)}) "
-            f"ON CONFLICT ({key}) DO UPDATE SET {sets}")
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
 
 
 def _decode(record: asyncpg.Record, columns: tuple[str, ...]) -> dict[str, Any]:
@@ -85,19 +84,18 @@ async def apply(conn: asyncpg.Connection, events: list[StoredEvent], *,
                 "t.task = k.n AND t.attempt = k.a", list(k_i), list(k_t), list(k_a)):
             rows.tasks[(r["instance_id"], r["task"], r["attempt"])] = _decode(r, TASK_COLUMNS)
     fold(rows, events, imported=imported)
-    await _write(conn, tables.runs, RUN_COLUMNS, _RUN_TYPES, "instance_id",
-                 rows.changed_runs())
-    await _write(conn, tables.tasks, TASK_COLUMNS, _TASK_TYPES, "instance_id, task, attempt",
+    await _write(conn, tables.runs, RUN_COLUMNS, ("instance_id",), rows.changed_runs())
+    await _write(conn, tables.tasks, TASK_COLUMNS, ("instance_id", "task", "attempt"),
                  rows.changed_tasks())
     return rows
 
 
 async def _write(conn: asyncpg.Connection, table: str, columns: tuple[str, ...],
-                 types: dict[str, str], key: str, changed: list[dict[str, Any]]) -> None:
+                 key: tuple[str, ...], changed: list[dict[str, Any]]) -> None:
     if not changed:
         return
     arrays = [[_encode(c, row[c]) for row in changed] for c in columns]
-    await conn.execute(_upsert(table, columns, types, key), *arrays)
+    await conn.execute(_upsert(table, columns, key), *arrays)
 
 
 def _encode(column: str, value: Any) -> Any:

@@ -172,7 +172,7 @@ async def main(settings: Settings) -> None:
     producer = kafka.producer(settings)
     await producer.start()
     store = EventStore(pool)
-    relay = OutboxRelay(settings, pool, producer)
+    relay = OutboxRelay(settings, producer)
     cache = Cache()
     leases = LeaseMonitor(settings, cache, producer)
     health = Health()

@@ -30,9 +30,8 @@ BATCH = 2000
 
 
 class OutboxRelay:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
         self.settings = settings
-        self.pool = pool
         self.producer = producer
         self.wake = asyncio.Event()
         self._known_topics: set[str] = set()
