@@ -82,3 +82,30 @@ async def test_a_relay_takes_the_lead_when_the_leaders_connection_goes(pool, dat
         await first.close()
         await second.close()
         await producer.stop()
+
+
+async def test_the_leader_publishes_what_another_orchestrator_commits_at_once(
+        pool, database, broker):
+    """Only the leader publishes, so it must hear other orchestrators' commits: with a
+    60 s interval, a row committed through another store goes out well before it."""
+    topic = f"relay{secrets.token_hex(3)}"
+    settings = Settings(database_url=database, kafka_bootstrap=broker, topic_prefix=topic,
+                        outbox_relay_interval=60.0)
+    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
+    await producer.start()
+    leader, stop = OutboxRelay(settings, producer), asyncio.Event()
+    running = asyncio.create_task(leader.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            while not leader.leading:  # its first pass takes the lead
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # now waiting for a wake or its 60 s interval
+            await EventStore(pool).commit([], [OutboxRow(topic, b"k", b"from another")])
+            while leader.published < 1:
+                await asyncio.sleep(0.05)
+        assert await pool.fetchval("SELECT count(*) FROM shoal.outbox") == 0
+    finally:
+        stop.set()
+        leader.wake.set()
+        await running
+        await producer.stop()

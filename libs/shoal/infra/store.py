@@ -126,6 +126,11 @@ _EVENT_COLS = ("global_position, instance_id, seq, type, data::text AS data, cau
                "recorded_at")
 
 
+# Notified by every commit of events or outbox rows (LISTENed by the projector and the
+# leading outbox relay).
+COMMITTED = "shoal_events"
+
+
 class EventStore:
     """The orchestrator's port onto Postgres."""
 
@@ -198,9 +203,12 @@ class EventStore:
         successes = list(deps.successes) if deps else []
         async with self.pool.acquire() as conn, conn.transaction():
             if event_rows:
-                # One round trip for the lock and the notification (delivered at commit).
+                # One round trip for the lock and the notification (delivered at commit;
+                # it wakes the projector and the leading outbox relay).
                 await conn.execute("LOCK TABLE shoal.events IN EXCLUSIVE MODE; "
-                                   "SELECT pg_notify('shoal_events', '')")
+                                   f"SELECT pg_notify('{COMMITTED}', '')")
+            elif outbox:
+                await conn.execute(f"SELECT pg_notify('{COMMITTED}', '')")
             # One statement for the events, their done-markers, the streams index, the
             # successes and the outbox rows; it returns the dependency waits now met.
             try:

@@ -5,6 +5,8 @@ lock on a connection of its own for as long as that connection lives, so only it
 publishes and rows go out in commit order (per-instance order on ``<prefix>.events``
 holds). A pass is two statements (read the oldest rows, delete what was sent) with no
 transaction or pool hand-off around them; the others try the lock again at each pass.
+The leader LISTENs on that connection for the notification every commit of outbox rows
+sends, so rows committed by any orchestrator go out at once, not at the next interval.
 A dead leader's connection closes and PostgreSQL releases its lock with it. Publishing
 is at-least-once: a crash between send and delete re-sends; consumers dedupe.
 """
@@ -22,6 +24,7 @@ from aiokafka.errors import KafkaError
 from shoal.infra.db import DB_ERRORS
 from shoal.infra.kafka import ensure_topics
 from shoal.infra.settings import Settings
+from shoal.infra.store import COMMITTED
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class OutboxRelay:
         if not self.leading:
             self.leading = bool(await self._conn.fetchval(
                 "SELECT pg_try_advisory_lock($1)", _RELAY_LOCK))
+            if self.leading:
+                await self._conn.add_listener(COMMITTED, lambda *_: self.wake.set())
         return self._conn if self.leading else None
 
     async def _drop(self) -> None:

@@ -13,6 +13,7 @@ from shoal.infra.db import DB_ERRORS, connect_pool, migrate, until_available
 from shoal.infra.health import Health
 from shoal.infra.lifecycle import run_service, setup_logging
 from shoal.infra.settings import Settings
+from shoal.infra.store import COMMITTED
 from shoal_projector.alerts import Deliverer, Recorder
 from shoal_projector.observe import Observer, gauges
 from shoal_projector.projection import project_once
@@ -27,7 +28,7 @@ async def follow(settings: Settings, pool: asyncpg.Pool, recorder: Recorder,
     observer = Observer()
     async def listen() -> asyncpg.Connection:
         conn = await asyncpg.connect(settings.database_url)
-        await conn.add_listener("shoal_events", lambda *_: wake.set())
+        await conn.add_listener(COMMITTED, lambda *_: wake.set())
         return conn
 
     listener = await until_available("listening", listen)
