@@ -221,6 +221,25 @@ class BackfillCreated(BaseModel):
     created: bool
 
 
+class BackfillPlanned(BaseModel):
+    """A dry run's answer: what the backfill would do; nothing was created."""
+
+    dry_run: bool = Field(description="always true: nothing was created")
+    workflow: str
+    backfill_id: str = Field(description="the id the backfill would get")
+    source: Literal["cron", "schedule", "daily", "dates"] = Field(
+        description="where the run times come from: the request's cron, the workflow's "
+                    "schedule, daily at midnight (neither), or the explicit dates")
+    cron: str
+    timezone: str
+    count: int = Field(description="the number of runs")
+    first: str = Field(description="the earliest schedule time (UTC)")
+    last: str = Field(description="the latest schedule time (UTC)")
+    confirm_above: int = Field(description="clients ask for a confirmation above this count")
+    needs_confirmation: bool
+    description: str = Field(description="the plan in one sentence")
+
+
 class BackfillOut(BaseModel):
     backfill_id: str
     workflow: str
