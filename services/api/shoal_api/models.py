@@ -67,6 +67,13 @@ class TaskOut(BaseModel):
 
 
 class RunDetail(RunSummary):
+    resolved_params: dict[str, str] = Field(
+        default={}, description="the params with the values the run used: $[...] evaluated "
+                                "against its schedule time (else its submission time)")
+    allowed_actions: list[str] = Field(
+        default=[], description="the controls the run's state accepts now (pause, resume, "
+                                "stop, rerun, recover, force-success); none for an imported "
+                                "run. A race can still end in 409")
     tasks: list[TaskOut]
 
 
