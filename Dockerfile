@@ -14,6 +14,8 @@ COPY schemas ./schemas
 COPY examples ./examples
 COPY --from=console /console/node_modules/@dagrejs/dagre/dist/dagre.min.js \
      ./services/api/shoal_api/console/vendor/dagre.min.js
+# Without the `embedded` extra: the image runs against Kafka and PostgreSQL it is given
+# (SHOAL_KAFKA_BOOTSTRAP, SHOAL_DATABASE_URL), never an embedded broker or database.
 RUN pip install --no-cache-dir -e . \
     && useradd --create-home shoal
 USER shoal

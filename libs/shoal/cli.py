@@ -321,7 +321,21 @@ def cmd_backfill(args: argparse.Namespace) -> None:
             body[k] = getattr(args, k)
     if args.date:
         body["dates"] = args.date
-    out = _request("POST", f"/api/v1/workflows/{args.workflow}/backfill", json=body)
+    path = f"/api/v1/workflows/{args.workflow}/backfill"
+    # What will happen, said before it happens (the API plans without creating).
+    plan = _request("POST", path, json={**body, "dry_run": True})
+    if args.dry_run and args.json:
+        _print(plan)
+        return
+    print(f"plan: {plan['description']}", flush=True)
+    if args.dry_run:
+        return
+    if plan["needs_confirmation"] and not args.yes:
+        sys.exit(f"shoal: not started: {plan['count']:,} runs is more than "
+                 f"{plan['confirm_above']:,}; check the timetable ({plan['source']}: "
+                 f"'{plan['cron']}') and --start/--end, give --cron or --date, or pass --yes "
+                 "to backfill anyway")
+    out = _request("POST", path, json=body)
     n = len(out["instance_ids"])
     print(f"backfill {out['backfill_id']}: {n} run(s)"
           + ("" if out.get("created", True) else " (already submitted: nothing new)"))
@@ -721,6 +735,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--parallelism", type=int, default=1)
     s.add_argument("--reverse", action="store_true", help="latest date first")
     s.add_argument("--param", action="append", metavar="K=V")
+    s.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
+    s.add_argument("--yes", action="store_true",
+                   help="backfill even when it plans more than 1,000 runs")
     s.add_argument("--wait", action="store_true", help="wait until every run finished")
     s.add_argument("--timeout", type=float, default=86400)
     s.set_defaults(fn=cmd_backfill)

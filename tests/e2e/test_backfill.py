@@ -164,3 +164,32 @@ async def test_default_timetable_is_the_enabled_schedules(stack: Stack):
     p = await progress(stack, out["backfill_id"])
     assert (p["cron"], p["timezone"], p["planned"]) == ("0 6 * * *", "Europe/Berlin", 3)
     assert p["first_schedule_time"] == "2026-01-01T05:00:00+00:00"  # 06:00 CET
+
+
+async def test_dry_run_says_what_would_happen_and_creates_nothing(stack: Stack):
+    """A schedule firing every 5 s makes the default timetable plan 34,561 runs over two
+    days: the dry run says so (source, count, first, last) and nothing is created."""
+    await stack.apply(daily(0))
+    r = await stack.request("POST", "/api/v1/schedules", json={
+        "workflow": "daily", "cron": "*/5 * * * * ?", "timezone": "UTC"})
+    assert r.status_code == 201, r.text
+    r = await stack.request("POST", "/api/v1/workflows/daily/backfill", json={
+        "start": "2026-01-01", "end": "2026-01-03", "dry_run": True})
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert plan["dry_run"] is True
+    assert (plan["source"], plan["cron"], plan["count"]) == ("schedule", "*/5 * * * * ?", 34_561)
+    assert (plan["first"], plan["last"]) == ("2026-01-01T00:00:00+00:00",
+                                             "2026-01-03T00:00:00+00:00")
+    assert plan["needs_confirmation"] is True and plan["confirm_above"] == 1_000
+    assert "34,561 runs" in plan["description"]
+    assert (await stack.request("GET", "/api/v1/backfills")).json() == []
+    # The real one is the same plan, created (202) under the id the dry run announced.
+    r = await stack.request("POST", "/api/v1/workflows/daily/backfill", json={
+        "start": "2026-01-01", "end": "2026-01-03", "cron": "0 0 * * *"})
+    assert r.status_code == 202, r.text
+    dry = (await stack.request("POST", "/api/v1/workflows/daily/backfill", json={
+        "start": "2026-01-01", "end": "2026-01-03", "cron": "0 0 * * *",
+        "dry_run": True})).json()
+    assert (dry["source"], dry["count"]) == ("cron", 3)
+    assert dry["backfill_id"] == r.json()["backfill_id"]

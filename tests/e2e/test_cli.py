@@ -126,3 +126,31 @@ async def test_events_into_a_closed_pipe_exit_cleanly(stack: Stack):
     assert len((await stack.request("GET", f"/api/v1/runs/{iid}/events")).content) > 65536
     assert proc.stderr == "" and "WorkflowSubmitted" in proc.stdout
     assert len(proc.stdout.splitlines()) == 1
+
+
+async def test_backfill_says_its_plan_and_asks_for_yes_above_a_thousand_runs(stack: Stack):
+    """The issue's surprise: with a schedule firing every 5 s, `shoal backfill` over two
+    days would plan 34,561 runs; it says so and refuses without --yes, creating nothing."""
+    await stack.apply({"name": "often", "tasks": [{"name": "t", "command": "true"}]})
+    r = await stack.request("POST", "/api/v1/schedules", json={
+        "workflow": "often", "cron": "*/5 * * * * ?", "timezone": "UTC", "enabled": False})
+    assert r.status_code == 201, r.text
+    args = ("backfill", "often", "--start", "2026-01-01", "--end", "2026-01-03")
+    refused = await shoal(stack, *args, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+    assert "34,561 runs: the fires of the workflow's schedule '*/5 * * * * ?'" in refused.stdout
+    assert "2026-01-01 00:00:00 to 2026-01-03 00:00:00" in refused.stdout
+    assert refused.stderr.startswith("shoal: not started: 34,561 runs is more than 1,000")
+    assert "--yes" in refused.stderr
+    assert (await stack.request("GET", "/api/v1/backfills")).json() == []
+    dry = await shoal(stack, *args, "--dry-run", "--json")
+    assert json.loads(dry.stdout)["count"] == 34_561
+    # Its own cron: three runs, said and done without --yes.
+    done = await shoal(stack, *args, "--cron", "0 0 * * *")
+    assert "plan: 3 runs: the fires of '0 0 * * *' (UTC)" in done.stdout, done.stdout
+    assert ": 3 run(s)" in done.stdout
+    # Above the threshold, --yes goes ahead.
+    yes = await shoal(stack, *args, "--cron", "0 * * * * ?", "--yes")
+    assert "plan: 2,881 runs" in yes.stdout and ": 2881 run(s)" in yes.stdout, yes.stdout
+    assert [b["planned"] for b in (await stack.request("GET", "/api/v1/backfills")).json()
+            ] == [2881, 3]

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Locator, Page, async_playwright, expect
 
 from tests.support import Stack
 
@@ -25,6 +25,8 @@ DEMO = {"name": "console-demo", "params": {"greeting": "hello"}, "tasks": [
     {"name": "greet", "command": "echo 'says ${greeting}'\necho second line"},
     {"name": "wait", "command": "sleep 1", "depends_on": ["greet"]},
     {"name": "done", "command": "echo done", "depends_on": ["wait"]}]}
+PARAMS = {"name": "console-params", "params": {"day": "$[yyyyMMdd-1]", "region": "eu"},
+          "tasks": [{"name": "t", "command": "echo ${day} ${region}"}]}
 LONG = {"name": "console-long", "tasks": [
     {"name": "sleeper", "command": "sleep 60"},
     {"name": "after", "command": "true", "depends_on": ["sleeper"]}]}
@@ -98,15 +100,92 @@ async def test_stop_from_the_console_and_viewers_get_no_controls(stack: Stack,
     await expect(node(page, "sleeper")).to_have_attribute("data-state", "killed",
                                                           timeout=30_000)
     await expect(page.locator("h1 .badge")).to_have_text("stopped")
-    # A refused control shows the reason the API gave (409).
-    await page.get_by_role("button", name="pause").click()
-    await expect(page.locator("#control-error")).to_contain_text("pause")
+    # A stopped run offers what its state accepts: rerun and recover, no pause.
+    await expect(page.locator("[data-action]")).to_have_count(2)
+    await expect(page.get_by_role("button", name="recover")).to_be_visible()
+    await expect(page.get_by_role("button", name="pause")).to_have_count(0)
 
     viewer = await signed_in(browser, stack, "viewer")
     await viewer.goto(stack.api + f"/#/runs/{iid}")
     await expect(viewer.locator("h1 .badge")).to_have_text("stopped")
     await expect(viewer.locator("[data-action]")).to_have_count(0)
     await expect(viewer.get_by_text("Read-only (viewer token).")).to_be_visible()
+
+
+async def test_a_run_offers_only_what_its_state_allows_and_shows_the_params_used(
+        stack: Stack, browser: Browser):
+    """A succeeded run shows no pause/resume/stop; its params as written and the value the
+    run used; a page that missed a change still shows the API's 409 reason."""
+    await stack.apply(PARAMS)
+    r = await stack.request("POST", "/api/v1/workflows/console-params/runs",
+                            json={"schedule_time": "2026-03-01T01:00:00+08:00"})
+    iid = r.json()["instance_id"]
+    assert (await stack.wait_run(iid))["state"] == "succeeded"
+    run = (await stack.request("GET", f"/api/v1/runs/{iid}")).json()
+    assert run["allowed_actions"] == ["rerun"]
+    assert (run["params"], run["resolved_params"]) == (
+        PARAMS["params"], {"day": "20260228", "region": "eu"})
+    page = await signed_in(browser, stack, "operator")
+    await page.goto(stack.api + f"/#/runs/{iid}")
+    await expect(page.locator("h1 .badge")).to_have_text("succeeded")
+    await expect(page.locator("[data-action]")).to_have_count(1)
+    await expect(page.get_by_role("button", name="rerun")).to_be_visible()
+    for refused in ("pause", "resume", "stop", "recover"):
+        await expect(page.get_by_role("button", name=refused)).to_have_count(0)
+    await expect(page.locator('#params [data-param="day"]')).to_have_text(
+        "day=$[yyyyMMdd-1] → 20260228")
+    await expect(page.locator('#params [data-param="region"]')).to_have_text("region=eu")
+
+    # A race: this page does not hear that another user stopped the run meanwhile.
+    await stack.apply(LONG)
+    r = await stack.request("POST", "/api/v1/workflows/console-long/runs", json={})
+    iid = r.json()["instance_id"]
+    await stack.wait_task_state(iid, "running")
+    await page.route(re.compile(r"/stream\?"), lambda route: route.abort())
+    await page.goto(stack.api + f"/#/runs/{iid}")
+    await expect(page.get_by_role("button", name="resume")).to_have_count(0)
+    stop = page.get_by_role("button", name="stop")
+    await expect(stop).to_be_visible()
+    r = await stack.request("POST", f"/api/v1/runs/{iid}/stop")
+    assert r.status_code == 202, r.text
+    await stack.wait_run(iid, ("stopped",), timeout=30)
+    await stop.click()
+    await expect(page.locator("#control-error")).to_have_text(
+        "stop: run already finished (stopped)")
+
+
+async def test_backfill_says_its_plan_and_asks_before_a_large_one(stack: Stack,
+                                                                  browser: Browser):
+    """The workflow's schedule fires every minute: a two-day backfill is 2,881 runs; the
+    form says so before it is sent, and starting it asks for a confirmation."""
+    await stack.apply(DEMO)
+    r = await stack.request("POST", "/api/v1/schedules", json={
+        "workflow": "console-demo", "cron": "0 * * * * ?", "enabled": False})
+    assert r.status_code == 201, r.text
+    page = await signed_in(browser, stack, "admin")
+    await page.goto(stack.api + "/#/workflows/console-demo")
+    await page.get_by_label("Start", exact=True).fill("2026-01-01")
+    await page.get_by_label("End", exact=True).fill("2026-01-03")
+    await expect(page.locator("#backfill-plan")).to_have_text(
+        "Plan: 2,881 runs: the fires of the workflow's schedule '0 * * * * ?' (UTC), from "
+        "2026-01-01 00:00:00 to 2026-01-03 00:00:00.")
+    asked: list[str] = []
+
+    async def answer(dialog: Dialog, accept: bool) -> None:
+        asked.append(dialog.message)
+        await (dialog.accept() if accept else dialog.dismiss())
+
+    page.once("dialog", lambda d: answer(d, False))
+    await page.get_by_role("button", name="Backfill", exact=True).click()
+    await expect(page.get_by_text("Backfill not started.")).to_be_visible()
+    assert len(asked) == 1 and "more than 1,000 runs" in asked[0], asked
+    assert (await stack.request("GET", "/api/v1/backfills")).json() == []
+    page.once("dialog", lambda d: answer(d, True))
+    await page.get_by_role("button", name="Backfill", exact=True).click()
+    await expect(page.locator("#backfills")).to_contain_text("0/2881 finished")
+    assert len(asked) == 2
+    assert [b["planned"] for b in (await stack.request("GET", "/api/v1/backfills")).json()
+            ] == [2881]
 
 
 async def test_time_travel_slider_and_screenshots(stack: Stack, browser: Browser):

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal.infra.processes import OwnedProcess
+from shoal.infra.processes import OwnedProcess, service_argv
 from tests.support import Stack, eventually
 
 pytestmark = pytest.mark.e2e
@@ -49,10 +52,11 @@ def owner(stack: Stack, sid: str) -> OwnedProcess:
     for p in stack.processes:
         if p.name != "scheduler" or not p.alive() or p.log_path is None:
             continue
-        fired = [ln for ln in p.log_path.read_text(errors="replace").splitlines()
+        fired = [json.loads(ln)["ts"] for ln in
+                 p.log_path.read_text(errors="replace").splitlines()
                  if f"schedule {sid} fired" in ln]
-        if fired and (best is None or fired[-1][:25] > best[0]):
-            best = (fired[-1][:25], p)
+        if fired and (best is None or fired[-1] > best[0]):
+            best = (fired[-1], p)
     assert best is not None, "no live scheduler has fired the schedule"
     return best[1]
 
@@ -241,3 +245,29 @@ async def test_publishing_a_deleted_workflow_again_restores_it(stack: Stack):
     assert got["online"] is True
     assert (await stack.request("POST", "/api/v1/workflows/tick/runs", json={})
             ).status_code == 202
+
+
+async def test_one_log_format_and_faust_data_under_the_data_dir(bare_stack: Stack,
+                                                                 tmp_path: Path):
+    """Started in a fresh working directory: every line of its output is one JSON object
+    (not also faust's own format), and faust leaves no "<app>-data" folder there."""
+    stack = bare_stack
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    log = tmp_path / "scheduler-cwd.log"
+    stack.processes.append(OwnedProcess("scheduler", service_argv("scheduler"),
+                                        stack.env(SHOAL_LOG_LEVEL="INFO"), log, cwd).start())
+
+    async def owns_all() -> bool:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return all(f"owning schedules partition {p} " in text for p in range(4))
+    await eventually(owns_all, timeout=90, what="the scheduler owning its partitions")
+    stack.stop()
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in lines]  # each line is JSON: one format
+    assert all(r["service"] == "scheduler" for r in records)
+    owning = Counter(r["message"].split(" from ")[0] for r in records
+                     if r["message"].startswith("owning schedules partition"))
+    assert owning == {f"owning schedules partition {p}": 1 for p in range(4)}, owning
+    assert list(cwd.iterdir()) == []
+    assert (stack.workdir / "data" / "scheduler").is_dir()

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.core.schedule import (
+    BACKFILL_CONFIRM_ABOVE,
+    BackfillInvalid,
     BackfillMode,
     Catchup,
     CronInvalid,
@@ -20,6 +22,7 @@ from shoal.core.schedule import (
     next_fires,
     parse_cron,
     parse_timezone,
+    plan_backfill,
     scheduled_instance_id,
     upcoming,
     validate_schedule_fields,
@@ -309,6 +312,60 @@ def test_backfill_is_bounded() -> None:
         backfill_times(cron=parse_cron("* * * * *"), tz=UTC_TZ,
                        start=at("2026-01-01T00:00:00+00:00"),
                        end=at("2026-01-02T00:00:00+00:00"), limit=10)
+
+
+def test_backfill_plan_says_where_its_timetable_comes_from() -> None:
+    """The issue's surprise: a schedule firing every 5 s plans 34,561 runs over two days;
+    the plan names the schedule as its source and asks for a confirmation."""
+    start, end = datetime(2026, 1, 1), datetime(2026, 1, 3)
+    plan = plan_backfill(cron=None, timezone=None, schedule=("*/5 * * * * ?", "UTC"),
+                         start=start, end=end)
+    assert (plan.source, plan.count, plan.needs_confirmation) == ("schedule", 34_561, True)
+    summary = plan.summary()
+    assert (summary["first"], summary["last"]) == ("2026-01-01T00:00:00+00:00",
+                                                    "2026-01-03T00:00:00+00:00")
+    assert summary["confirm_above"] == BACKFILL_CONFIRM_ABOVE == 1_000
+    assert plan.describe() == ("34,561 runs: the fires of the workflow's schedule "
+                               "'*/5 * * * * ?' (UTC), from 2026-01-01 00:00:00 to "
+                               "2026-01-03 00:00:00")
+    own = plan_backfill(cron="0 6 * * *", timezone="Europe/Berlin",
+                        schedule=("*/5 * * * * ?", "UTC"), start=start, end=end)
+    assert (own.source, own.count, own.timezone) == ("cron", 2, "Europe/Berlin")
+    assert own.summary()["first"] == "2026-01-01T05:00:00+00:00"
+    daily = plan_backfill(cron=None, timezone=None, schedule=None, start=start, end=end)
+    assert (daily.source, daily.count, daily.needs_confirmation) == ("daily", 3, False)
+    assert daily.describe().startswith("3 runs: one run per day at midnight (UTC")
+    dates = plan_backfill(cron=None, timezone=None, schedule=("*/5 * * * * ?", "UTC"),
+                          dates=[datetime(2026, 1, 2)])
+    assert (dates.source, dates.count) == ("dates", 1)
+    assert dates.describe() == "1 run: the dates given, on 2026-01-02 00:00:00"
+
+
+def test_backfill_plan_confirmation_threshold() -> None:
+    """1,000 runs go ahead; 1,001 ask first (one run per minute from 00:00)."""
+    start = datetime(2026, 1, 1)
+    at_limit = plan_backfill(cron="* * * * *", timezone="UTC", schedule=None, start=start,
+                             end=start + timedelta(minutes=BACKFILL_CONFIRM_ABOVE - 1))
+    over = plan_backfill(cron="* * * * *", timezone="UTC", schedule=None, start=start,
+                         end=start + timedelta(minutes=BACKFILL_CONFIRM_ABOVE))
+    assert (at_limit.count, at_limit.needs_confirmation) == (1_000, False)
+    assert (over.count, over.needs_confirmation) == (1_001, True)
+
+
+@pytest.mark.parametrize(("kw", "path"), [
+    ({"cron": "nope", "start": datetime(2026, 1, 1), "end": datetime(2026, 1, 2)}, "cron"),
+    ({"timezone": "Mars/Base", "start": datetime(2026, 1, 1), "end": datetime(2026, 1, 2)},
+     "timezone"),
+    ({"start": datetime(2026, 1, 1)}, "start"),
+    ({"cron": "* * * * *", "start": datetime(2026, 1, 1), "end": datetime(2030, 1, 1)}, "end"),
+    ({"cron": "0 0 1 1 *", "start": datetime(2026, 2, 1), "end": datetime(2026, 3, 1)},
+     "start"),
+])
+def test_backfill_plan_names_the_field_at_fault(kw: dict[str, object], path: str) -> None:
+    args: dict[str, object] = {"cron": None, "timezone": None, "schedule": None, **kw}
+    with pytest.raises(BackfillInvalid) as exc:
+        plan_backfill(**args)  # type: ignore[arg-type]
+    assert exc.value.path == path
 
 
 @pytest.mark.parametrize(("mode", "par", "admitted", "finished", "prev_ok", "expected"), [

@@ -39,7 +39,17 @@ from shoal.core.model import (
     event_data,
     event_from_data,
 )
-from shoal.core.workflow import TASK_TABLE, WORKFLOW_TABLE, Context, decide, evolve, fold
+from shoal.core.workflow import (
+    RUN_CONTROLS,
+    TASK_TABLE,
+    WORKFLOW_TABLE,
+    Context,
+    allowed_controls,
+    decide,
+    evolve,
+    fold,
+    resolved_params,
+)
 from shoal.infra import codec
 
 IID = "00000000-0000-4000-8000-000000000001"
@@ -178,6 +188,37 @@ def test_each_run_input_is_handled_or_refused_as_specified(state):
         assert callable(entry) is handled, (state, command, entry)
         if not handled:
             assert isinstance(entry, str) and entry
+
+
+@pytest.mark.parametrize("state", list(RunState))
+def test_allowed_controls_are_what_the_table_handles(state):
+    """What the console offers (GET /runs/{id} allowed_actions) comes from the table."""
+    expected = [name for name, command in RUN_CONTROLS.items()
+                if {**EXPECTED_RUN[state], "ForceTaskSuccess": state in FORCE_ALLOWED}[command]]
+    assert allowed_controls(state) == expected
+
+
+def test_allowed_controls_of_the_usual_states():
+    assert allowed_controls(RunState.SUCCEEDED) == ["rerun"]
+    assert allowed_controls(RunState.RUNNING) == ["pause", "stop", "force-success"]
+    assert allowed_controls(RunState.PAUSED) == ["resume", "stop", "force-success"]
+    assert allowed_controls(RunState.FAILED) == ["rerun", "recover", "force-success"]
+
+
+def test_resolved_params_are_what_a_task_sees():
+    """The run page shows day=$[yyyyMMdd-1] and, beside it, the value the run used: the
+    same as ${day} expanded in a task, for a schedule time in another offset too."""
+    d = Driver({"name": "p", "params": {"day": "$[yyyyMMdd-1]", "region": "eu"},
+                "tasks": [{"name": "t", "command": "echo ${day} ${region}"}]},
+               schedule_time="2026-03-01T01:00:00+08:00")
+    events = d.start()
+    sent = next(e for e in events if isinstance(e, TaskDispatched))
+    assert sent.command == "echo 20260228 eu"  # the day before 03-01 local (02-28 in UTC)
+    assert resolved_params(d.r.params, d.r.schedule_time) == {"day": "20260228",
+                                                              "region": "eu"}
+    assert resolved_params({"day": "$[yyyyMMdd]"}, None) == {"day": "$[yyyyMMdd]"}
+    assert resolved_params({"bad": "$[nope"}, "2026-01-01T00:00:00+00:00") == {
+        "bad": "$[nope"}
 
 
 @pytest.mark.parametrize("state", list(TaskState))

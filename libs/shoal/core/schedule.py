@@ -390,6 +390,111 @@ def backfill_times(*, cron: Cron, tz: ZoneInfo, start: datetime | None = None,
     return times[::-1] if reverse else times
 
 
+# Above this many runs a backfill is confirmed first (the CLI's --yes, the console's
+# dialog): a cron taken from the workflow's schedule can plan far more than one expects.
+BACKFILL_CONFIRM_ABOVE = 1_000
+
+
+class TimetableSource(StrEnum):
+    """Where a backfill's run times come from."""
+
+    CRON = "cron"          # the request's own cron
+    SCHEDULE = "schedule"  # the workflow's schedule (CONTRACT's default)
+    DAILY = "daily"        # neither: daily at midnight
+    DATES = "dates"        # the explicit dates
+
+
+class BackfillInvalid(ValueError):
+    """A backfill request that plans nothing; ``path`` names the field at fault."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillPlan:
+    """What a backfill will do, before it is created: its run times (in admission order)
+    and where they come from."""
+
+    source: TimetableSource
+    cron: str
+    timezone: str
+    times: tuple[datetime, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.times)
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.count > BACKFILL_CONFIRM_ABOVE
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source.value, "cron": self.cron, "timezone": self.timezone,
+                "count": self.count, "first": _iso(min(self.times)),
+                "last": _iso(max(self.times)), "confirm_above": BACKFILL_CONFIRM_ABOVE,
+                "needs_confirmation": self.needs_confirmation,
+                "description": self.describe()}
+
+    def describe(self) -> str:
+        """One sentence for people: how many runs, from which timetable, over which span."""
+        zone = self.timezone
+        timetable = {
+            TimetableSource.CRON: f"the fires of '{self.cron}' ({zone})",
+            TimetableSource.SCHEDULE: f"the fires of the workflow's schedule '{self.cron}' "
+                                      f"({zone})",
+            TimetableSource.DAILY: f"one run per day at midnight ({zone}; no schedule, "
+                                   "no cron given)",
+            TimetableSource.DATES: "the dates given",
+        }[self.source]
+        first, last = min(self.times), max(self.times)
+        zi = parse_timezone(zone)
+        span = (f"on {_local(first, zi).isoformat(' ')}" if first == last else
+                f"from {_local(first, zi).isoformat(' ')} to {_local(last, zi).isoformat(' ')}")
+        return f"{self.count:,} run{'s' if self.count != 1 else ''}: {timetable}, {span}"
+
+
+def plan_backfill(*, cron: str | None, timezone: str | None,
+                  schedule: tuple[str, str] | None, start: datetime | None = None,
+                  end: datetime | None = None, dates: Sequence[datetime] | None = None,
+                  reverse: bool = False) -> BackfillPlan:
+    """The plan of a backfill request. The timetable is ``cron`` when given, else the
+    workflow's ``schedule`` (its cron and zone), else daily at midnight; the zone is
+    ``timezone``, else the schedule's, else UTC. Naive times are wall-clock times in that
+    zone. Raises :class:`BackfillInvalid` naming the field at fault."""
+    if cron:
+        source = TimetableSource.CRON
+    elif schedule is not None:
+        source, cron = TimetableSource.SCHEDULE, schedule[0]
+    else:
+        source, cron = TimetableSource.DAILY, DEFAULT_BACKFILL_CRON
+    if dates:
+        source = TimetableSource.DATES
+    zone = timezone or (schedule[1] if schedule is not None else "UTC")
+    try:
+        parsed = parse_cron(cron)
+    except CronInvalid as exc:
+        raise BackfillInvalid("cron", str(exc)) from None
+    try:
+        tz = parse_timezone(zone)
+    except ValueError as exc:
+        raise BackfillInvalid("timezone", str(exc)) from None
+    if not dates and (start is None or end is None):
+        raise BackfillInvalid("start", "give start and end, or dates")
+    try:
+        times = backfill_times(
+            cron=parsed, tz=tz, start=localize(start, tz) if start else None,
+            end=localize(end, tz) if end else None,
+            dates=[localize(d, tz) for d in dates] if dates else None, reverse=reverse)
+    except ValueError as exc:
+        raise BackfillInvalid("end", str(exc)) from None
+    if not times:
+        raise BackfillInvalid("start", f"no fire of '{cron}' ({zone}) between start and end")
+    return BackfillPlan(source=source, cron=cron, timezone=zone, times=tuple(times))
+
+
 def backfill_admissions(*, mode: BackfillMode, parallelism: int, admitted: int, total: int,
                         finished: int, previous_succeeded: bool) -> int:
     """How many more runs a backfill may start now.

@@ -90,8 +90,9 @@ from shoal.core.model import (
 from shoal.core.params import expand, json_value, whole_reference
 from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_params
 
-__all__ = ["TASK_TABLE", "WORKFLOW_TABLE", "Context", "Decision", "decide", "evolve",
-           "evolve_all", "fold", "rejection"]
+__all__ = ["RUN_CONTROLS", "TASK_TABLE", "WORKFLOW_TABLE", "Context", "Decision",
+           "allowed_controls", "decide", "evolve", "evolve_all", "fold", "rejection",
+           "resolved_params"]
 
 _ID_NAMESPACE = uuid.UUID("6f1c1c5e-3b1d-4f5e-9a56-5a0a1f0c7d10")
 CHILD_NAMESPACE = uuid.UUID("0c6b6a57-8f7e-4d0c-b2b5-9d5a7a1e2c44")
@@ -180,6 +181,20 @@ def rejection(state: RunState, input_type: str) -> str | None:
     """
     entry = WORKFLOW_TABLE[state][input_type]
     return entry if isinstance(entry, str) else None
+
+
+# The controls a user sends to a run, by the names the API and the console give them.
+RUN_CONTROLS: Mapping[str, str] = {
+    "pause": "PauseWorkflow", "resume": "ResumeWorkflow", "stop": "StopWorkflow",
+    "rerun": "RerunWorkflow", "recover": "RecoverWorkflow", "force-success": "ForceTaskSuccess",
+}
+
+
+def allowed_controls(state: RunState) -> list[str]:
+    """The controls ``state`` accepts, as :data:`WORKFLOW_TABLE` says (in
+    :data:`RUN_CONTROLS`' order). What a client offers; the orchestrator still decides."""
+    return [name for name, input_type in RUN_CONTROLS.items()
+            if rejection(state, input_type) is None]
 
 
 def _start(inp: ResolvedStart, ctx: Context) -> Decision:
@@ -929,6 +944,15 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
                    for k, v in definition.task(name).params.items()})
     params.update(startup)
     return params
+
+
+def resolved_params(params: Mapping[str, str], business: str | None) -> dict[str, str]:
+    """A run's params (global and startup, as written) with the values its tasks used:
+    ``$[...]`` evaluated against ``business`` (the run's schedule time, else the time it
+    was submitted, as :func:`business_time`), as :func:`_params_for` does. What
+    ``${name}`` meant in a task that neither sets ``name`` nor receives it from upstream."""
+    base = datetime.fromisoformat(business) if business else None
+    return {k: _expand_time(v, base) for k, v in params.items()}
 
 
 def business_time(run: Run) -> datetime | None:

@@ -37,16 +37,17 @@ class OwnedProcess:
     """A child in its own session (process group); ``stop`` signals exactly that group."""
 
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str],
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, cwd: Path | None = None) -> None:
         self.name = name
         self.argv = argv
         self.env = dict(env)
         self.log_path = log_path
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OwnedProcess:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out,
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, cwd=self.cwd,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

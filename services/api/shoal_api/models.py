@@ -67,6 +67,13 @@ class TaskOut(BaseModel):
 
 
 class RunDetail(RunSummary):
+    resolved_params: dict[str, str] = Field(
+        default={}, description="the params with the values the run used: $[...] evaluated "
+                                "against its schedule time (else its submission time)")
+    allowed_actions: list[str] = Field(
+        default=[], description="the controls the run's state accepts now (pause, resume, "
+                                "stop, rerun, recover, force-success); none for an imported "
+                                "run. A race can still end in 409")
     tasks: list[TaskOut]
 
 
@@ -219,6 +226,25 @@ class BackfillCreated(BaseModel):
     backfill_id: str
     instance_ids: list[str]
     created: bool
+
+
+class BackfillPlanned(BaseModel):
+    """A dry run's answer: what the backfill would do; nothing was created."""
+
+    dry_run: bool = Field(description="always true: nothing was created")
+    workflow: str
+    backfill_id: str = Field(description="the id the backfill would get")
+    source: Literal["cron", "schedule", "daily", "dates"] = Field(
+        description="where the run times come from: the request's cron, the workflow's "
+                    "schedule, daily at midnight (neither), or the explicit dates")
+    cron: str
+    timezone: str
+    count: int = Field(description="the number of runs")
+    first: str = Field(description="the earliest schedule time (UTC)")
+    last: str = Field(description="the latest schedule time (UTC)")
+    confirm_above: int = Field(description="clients ask for a confirmation above this count")
+    needs_confirmation: bool
+    description: str = Field(description="the plan in one sentence")
 
 
 class BackfillOut(BaseModel):

@@ -70,6 +70,9 @@ def build_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         topic_replication_factor=settings.kafka_replication_factor,
         loghandlers=[_log_handler(settings)],
+        # faust's own files (none with the memory store, but it creates the folder) under
+        # SHOAL_DATA_DIR, not as "<app>-data" in whatever directory the service started in.
+        datadir=str(settings.data_dir / "scheduler" / "{conf.name}-data"),
     )
     topic = app.topic(settings.schedules_topic, key_type=bytes, value_type=bytes,
                       partitions=settings.partitions)
@@ -221,5 +224,11 @@ def run() -> None:
     # The API creates the topic (compacted); here too in case the scheduler starts first.
     asyncio.run(kafka.ensure_topics(settings, [settings.schedules_topic]))
     asyncio.set_event_loop(asyncio.new_event_loop())
+    (settings.data_dir / "scheduler").mkdir(parents=True, exist_ok=True)  # faust's datadir's
     app = build_app(settings)
-    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    # One log format: the root logger gets only our handler (the app's loghandlers), not
+    # faust's coloured default handler as well, which printed every line twice.
+    only_ours = {"version": 1, "disable_existing_loggers": False,
+                 "root": {"level": settings.log_level.upper(), "handlers": []}}
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True,
+           logging_config=only_ours).execute_from_commandline()

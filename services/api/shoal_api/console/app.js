@@ -332,10 +332,14 @@ async function runPage(id) {
       controls.append(el("span", { class: "muted" }, run.imported ? "Imported run: read-only." : "Read-only (viewer token)."));
       return;
     }
-    for (const a of ["pause", "resume", "stop", "rerun", "recover"]) {
+    // Only what the run's state accepts (the API derives it from the state table); a race
+    // with another user still ends in the 409 reason, shown under the buttons.
+    const offered = (run.allowed_actions || []).filter((a) => a !== "force-success");
+    for (const a of offered) {
       controls.append(el("button", { type: "button", "data-action": a,
         onclick: () => act(a, () => api("POST", `/api/v1/runs/${id}/${a}`)) }, a));
     }
+    if (!offered.length) controls.append(el("span", { class: "muted" }, `No control applies to a ${run.state} run.`));
   };
   const showHead = () => {
     head.replaceChildren(...[el("h1", {}, `Run ${id.slice(0, 8)} `, badge(runState())),
@@ -344,7 +348,12 @@ async function runPage(id) {
       run.failure ? el("p", { class: "error" }, run.failure) : null,
       run.forked_from ? el("p", {}, "Forked from ", el("a", { href: `#/runs/${run.forked_from.instance_id}` }, run.forked_from.instance_id.slice(0, 8)),
                            ` after event ${run.forked_from.seq}`) : null,
-      Object.keys(run.params || {}).length ? el("p", {}, "Params: " + Object.entries(run.params).map(([k, v]) => `${k}=${v}`).join(" ")) : null,
+      Object.keys(run.params || {}).length ? el("p", { id: "params" }, "Params: ", Object.entries(run.params).map(([k, v]) => {
+        // As written, and the value the run used when it differs (a $[...] expression).
+        const used = (run.resolved_params || {})[k];
+        return el("span", { class: "param", "data-param": k }, el("code", {}, `${k}=${v}`),
+                  used !== undefined && used !== String(v) ? el("span", { class: "muted", title: "the value the run used" }, ` → ${used}`) : null, " ");
+      })) : null,
       run.imported ? el("p", { class: "muted" }, "Imported from an incident bundle: read-only.") : null].filter(Boolean));
   };
   const showGantt = () => {
@@ -375,7 +384,7 @@ async function runPage(id) {
     const scope = el("select", { "aria-label": "scope" }, ["downstream", "upstream", "only"].map((s) => el("option", { value: s }, s)));
     const buttons = [];
     if (can("operator") && !run.imported) {
-      if (last && (last.state === "failed" || last.state === "killed")) {
+      if (last && (last.state === "failed" || last.state === "killed") && (run.allowed_actions || []).includes("force-success")) {
         buttons.push(el("button", { type: "button", onclick: async () => {
           terr.textContent = "";
           try { await api("POST", `/api/v1/runs/${id}/tasks/${selected}/force-success`); toast("force-success: sent"); }
@@ -441,8 +450,8 @@ async function runPage(id) {
     }
     if (!definition) {
       definition = (await api("GET", `/api/v1/workflows/${run.workflow}/versions/${run.version}`)).definition;
-      showControls();
     }
+    showControls();
     const [evs, rep] = await Promise.all([api("GET", `/api/v1/runs/${id}/events`), api("GET", `/api/v1/runs/${id}/replay`)]);
     replay = rep;
     const wasEnd = live || Number(slider.value) === Number(slider.max);
@@ -525,15 +534,35 @@ async function workflowPage(name) {
           + ` (${b.succeeded} succeeded, ${b.failed} failed) `, el("progress", { max: b.planned, value: b.finished, "aria-label": "backfill progress" }))));
       } catch (e) { berr.textContent = e.detail; }
     };
+    // What a backfill will do is said before it happens: the API's dry run gives the plan
+    // (timetable source, count, first and last), and a large one asks for a confirmation.
+    const plan = el("p", { id: "backfill-plan", class: "muted", "aria-live": "polite" });
+    const bfBody = (dry) => ({ start: bf.start.value, end: bf.end.value, mode: bf.mode.value,
+                               parallelism: Number(bf.parallelism.value), dry_run: dry });
+    const bfPath = `/api/v1/workflows/${encodeURIComponent(name)}/backfill`;
+    const preview = async () => {
+      if (!bf.start.value || !bf.end.value) { plan.textContent = ""; return null; }
+      try {
+        const p = await api("POST", bfPath, bfBody(true));
+        plan.textContent = `Plan: ${p.description}.`; berr.textContent = "";
+        return p;
+      } catch (e) { plan.textContent = ""; berr.textContent = e.detail; return null; }
+    };
+    for (const input of [bf.start, bf.end]) input.addEventListener("change", preview);
     main.append(el("div", { class: "card" }, el("h2", {}, "Backfill"), el("form", { onsubmit: async (ev) => {
       ev.preventDefault();
+      const p = await preview();
+      if (!p) return;
+      if (p.needs_confirmation && !confirm(`${p.description}.\n\nThat is more than ${p.confirm_above.toLocaleString("en")} runs. Start this backfill?`)) {
+        berr.textContent = "Backfill not started.";
+        return;
+      }
       try {
-        await api("POST", `/api/v1/workflows/${encodeURIComponent(name)}/backfill`, {
-          start: bf.start.value, end: bf.end.value, mode: bf.mode.value, parallelism: Number(bf.parallelism.value) });
+        await api("POST", bfPath, bfBody(false));
         berr.textContent = ""; showBackfills();
       } catch (e) { berr.textContent = e.detail; }
     } }, el("div", { class: "row" }, el("label", {}, "Start", bf.start), el("label", {}, "End", bf.end), el("label", {}, "Mode", bf.mode),
-           el("label", {}, "Parallelism", bf.parallelism), el("button", { type: "submit" }, "Backfill"))), berr, progress));
+           el("label", {}, "Parallelism", bf.parallelism), el("button", { type: "submit" }, "Backfill"))), plan, berr, progress));
     showBackfills();
     const timer = setInterval(showBackfills, 3000);
     view(() => clearInterval(timer));

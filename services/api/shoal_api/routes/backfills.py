@@ -12,19 +12,21 @@ from pydantic import BaseModel, Field
 
 from shoal.core.schedule import (
     BACKFILL_NAMESPACE,
-    DEFAULT_BACKFILL_CRON,
     MAX_BACKFILL_RUNS,
-    CronInvalid,
-    backfill_times,
-    localize,
-    parse_cron,
-    parse_timezone,
+    BackfillInvalid,
+    plan_backfill,
     scheduled_instance_id,
 )
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
 from shoal_api.deps import ADMIN, VIEWER, Res
-from shoal_api.models import BackfillCreated, BackfillOut, BackfillRun, BackfillState
+from shoal_api.models import (
+    BackfillCreated,
+    BackfillOut,
+    BackfillPlanned,
+    BackfillRun,
+    BackfillState,
+)
 from shoal_api.problems import ERRORS
 from shoal_api.records import Scalar, publish, string_params
 
@@ -53,6 +55,9 @@ class BackfillCreate(BaseModel):
     backfill_id: uuid.UUID | None = Field(
         default=None, description="default: derived from the workflow, times and params, so "
                                   "submitting the same backfill twice starts nothing new")
+    dry_run: bool = Field(default=False, description="answer 200 with the plan (timetable "
+                                                     "source, count, first, last) and create "
+                                                     "nothing")
 
 
 def _as_dt(v: datetime | date) -> datetime:
@@ -64,21 +69,20 @@ def _problem(path: str, message: str) -> HTTPException:
                                "problems": [{"path": path, "message": message}]})
 
 
-async def _timetable(res: Res, name: str, body: BackfillCreate) -> tuple[str, str]:
-    """(cron, timezone): the body's, else the workflow's schedule's (the oldest enabled one,
-    else the oldest), else daily at midnight UTC."""
+async def _schedule(res: Res, name: str) -> tuple[str, str] | None:
+    """(cron, timezone) of the workflow's schedule (the oldest enabled one, else the
+    oldest), or None."""
     row = await res.pool.fetchrow(
         "SELECT record->>'cron' AS cron, record->>'timezone' AS tz FROM shoal.schedules "
         "WHERE workflow = $1 AND NOT deleted "
         "ORDER BY (record->>'enabled')::boolean DESC, created_at LIMIT 1", name)
-    cron = body.cron or (row["cron"] if row else DEFAULT_BACKFILL_CRON)
-    tz = body.timezone or (row["tz"] if row else "UTC")
-    return cron, tz
+    return (row["cron"], row["tz"]) if row else None
 
 
 @router.post("/workflows/{name}/backfill", status_code=202, dependencies=[ADMIN],
-             response_model=BackfillCreated, responses={200: {
-                 "model": BackfillCreated, "description": "already submitted: nothing new"}})
+             response_model=BackfillCreated | BackfillPlanned, responses={200: {
+                 "model": BackfillCreated | BackfillPlanned,
+                 "description": "already submitted: nothing new; or the plan of a dry run"}})
 async def create_backfill(name: str, body: BackfillCreate, res: Res,
                           response: Response) -> dict[str, Any]:
     status = await workflow_status(res.pool, name)
@@ -87,32 +91,23 @@ async def create_backfill(name: str, body: BackfillCreate, res: Res,
     if status == "offline":
         raise HTTPException(409, {"message": f"workflow '{name}' is offline; put it online "
                                              "before backfilling"})
-    cron_expr, tz_name = await _timetable(res, name, body)
     try:
-        cron = parse_cron(cron_expr)
-    except CronInvalid as exc:
-        raise _problem("cron", str(exc)) from None
-    try:
-        tz = parse_timezone(tz_name)
-    except ValueError as exc:
-        raise _problem("timezone", str(exc)) from None
-    if not body.dates and (body.start is None or body.end is None):
-        raise _problem("start", "give start and end, or dates")
-    try:
-        times = backfill_times(
-            cron=cron, tz=tz,
-            start=localize(_as_dt(body.start), tz) if body.start else None,
-            end=localize(_as_dt(body.end), tz) if body.end else None,
-            dates=[localize(_as_dt(d), tz) for d in body.dates] if body.dates else None,
+        plan = plan_backfill(
+            cron=body.cron, timezone=body.timezone, schedule=await _schedule(res, name),
+            start=_as_dt(body.start) if body.start else None,
+            end=_as_dt(body.end) if body.end else None,
+            dates=[_as_dt(d) for d in body.dates] if body.dates else None,
             reverse=body.reverse)
-    except ValueError as exc:
-        raise _problem("end", str(exc)) from None
-    if not times:
-        raise _problem("start", f"no fire of '{cron_expr}' ({tz_name}) between start and end")
+    except BackfillInvalid as exc:
+        raise _problem(exc.path, exc.message) from None
+    times, cron_expr, tz_name = list(plan.times), plan.cron, plan.timezone
     params = string_params(body.params)
     bid = str(body.backfill_id or uuid.uuid5(BACKFILL_NAMESPACE, codec.dumps(
         {"workflow": name, "times": sorted(t.isoformat() for t in times),
          "params": params}).decode()))
+    if body.dry_run:
+        response.status_code = 200
+        return {"dry_run": True, "workflow": name, "backfill_id": bid, **plan.summary()}
     ids = [scheduled_instance_id(bid, t) for t in times]
     record = {"kind": "backfill", "id": bid, "workflow": name, "mode": body.mode,
               "parallelism": body.parallelism if body.mode == "parallel" else 1,

@@ -27,7 +27,7 @@ from shoal.core.model import (
     event_from_data,
 )
 from shoal.core.replay import carried_tasks, steps, view
-from shoal.core.workflow import rejection
+from shoal.core.workflow import allowed_controls, rejection, resolved_params
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
 from shoal.infra.kafka import send_reliably
@@ -196,7 +196,18 @@ async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
     live_groups = {r["worker_group"] for r in await res.pool.fetch(
         "SELECT DISTINCT worker_group FROM shoal_read.workers WHERE NOT stopping AND "
         "last_heartbeat > now() - make_interval(secs => $1)", res.settings.lease_timeout)}
-    return {**_run_row(row), "tasks": [
+    # The business time as the run was submitted with it (its offset matters to $[...]);
+    # an imported run has no events here: the read model's times.
+    business = await res.pool.fetchval(
+        "SELECT coalesce(data->>'schedule_time', data->>'at') FROM shoal.events "
+        "WHERE instance_id = $1 AND seq = 1", instance_id) or _iso(
+            row["schedule_time"] or row["submitted_at"])
+    return {**_run_row(row),
+            "resolved_params": resolved_params(
+                {k: str(v) for k, v in codec.loads(row["params"]).items()}, business),
+            "allowed_actions": [] if row["imported"] else allowed_controls(
+                RunState(row["state"])),
+            "tasks": [
         {"task": t["task"], "attempt": t["attempt"], "state": t["state"],
          "worker_id": t["worker_id"], "worker_group": t["worker_group"],
          "waiting_for_worker": t["state"] == "dispatched" and t["worker_group"] not in
