@@ -36,7 +36,9 @@ class TokenRecord:
     state: str
 
     def as_dict(self) -> dict[str, Any]:
-        iso = (lambda v: v.isoformat() if v else None)  # noqa: E731 - local formatter
+        def iso(v: datetime | None) -> str | None:
+            return v.isoformat() if v else None
+
         return {"id": self.id, "name": self.name, "role": self.role,
                 "created_at": iso(self.created_at), "created_by": self.created_by,
                 "expires_at": iso(self.expires_at), "revoked_at": iso(self.revoked_at),

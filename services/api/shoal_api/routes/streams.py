@@ -106,8 +106,9 @@ def _hub(request: Request) -> EventHub:
     return hub
 
 
-_TOO_MANY = {429: {"description": "the token has SHOAL_API_STREAMS_PER_TOKEN streams open",
-                   "content": {"application/problem+json": {}}}}
+_TOO_MANY: dict[int | str, dict[str, Any]] = {429: {
+    "description": "the token has SHOAL_API_STREAMS_PER_TOKEN streams open",
+    "content": {"application/problem+json": {}}}}
 
 
 @router.get("/runs/{instance_id}/stream", response_class=StreamingResponse,
