@@ -4,6 +4,7 @@ one database, commands over HTTP, straight to Kafka and from the scheduler."""
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 
 from shoal.infra.processes import free_port
 from tests.e2e.kafka_io import publish_with_librdkafka
+from tests.e2e.test_cli import shoal
 from tests.support import Stack, eventually, start_command
 
 pytestmark = pytest.mark.e2e
@@ -166,3 +168,26 @@ async def test_kafka_commands_and_scheduler_fires_record_their_actor(stack: Stac
     await stack.request("DELETE", f"/api/v1/schedules/{schedule['id']}")
     assert run["workflow"] == "quick" and run["schedule_time"]
     assert ("WorkflowSubmitted", "scheduler") in await actors_of(stack, run["instance_id"])
+
+
+async def test_shoal_tokens_create_list_revoke(bare_stack: Stack):
+    stack = bare_stack
+    stack.start("api")
+    await eventually(stack._healthy, timeout=60, what="API /healthz")
+    made = await shoal(stack, "tokens", "create", "cli-bot", "--role", "viewer",
+                       "--expires-in", "2h")
+    token = made.stdout.strip()  # the value alone on stdout, the notes on stderr
+    assert token.startswith("shoal_") and "not shown again" in made.stderr
+    listed = (await shoal(stack, "tokens", "list")).stdout
+    assert "cli-bot" in listed and "active" in listed and token not in listed
+    tid = json.loads((await shoal(stack, "tokens", "list", "--json")).stdout)[0]["id"]
+    # The new token drives the CLI; as a viewer it may not mint.
+    assert (await shoal(stack, "runs", "--actor", "cli-bot", SHOAL_API_TOKEN=token)).stdout
+    denied = await shoal(stack, "tokens", "list", check=False, SHOAL_API_TOKEN=token)
+    assert denied.returncode != 0 and "403" in denied.stderr
+    assert "revoked" in (await shoal(stack, "tokens", "revoke", tid)).stdout
+    refused = await shoal(stack, "runs", check=False, SHOAL_API_TOKEN=token)
+    assert refused.returncode != 0 and "401" in refused.stderr
+    bad = await shoal(stack, "tokens", "create", "x", "--role", "viewer", "--expires-in",
+                      "soon", check=False)
+    assert bad.returncode != 0 and "expires-in" in bad.stderr
