@@ -112,6 +112,13 @@ async def test_a_minted_token_is_used_listed_revoked_on_every_api_and_expires(st
                                                                    "oncall")
     assert ("WorkflowStopping", "oncall") in await actors_of(stack, iid)
     await stack.request("POST", f"/api/v1/runs/{other['instance_id']}/stop")
+    # A fork is a start by whoever forked.
+    r = await call(stack.api, "POST", f"/api/v1/runs/{iid}/fork", oncall, json={"at": 1})
+    assert r.status_code == 202, r.text
+    fork = r.json()["instance_id"]
+    await stack.wait_state(fork, "running")
+    assert (await stack.run_state(fork) or {})["actor"] == "oncall"
+    await stack.request("POST", f"/api/v1/runs/{fork}/stop")
 
     # Revoked on the first API: the very next call is refused on both.
     r = await stack.request("DELETE", f"/api/v1/tokens/{ci_id}")
@@ -168,6 +175,15 @@ async def test_kafka_commands_and_scheduler_fires_record_their_actor(stack: Stac
     await stack.request("DELETE", f"/api/v1/schedules/{schedule['id']}")
     assert run["workflow"] == "quick" and run["schedule_time"]
     assert ("WorkflowSubmitted", "scheduler") in await actors_of(stack, run["instance_id"])
+
+    # A backfill records who asked for it; its runs are started by the scheduler.
+    r = await stack.request("POST", "/api/v1/workflows/quick/backfill",
+                            json={"dates": ["2026-01-01"], "cron": "0 0 * * *"})
+    assert r.status_code == 202, r.text
+    backfill, (bf_run,) = r.json()["backfill_id"], r.json()["instance_ids"]
+    b = (await stack.request("GET", f"/api/v1/backfills/{backfill}")).json()
+    assert b["actor"] == b["updated_by"] == bootstrap_name(stack, "admin")
+    assert (await stack.wait_run(bf_run))["actor"] == "scheduler"
 
 
 async def test_shoal_tokens_create_list_revoke(bare_stack: Stack):
