@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shoal.core.model import ANONYMOUS_ACTOR
 from shoal.infra.auth import Principal, Role, Tokens, looks_minted
+from shoal.infra.db import DB_ERRORS
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal.infra.tokens import TokenStore
@@ -51,7 +52,12 @@ async def current_principal(request: Request, credentials: Annotated[
     given = credentials.credentials if credentials else None
     found = tokens.principal_of(given)
     if found is None and given is not None and looks_minted(given):
-        found = await TokenStore(request.app.state.resources.pool).principal(given)
+        try:
+            found = await TokenStore(request.app.state.resources.pool).principal(given)
+        except DB_ERRORS:
+            raise HTTPException(503, {"message": "the database that holds the tokens does "
+                                                 "not answer; try again", "type": "unavailable"}
+                                ) from None
     if not tokens.enabled:
         return Principal(found.name if found else ANONYMOUS_ACTOR, Role.admin)
     if found is None:
