@@ -77,6 +77,8 @@ class Stack:
         # Every stack runs with auth on; tests speak as admin unless they say otherwise.
         self.tokens = {role: f"{role}-{secrets.token_hex(12)}"
                        for role in ("viewer", "operator", "admin")}
+        # Good for /metrics alone; the worker gets it instead of an API token.
+        self.metrics_token = f"metrics-{secrets.token_hex(12)}"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -90,7 +92,7 @@ class Stack:
                    # the default (500 ms) is what make dev and make bench run with.
                    SHOAL_KAFKA_FETCH_MAX_WAIT_MS="100",
                    SHOAL_API_TOKENS=",".join(f"{r}:{t}" for r, t in self.tokens.items()),
-                   SHOAL_API_TOKEN=self.tokens["admin"])
+                   SHOAL_API_TOKEN=self.tokens["admin"], SHOAL_METRICS_TOKEN=self.metrics_token)
         env.update(extra)
         return env
 
@@ -98,6 +100,9 @@ class Stack:
         n = sum(1 for p in self.processes if p.name == name)
         if name == "worker":
             extra.setdefault("SHOAL_WORKER_ID", f"{self.prefix}-worker-{n}")
+            # As docker-compose.yml: a worker holds no API token, only the metrics one.
+            extra.setdefault("SHOAL_API_TOKENS", "")
+            extra.setdefault("SHOAL_API_TOKEN", "")
         if name != "api":
             extra.setdefault("SHOAL_METRICS_PORT", str(free_port()))
             self.metrics_ports[(name, n)] = int(extra["SHOAL_METRICS_PORT"])

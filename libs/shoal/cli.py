@@ -361,6 +361,46 @@ def cmd_backfills(args: argparse.Namespace) -> None:
         print(f"backfill {out['backfill_id']}: {out['state']}")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> int:
+    """'3600', '45s', '30m', '12h' or '90d' as seconds."""
+    unit = _UNITS.get(text[-1:].lower())
+    try:
+        return int(text[:-1]) * unit if unit else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds, or a number with s, m, h or d"
+                                         ) from None
+
+
+def cmd_tokens(args: argparse.Namespace) -> None:
+    if args.action == "create":
+        body: dict[str, Any] = {"name": args.name, "role": args.role}
+        if args.expires_in is not None:
+            body["expires_in"] = args.expires_in
+        out = _request("POST", "/api/v1/tokens", json=body)
+        if args.json:
+            _print(out)
+            return
+        print(f"token {out['name']} ({out['role']}, id {out['id']}, expires "
+              f"{_short(out['expires_at']) or 'never'}):", file=sys.stderr)
+        print(out["token"])
+        print("store it now: it is not shown again", file=sys.stderr)
+    elif args.action == "list":
+        found = _request("GET", "/api/v1/tokens")
+        _show(found, args.json, [{**t, "created": _short(t["created_at"]),
+                                  "expires": _short(t["expires_at"]),
+                                  "revoked": _short(t["revoked_at"])} for t in found],
+              ["id", "name", "role", "state", "created", "expires", "revoked"])
+    else:
+        out = _request("DELETE", f"/api/v1/tokens/{args.id}")
+        if args.json:
+            _print(out)
+        else:
+            print(f"token {out['name']} ({out['id']}) revoked at {_short(out['revoked_at'])}")
+
+
 def cmd_workflow(args: argparse.Namespace) -> None:
     if args.action == "delete":
         _request("DELETE", f"/api/v1/workflows/{args.name}")
@@ -516,7 +556,7 @@ def cmd_fork(args: argparse.Namespace) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> None:
     params: dict[str, Any] = {"limit": args.limit}
-    for k in ("workflow", "since", "until", "parent"):
+    for k in ("workflow", "since", "until", "parent", "actor"):
         if getattr(args, k):
             params[k] = getattr(args, k)
     if args.state:
@@ -528,7 +568,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
     _table([{**r, "submitted": _short(r["submitted_at"]), "v": r["version"],
              "ms": r["duration_ms"], "scheduled": _short(r["schedule_time"])}
             for r in out["runs"]],
-           ["instance_id", "workflow", "v", "state", "submitted", "scheduled", "ms"])
+           ["instance_id", "workflow", "v", "state", "submitted", "scheduled", "ms", "actor"])
     if out["next_cursor"]:
         print(f"(more: --limit, or GET /api/v1/runs?cursor={out['next_cursor']})")
 
@@ -694,6 +734,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--since", help="submitted at or after (RFC 3339 or a date)")
     s.add_argument("--until", help="submitted before")
     s.add_argument("--parent", help="runs started by this run (sub-workflows)")
+    s.add_argument("--actor", help="runs started by this actor (a token's name, scheduler, "
+                                   "kafka)")
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(fn=cmd_runs)
     s = sub.add_parser("workflows", help="published workflows")
@@ -751,6 +793,16 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("action", choices=["online", "offline", "delete"])
     s.add_argument("name")
     s.set_defaults(fn=cmd_workflow)
+    s = sub.add_parser("tokens", help="API tokens (admin): create, list, revoke")
+    tsub = s.add_subparsers(dest="action", required=True)
+    c = tsub.add_parser("create", help="mint a token; it is printed once")
+    c.add_argument("name", help="its name: the actor the audit trail records")
+    c.add_argument("--role", choices=["viewer", "operator", "admin"], required=True)
+    c.add_argument("--expires-in", type=_seconds, metavar="DURATION",
+                   help="e.g. 3600, 12h, 30d (default 90d, at most 366d)")
+    tsub.add_parser("list", help="tokens without their values")
+    tsub.add_parser("revoke", help="refused from the next request on").add_argument("id")
+    s.set_defaults(fn=cmd_tokens)
     s = sub.add_parser("projections", help="read-model maintenance")
     s.add_argument("action", choices=["rebuild"])
     s.set_defaults(fn=cmd_projections)

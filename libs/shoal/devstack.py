@@ -85,11 +85,15 @@ def run_dev(examples: Path, workers: int = 1) -> None:
         api_host = env.setdefault("SHOAL_API_HOST", "127.0.0.1")
         api_port = int(env.setdefault("SHOAL_API_PORT", "8460"))
         token = _admin_token(env)
+        # The /metrics credential; the worker gets it instead of the API tokens.
+        env.setdefault("SHOAL_METRICS_TOKEN", secrets.token_urlsafe(24))
         names = ["api", "orchestrator", "projector", "scheduler"] + ["worker"] * workers
         for i, name in enumerate(names):
             wenv = dict(env)
             if name == "worker":
                 wenv["SHOAL_WORKER_ID"] = f"dev-worker-{i}-{secrets.token_hex(2)}"
+                for secret in ("SHOAL_API_TOKENS", "SHOAL_API_TOKEN", "SHOAL_ALERT_CHANNELS"):
+                    wenv.pop(secret, None)
             owned.append(OwnedProcess(name, service_argv(name), wenv,
                                       logs / f"{name}-{i}.log").start())
         wait_port(api_host, api_port, timeout=60)

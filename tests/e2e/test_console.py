@@ -240,3 +240,55 @@ def png_facts(data: bytes) -> tuple[int, int, int]:
             idat += data[pos + 8:pos + 8 + n]
         pos += 12 + n
     return width, height, len(set(zlib.decompress(idat)))
+
+
+async def test_tokens_page_shows_a_new_token_once_lists_and_revokes_it(stack: Stack,
+                                                                      browser: Browser):
+    """Tokens minted at run time, from the console; who started and stopped a run."""
+    import hashlib
+
+    import httpx
+
+    await stack.apply(LONG)
+    operator = await signed_in(browser, stack, "operator")
+    await expect(operator.locator("#nav-tokens")).to_be_hidden()  # admins only
+    page = await signed_in(browser, stack, "admin")
+    await page.locator("#nav-tokens").click()
+    await page.get_by_label("token name").fill("console-op")
+    await page.get_by_label("role").select_option("operator")
+    await page.get_by_role("button", name="Create token").click()
+    value = page.locator("#token-value")
+    await expect(value).to_have_text(re.compile(r"^shoal_[A-Za-z0-9_-]{43}$"))
+    token = (await value.text_content() or "").strip()
+    row = page.locator('#tokens tr[data-token="console-op"]')
+    await expect(row.locator(".state")).to_have_text("active")
+    assert token not in (await page.locator("#tokens").text_content() or "")
+    # Shown once: back on the page later, the value is gone and no answer holds it.
+    await page.goto(stack.api + "/#/runs")
+    await page.goto(stack.api + "/#/tokens")
+    await expect(row).to_be_visible()
+    await expect(page.locator("#token-value")).to_have_count(0)
+
+    # The token starts a run: the list and the run page say who started and who stopped it.
+    async with httpx.AsyncClient(base_url=stack.api, timeout=30) as c:
+        r = await c.post("/api/v1/workflows/console-long/runs", json={},
+                         headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 202, r.text
+        iid = r.json()["instance_id"]
+        await stack.wait_task_state(iid, "running", task="sleeper")
+        await page.goto(stack.api + "/#/runs")
+        await expect(page.locator(f'#runs tr[data-run="{iid}"] .actor')).to_have_text(
+            "console-op", timeout=20_000)
+        assert (await stack.request("POST", f"/api/v1/runs/{iid}/stop")).status_code == 202
+        await stack.wait_run(iid, states=("stopped",))
+        admin = "admin-" + hashlib.sha256(stack.tokens["admin"].encode()).hexdigest()[:8]
+        await page.goto(stack.api + f"/#/runs/{iid}")
+        await expect(page.locator("#run-actors")).to_have_text(
+            f"started by console-op · stopped by {admin}")
+
+        # Revoked from the console: refused from the next request on.
+        await page.goto(stack.api + "/#/tokens")
+        await page.get_by_role("button", name="revoke console-op").click()
+        await expect(row.locator(".state")).to_have_text("revoked")
+        r = await c.get("/api/v1/runs", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401

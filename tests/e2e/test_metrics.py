@@ -62,13 +62,23 @@ async def test_every_service_exposes_its_series_and_the_dashboard_reads_only_tho
     exposed: set[str] = set()
     for service, wanted in REQUIRED.items():
         async def complete(service=service, wanted=wanted) -> set[str] | None:
-            text = await scrape(urls[service], stack.tokens["viewer"])
+            # The worker holds no API token: its /metrics take the metrics-only one.
+            token = stack.metrics_token if service == "worker" else stack.tokens["viewer"]
+            text = await scrape(urls[service], token)
             found = names(text or "")
             return found if set(wanted) <= found else None
         exposed |= await eventually(complete, timeout=45, what=f"{service} metrics")
     # Without a token the metrics are refused like every other endpoint.
     assert await scrape(urls["orchestrator"], None) is None
     assert (await stack.request("GET", "/metrics", role=None)).status_code == 401
+    assert await scrape(urls["worker"], None) is None
+    assert await scrape(urls["worker"], stack.tokens["admin"]) is None  # it has none
+    # The metrics token reads every service's /metrics, the API's too, and nothing else.
+    assert await scrape(urls["orchestrator"], stack.metrics_token)
+    assert await scrape(urls["api"], stack.metrics_token)
+    headers = {"Authorization": f"Bearer {stack.metrics_token}"}
+    assert (await stack.request("GET", "/api/v1/runs", role=None,
+                                headers=headers)).status_code == 401
     async with httpx.AsyncClient() as c:
         health = await c.get(urls["worker"].replace("/metrics", "/healthz"))
     assert health.status_code == 200

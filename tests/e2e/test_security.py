@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 
+import asyncpg
 import httpx
 import pytest
 
@@ -145,3 +147,60 @@ async def test_an_oversized_kafka_command_goes_to_dead_letters(bare_stack: Stack
                             [(ok, json.dumps(start_command("tiny", ok)).encode())])
     assert (await stack.wait_run(ok, states=("running", "submitted")))
     assert (await stack.request("GET", f"/api/v1/runs/{iid}")).status_code == 404
+
+
+async def test_healthz_says_the_database_is_down_without_its_error_text(bare_stack: Stack):
+    stack = bare_stack
+    stack.start("api")
+    await eventually(stack._healthy, timeout=60, what="API /healthz")
+    dbname = stack.database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(stack.database_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+        await admin.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                          "datname = $1 AND pid <> pg_backend_pid()", dbname)
+
+        async def down() -> httpx.Response | None:
+            r = await stack.request("GET", "/healthz", role=None)
+            return r if r.status_code == 503 else None
+
+        r = await eventually(down, timeout=30, what="/healthz to report the outage")
+        assert r.json() == {"status": "unhealthy", "database": "unavailable"}
+        for leak in (dbname, "postgres", "127.0.0.1", "Error", "connection"):
+            assert leak not in r.text, leak
+    finally:
+        await admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+    await eventually(stack._healthy, timeout=30, what="/healthz back to 200")
+
+
+async def test_the_ninth_stream_of_a_token_gets_429(stack: Stack):
+    await stack.apply(SLOW)
+    iid = (await stack.request("POST", "/api/v1/workflows/slow/runs", json={})).json()[
+        "instance_id"]
+    await stack.wait_task_state(iid, "running", task="nap")
+    log = f"/api/v1/runs/{iid}/tasks/nap/log?follow=true"
+    paths = ["/api/v1/stream"] * 4 + [f"/api/v1/runs/{iid}/stream?follow=true"] * 2 + [log] * 2
+    async with contextlib.AsyncExitStack() as streams, httpx.AsyncClient(
+            base_url=stack.api, timeout=30) as c:
+        viewer = stack.auth("viewer")
+        opened = []
+        for path in paths:  # the events streams and the log follow share one budget
+            r = await streams.enter_async_context(c.stream("GET", path, headers=viewer))
+            assert r.status_code == 200, path
+            opened.append(r)
+        for path in (log, "/api/v1/stream", f"/api/v1/runs/{iid}/stream"):
+            is_problem(await c.get(path, headers=viewer), 429)
+        # Another token has its own budget; a plain log read is no stream.
+        async with c.stream("GET", "/api/v1/stream", headers=stack.auth("operator")) as r:
+            assert r.status_code == 200
+        assert (await c.get(f"/api/v1/runs/{iid}/tasks/nap/log", headers=viewer)
+                ).status_code == 200
+        await opened[0].aclose()  # a closed stream frees its place
+
+        async def admitted() -> bool:
+            async with c.stream("GET", "/api/v1/stream", headers=viewer) as r:
+                return r.status_code == 200
+
+        await eventually(admitted, timeout=15, what="a place after closing a stream")
+    await stack.request("POST", f"/api/v1/runs/{iid}/stop")

@@ -20,7 +20,14 @@ from tests.unit.test_workflow import IID, Driver, dags, random_history
 
 
 class Timed(Driver):
-    """Reports sent at real times (the projection parses them)."""
+    """Reports sent at real times (the projection parses them); commands from a few
+    actors, some from none (as Shoal's own are), so the audit columns vary."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        super().__init__(raw, actor="starter")
+
+    def command(self, cls: type, **kw: Any) -> list[Any]:
+        return super().command(cls, actor=[None, "ann", "bob"][self.n % 3], **kw)
 
     def msg(self) -> dict[str, str]:
         return {**super().msg(), "sent_at": f"2026-01-01T01:{self.n // 60 % 60:02d}:"
@@ -108,3 +115,34 @@ def test_a_success_without_a_worker_keeps_the_one_that_started_it():
     assert (t["state"], t["worker_id"], t["worker_group"], t["duration_ms"], t["outputs"]) == \
         ("succeeded", "w1", "g", 2251, {"x": "1"})
     assert rows.runs[IID]["last_seq"] == 4
+
+
+def test_the_audit_columns_follow_who_started_controlled_and_stopped_the_run():
+    rows = fold(Rows(), [
+        ev(1, "WorkflowSubmitted", **SUBMITTED, actor="alice"),
+        ev(2, "WorkflowStarted", at="2026-01-01T00:00:01+00:00"),
+        ev(3, "WorkflowPausing", at="2026-01-01T00:00:02+00:00", actor="bob"),
+        ev(4, "WorkflowPaused", at="2026-01-01T00:00:03+00:00"),  # the drain: nobody
+        ev(5, "WorkflowResumed", at="2026-01-01T00:00:04+00:00", actor="carol"),
+    ])
+    run = rows.runs[IID]
+    assert (run["actor"], run["last_actor"], run["stopped_by"]) == ("alice", "carol", None)
+    fold(rows, [ev(6, "WorkflowStopping", at="2026-01-01T00:00:05+00:00", outcome="stopped",
+                   reason="stopped by request", actor="dave")])
+    assert (run["last_actor"], run["stopped_by"]) == ("dave", "dave")
+    fold(rows, [ev(7, "WorkflowStopped", at="2026-01-01T00:00:06+00:00"),
+                ev(8, "WorkflowRestarted", at="2026-01-01T00:00:07+00:00", attempt=2,
+                   mode="rerun", actor="erin")])
+    assert (run["actor"], run["last_actor"], run["stopped_by"]) == ("alice", "erin", None)
+    # A stop Shoal decides itself (a workflow timeout) names nobody and keeps the last actor.
+    fold(rows, [ev(9, "WorkflowStopping", at="2026-01-01T00:00:08+00:00", outcome="failed",
+                   reason="timed out")])
+    assert (run["last_actor"], run["stopped_by"]) == ("erin", None)
+
+
+def test_older_events_without_an_actor_still_fold():
+    rows = fold(Rows(), [ev(1, "WorkflowSubmitted", **SUBMITTED),
+                         ev(2, "WorkflowStopping", at="2026-01-01T00:00:05+00:00",
+                            outcome="stopped", reason="stopped by request")])
+    run = rows.runs[IID]
+    assert (run["actor"], run["last_actor"], run["stopped_by"]) == (None, None, None)

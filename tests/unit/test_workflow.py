@@ -73,7 +73,8 @@ class Driver:
     def feed(self, inp: Any, slot_free: bool = True) -> list[AnyEvent]:
         self.n += 1
         ctx = Context(now=f"2026-01-01T00:{self.n // 60 % 60:02d}:{self.n % 60:02d}+00:00",
-                      message_id=f"m{self.n}", slot_free=slot_free)
+                      message_id=f"m{self.n}", slot_free=slot_free,
+                      actor=getattr(inp, "actor", None))
         d = decide(self.run, inp, ctx)
         assert d.dead_letter is None, d.dead_letter
         for e in d.events:
@@ -733,3 +734,24 @@ def test_serial_rerun_needs_the_slot():
     refused = d.feed(RerunWorkflow(**d.msg()), slot_free=False)
     assert types(refused) == ["InputRejected"] and "another run" in refused[0].reason
     assert dispatched(d.feed(RerunWorkflow(**d.msg()))) == ["a"]
+
+
+def test_the_events_a_command_causes_carry_its_actor():
+    d = Driver({"name": "w", "tasks": [{"name": "a", "type": "shell", "command": "x"},
+                                       {"name": "b", "type": "shell", "command": "y",
+                                        "depends_on": ["a"]}]}, actor="alice")
+    submitted = d.start()[0]
+    assert submitted.type == "WorkflowSubmitted" and submitted.actor == "alice"
+    assert d.r.actor == "alice"
+    assert [e.actor for e in d.command(PauseWorkflow, actor="bob")] == ["bob"]  # pausing
+    d.report(TaskSucceeded, "a", exit_code=0)  # the drain completes the pause: no actor
+    assert d.r.state is RunState.PAUSED and d.r.last_actor == "bob"
+    events = d.command(StopWorkflow, actor="carol")
+    assert events[0].type == "WorkflowStopping" and events[0].actor == "carol"
+    assert (d.r.stopped_by, d.r.last_actor) == ("carol", "carol")
+    restarted = d.command(RecoverWorkflow, actor="dave")[0]
+    assert restarted.type == "WorkflowRestarted" and restarted.actor == "dave"
+    assert (d.r.stopped_by, d.r.last_actor, d.r.actor) == (None, "dave", "alice")
+    rejected = d.command(ResumeWorkflow, actor="erin")[0]  # running: refused, still named
+    assert rejected.type == "InputRejected" and rejected.actor == "erin"
+    assert d.r.last_actor == "dave"  # a refused command controlled nothing

@@ -93,7 +93,8 @@ def check_read_model(run: Run, row: Mapping[str, Any] | None,
         return [Violation(iid, run.seq, "read-model", "no workflow_runs row")]
     out = []
     want = {"workflow": run.workflow, "version": run.version, "state": run.state.value,
-            "attempt": run.attempt, "last_seq": run.seq, "imported": imported}
+            "attempt": run.attempt, "last_seq": run.seq, "imported": imported,
+            "actor": run.actor, "last_actor": run.last_actor, "stopped_by": run.stopped_by}
     for k, v in want.items():
         if row.get(k) != v:
             out.append(Violation(iid, run.seq, "read-model",

@@ -99,6 +99,7 @@ def evolve(run: Run | None, event: AnyEvent, *, instance_id: str = "") -> Run:
             tasks=carried, last_attempts={n: t.attempt for n, t in carried.items()},
             startup=dict(event.startup) if event.startup is not None else {
                 k: v for k, v in event.params.items() if definition.params.get(k) != v},
+            actor=event.actor,
         )
     if run is None:
         raise AssertionError(f"{event.type} before WorkflowSubmitted")
@@ -118,14 +119,18 @@ def _apply(run: Run, event: AnyEvent) -> Run:
         case WorkflowQueued():
             return replace(run, state=RunState.SERIAL_WAIT)
         case WorkflowPausing():
-            return replace(run, state=RunState.READY_PAUSE)
+            return replace(run, state=RunState.READY_PAUSE,
+                           last_actor=event.actor or run.last_actor)
         case WorkflowPaused():
-            return replace(run, state=RunState.PAUSED)
+            return replace(run, state=RunState.PAUSED, last_actor=event.actor or run.last_actor)
         case WorkflowResumed():
-            return replace(run, state=RunState.RUNNING)
+            return replace(run, state=RunState.RUNNING, last_actor=event.actor or run.last_actor)
         case WorkflowStopping():
+            # Without an actor it is Shoal's own stop (a timeout, failure strategy `end`).
             return replace(run, state=RunState.READY_STOP,
-                           stopping_to=RunState(event.outcome), failure=event.reason)
+                           stopping_to=RunState(event.outcome), failure=event.reason,
+                           last_actor=event.actor or run.last_actor,
+                           stopped_by=event.actor or run.stopped_by)
         case WorkflowStopped():
             return replace(run, state=RunState.STOPPED, finished_at=event.at, stopping_to=None)
         case WorkflowSucceeded():
@@ -137,7 +142,8 @@ def _apply(run: Run, event: AnyEvent) -> Run:
             kept = {n: t for n, t in run.tasks.items() if n in set(event.kept)}
             return replace(run, state=RunState.RUNNING, attempt=event.attempt, tasks=kept,
                            timers={}, stopping_to=None, failure=None, started_at=event.at,
-                           finished_at=None)
+                           finished_at=None, stopped_by=None,
+                           last_actor=event.actor or run.last_actor)
         case WorkflowTimedOut():
             return run
         case TimerArmed():
@@ -213,6 +219,7 @@ def _apply(run: Run, event: AnyEvent) -> Run:
                                            exit_code=None if event.error else 0))
         case TaskForcedSuccess():
             t = run.tasks[event.task]
+            run = replace(run, last_actor=event.actor or run.last_actor)
             return _with_task(run, replace(t, state=TaskState.FORCED_SUCCESS))
         case TaskLost():
             t = run.tasks[event.task]

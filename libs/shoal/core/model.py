@@ -103,6 +103,9 @@ class Message:
     message_id: str
     instance_id: str
     sent_at: str
+    # Who sent it, for the audit trail: a token's name, ``scheduler``, a Kafka producer's
+    # own ``actor`` (``kafka`` when it gave none); None on internal inputs (reports, timers).
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,6 +237,23 @@ COMMAND_TYPES: dict[str, type[Command]] = {
 }
 CONTROL_TYPES = ("PauseWorkflow", "ResumeWorkflow", "StopWorkflow", "RerunWorkflow",
                  "RecoverWorkflow", "WakeWorkflow")
+# Commands people and services send (the others are Shoal's own: reports, timers, wakes);
+# one of these without an ``actor`` came straight from a Kafka producer (CONTRACT §2).
+AUDITED_TYPES = frozenset({"StartWorkflow", "PauseWorkflow", "ResumeWorkflow", "StopWorkflow",
+                           "RerunWorkflow", "RecoverWorkflow", "ForceTaskSuccess"})
+KAFKA_ACTOR = "kafka"          # an audited command published to Kafka without an actor
+SCHEDULER_ACTOR = "scheduler"  # schedule fires and backfill runs
+ANONYMOUS_ACTOR = "anonymous"  # API requests while tokens are off (SHOAL_API_TOKENS unset)
+# Names a token may not take: they would pass for Shoal's own actors in the audit trail.
+RESERVED_ACTORS = frozenset({KAFKA_ACTOR, SCHEDULER_ACTOR, ANONYMOUS_ACTOR, "orchestrator"})
+
+
+def command_actor(type_name: str, actor: str | None) -> str | None:
+    """The actor recorded for a decoded command: its own, else ``kafka`` for an audited
+    command (a producer that named nobody), else None (Shoal's internal inputs)."""
+    if actor:
+        return actor
+    return KAFKA_ACTOR if type_name in AUDITED_TYPES else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,6 +272,10 @@ class ResolvedStart:
     @property
     def instance_id(self) -> str:
         return self.command.instance_id
+
+    @property
+    def actor(self) -> str | None:
+        return self.command.actor
 
 
 Input = (
@@ -297,6 +321,7 @@ class WorkflowSubmitted(Event):
     startup: Mapping[str, str] | None = None  # the run's own params (None: older events)
     forked_from: Mapping[str, Any] | None = None  # {instance_id, seq} of a fork's source
     carried: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...] = ()  # a fork's outcomes
+    actor: str | None = None  # who started the run (None: older events)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -314,16 +339,19 @@ class WorkflowQueued(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowPausing(Event):
     type: ClassVar[str] = "WorkflowPausing"
+    actor: str | None = None  # who sent the command that caused it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowPaused(Event):
     type: ClassVar[str] = "WorkflowPaused"
+    actor: str | None = None  # who sent the command that caused it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowResumed(Event):
     type: ClassVar[str] = "WorkflowResumed"
+    actor: str | None = None  # who sent the command that caused it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -333,6 +361,7 @@ class WorkflowStopping(Event):
     type: ClassVar[str] = "WorkflowStopping"
     outcome: str
     reason: str
+    actor: str | None = None  # who stopped it (None: a timeout or a failure)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -359,6 +388,7 @@ class WorkflowRestarted(Event):
     attempt: int
     mode: str  # rerun | recover
     kept: list[str] | tuple[str, ...] = ()
+    actor: str | None = None  # who sent the command that caused it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -550,6 +580,7 @@ class TaskForcedSuccess(Event):
     type: ClassVar[str] = "TaskForcedSuccess"
     task: str
     attempt: int
+    actor: str | None = None  # who sent the command that caused it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -560,6 +591,7 @@ class InputRejected(Event):
     input_type: str
     input_message_id: str
     reason: str
+    actor: str | None = None  # who sent the command that caused it
 
 
 AnyEvent = (
@@ -679,6 +711,9 @@ class Run:
     failure: str | None = None
     startup: Mapping[str, str] = field(default_factory=dict)
     forked_from: Mapping[str, Any] | None = None
+    actor: str | None = None        # who started it
+    last_actor: str | None = None   # who last paused, resumed, stopped, reran, recovered it
+    stopped_by: str | None = None   # who stopped it (while it is stopping or stopped)
 
     def next_attempt(self, task: str) -> int:
         return self.last_attempts.get(task, 0) + 1

@@ -21,7 +21,8 @@ from typing import Any, Protocol
 RUN_COLUMNS = ("instance_id", "workflow", "version", "state", "priority", "params",
                "schedule_time", "submitted_at", "started_at", "finished_at", "duration_ms",
                "attempt", "parent_instance_id", "failure", "last_seq",
-               "forked_from_instance_id", "forked_from_seq", "imported")
+               "forked_from_instance_id", "forked_from_seq", "imported", "actor",
+               "last_actor", "stopped_by")
 TASK_COLUMNS = ("instance_id", "task", "attempt", "state", "worker_id", "started_at",
                 "finished_at", "duration_ms", "exit_code", "outputs", "error",
                 "worker_group", "child_instance_id")
@@ -148,11 +149,13 @@ def _apply(rows: Rows, e: Event, imported: bool) -> None:
         _touch(rows, e, state="running", started_at=at)
     elif t == "WorkflowRestarted":
         _touch(rows, e, state="running", attempt=d["attempt"], started_at=at,
-               finished_at=None, duration_ms=None, failure=None)
+               finished_at=None, duration_ms=None, failure=None, stopped_by=None,
+               **_controlled(rows, e))
     elif t == "WorkflowStopping":
-        _touch(rows, e, state="ready_stop", failure=d.get("reason"))
+        _touch(rows, e, state="ready_stop", failure=d.get("reason"), **_controlled(rows, e),
+               **({"stopped_by": d["actor"]} if d.get("actor") else {}))
     elif t in _RUN_STATE:
-        _touch(rows, e, state=_RUN_STATE[t])
+        _touch(rows, e, state=_RUN_STATE[t], **_controlled(rows, e))
     elif t in _FINISHED:
         run = rows.runs.get(e.instance_id)
         if run is not None:
@@ -204,8 +207,16 @@ def _apply(rows: Rows, e: Event, imported: bool) -> None:
         _task(rows, e, {"state": "paused"})
     elif t == "TaskForcedSuccess":
         _task(rows, e, {"state": "forced_success"})
+        _touch(rows, e, **_controlled(rows, e))
     else:
         _touch(rows, e)  # timers, kill requests, rejections: history only
+
+
+def _controlled(rows: Rows, e: Event) -> dict[str, Any]:
+    """``last_actor`` after a control event: its actor when it has one (events Shoal
+    causes itself, such as a drained pause, leave it as it was)."""
+    actor = e.data.get("actor")
+    return {"last_actor": actor} if actor else {}
 
 
 def _submitted(rows: Rows, e: Event, at: datetime | None, imported: bool) -> None:
@@ -222,7 +233,8 @@ def _submitted(rows: Rows, e: Event, at: datetime | None, imported: bool) -> Non
             "parent_instance_id": (d.get("parent") or {}).get("instance_id"),
             "failure": None, "last_seq": e.seq,
             "forked_from_instance_id": forked.get("instance_id"),
-            "forked_from_seq": forked.get("seq"), "imported": imported}
+            "forked_from_seq": forked.get("seq"), "imported": imported,
+            "actor": d.get("actor"), "last_actor": None, "stopped_by": None}
         rows.dirty_runs.add(iid)
     for c in d.get("carried") or ():  # a fork's tasks, finished in its source
         key = (iid, c["task"], c["attempt"])

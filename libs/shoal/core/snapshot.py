@@ -35,6 +35,7 @@ def to_snapshot(run: Run) -> dict[str, Any]:
         "submitted_at": run.submitted_at, "started_at": run.started_at,
         "finished_at": run.finished_at, "failure": run.failure,
         "startup": dict(run.startup), "forked_from": run.forked_from,
+        "actor": run.actor, "last_actor": run.last_actor, "stopped_by": run.stopped_by,
     }
 
 
@@ -70,4 +71,6 @@ def from_snapshot(d: dict[str, Any]) -> Run | None:
         stopping_to=RunState(d["stopping_to"]) if d["stopping_to"] else None,
         schedule_time=d["schedule_time"], parent=d["parent"], submitted_at=d["submitted_at"],
         started_at=d["started_at"], finished_at=d["finished_at"], failure=d["failure"],
-        startup=d["startup"], forked_from=d["forked_from"])
+        startup=d["startup"], forked_from=d["forked_from"],
+        # Added later (optional keys, same format): older snapshots have no audit fields.
+        actor=d.get("actor"), last_actor=d.get("last_actor"), stopped_by=d.get("stopped_by"))

@@ -112,6 +112,8 @@ class Context:
     # Serial execution: whether this run may hold its workflow's slot now (looked up by
     # the adapter; always True for parallel workflows).
     slot_free: bool = True
+    # Who sent the input (the audit trail); the events it causes record it.
+    actor: str | None = None
 
     def new_id(self, n: int) -> str:
         """The n-th id of this decision: the same input always yields the same ids."""
@@ -148,7 +150,8 @@ class Step:
 
     def reject(self, inp: Input, reason: str) -> None:
         self.emit(InputRejected(at=self.ctx.now, input_type=inp.type,
-                                input_message_id=inp.message_id, reason=reason))
+                                input_message_id=inp.message_id, reason=reason,
+                                actor=self.ctx.actor))
 
 
 Handler = Callable[[Step, Input], None]
@@ -222,7 +225,7 @@ def _start(inp: ResolvedStart, ctx: Context) -> Decision:
         start_from=list(cmd.start_from) if cmd.start_from else None, scope=cmd.scope.value,
         dry_run=cmd.dry_run,
         forked_from=dict(cmd.forked_from) if cmd.forked_from else None,
-        carried=[dict(c) for c in cmd.carried],
+        carried=[dict(c) for c in cmd.carried], actor=ctx.actor,
     )
     step = Step(fold([submitted], instance_id=cmd.instance_id), ctx)
     step.events.append(submitted)
@@ -287,26 +290,26 @@ def _pause(step: Step, inp: Input) -> None:
     """→ ready_pause while worker attempts run (nothing new is dispatched), else → paused.
     Child runs and dependency waits do not hold a pause up; child runs pause with it."""
     if any(_holds_worker(step.run, t) for t in step.run.tasks.values()):
-        step.emit(WorkflowPausing(at=step.ctx.now))
+        step.emit(WorkflowPausing(at=step.ctx.now, actor=step.ctx.actor))
     else:
-        step.emit(WorkflowPaused(at=step.ctx.now))
+        step.emit(WorkflowPaused(at=step.ctx.now, actor=step.ctx.actor))
 
 
 def _resume(step: Step, inp: Input) -> None:
     """→ running; dispatches what is ready and what was paused."""
-    step.emit(WorkflowResumed(at=step.ctx.now))
+    step.emit(WorkflowResumed(at=step.ctx.now, actor=step.ctx.actor))
     _advance(step)
 
 
 def _stop_command(step: Step, inp: Input) -> None:
     """→ ready_stop: kills running tasks in their workers; → stopped when all confirmed."""
-    _stop(step, RunState.STOPPED, "stopped by request")
+    _stop(step, RunState.STOPPED, "stopped by request", actor=step.ctx.actor)
 
 
-def _stop(step: Step, outcome: RunState, reason: str) -> None:
+def _stop(step: Step, outcome: RunState, reason: str, actor: str | None = None) -> None:
     """Kill what runs; the run ends ``outcome`` once every kill is confirmed."""
     now = step.ctx.now
-    step.emit(WorkflowStopping(at=now, outcome=outcome.value, reason=reason))
+    step.emit(WorkflowStopping(at=now, outcome=outcome.value, reason=reason, actor=actor))
     _kill_all(step, KillReason.STOP)
     _cancel_timers(step)
     _advance(step)
@@ -344,12 +347,12 @@ def _restart(step: Step, mode: str) -> None:
     if run.definition.execution.serial and not step.ctx.slot_free:
         step.emit(InputRejected(
             at=step.ctx.now, input_type="RerunWorkflow" if mode == "rerun" else "RecoverWorkflow",
-            input_message_id=step.ctx.message_id,
+            input_message_id=step.ctx.message_id, actor=step.ctx.actor,
             reason=f"another run of '{run.workflow}' is running ({run.definition.execution})"))
         return
     kept = ([n for n, t in run.tasks.items() if t.state.done_ok] if mode == "recover" else [])
     step.emit(WorkflowRestarted(at=step.ctx.now, attempt=run.attempt + 1, mode=mode,
-                                kept=sorted(kept)))
+                                kept=sorted(kept), actor=step.ctx.actor))
     _arm_workflow_timeout(step)
     _advance(step)
 
@@ -373,7 +376,8 @@ def _force(step: Step, inp: Input) -> None:
         step.reject(inp, f"task '{inp.task}' is {state}; only failed or killed tasks can be "
                          "forced to success")
         return
-    step.emit(TaskForcedSuccess(at=step.ctx.now, task=t.name, attempt=t.attempt))
+    step.emit(TaskForcedSuccess(at=step.ctx.now, task=t.name, attempt=t.attempt,
+                                actor=step.ctx.actor))
     _advance(step)
 
 

@@ -98,8 +98,8 @@ async def _check_instances(conn: asyncpg.Connection, ids: Sequence[uuid.UUID], u
         "SELECT instance_id, seq, type, data::text AS data, recorded_at "
         "FROM shoal.imported_events WHERE instance_id = ANY($1) ORDER BY instance_id, seq", ids)
     rows = {r["instance_id"]: r for r in await conn.fetch(
-        "SELECT instance_id, workflow, version, state, attempt, last_seq, imported "
-        "FROM shoal_read.workflow_runs WHERE instance_id = ANY($1)", ids)}
+        "SELECT instance_id, workflow, version, state, attempt, last_seq, imported, actor, "
+        "last_actor, stopped_by FROM shoal_read.workflow_runs WHERE instance_id = ANY($1)", ids)}
     tasks: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for t in await conn.fetch(
             "SELECT instance_id, task, attempt, state, exit_code, outputs::text AS outputs "

@@ -27,6 +27,7 @@ from shoal.core.model import (
     TaskReport,
     TaskStarted,
     TaskSucceeded,
+    command_actor,
 )
 
 
@@ -81,7 +82,8 @@ def decode_command(value: bytes | None) -> Command:
         raise MessageInvalid(f"unknown command type {kind!r} "
                              f"(one of: {', '.join(COMMAND_TYPES)})")
     validate("commands", kind, obj)
-    common = {k: obj[k] for k in ("message_id", "instance_id", "sent_at")}
+    common: dict[str, Any] = {k: obj[k] for k in ("message_id", "instance_id", "sent_at")}
+    common["actor"] = command_actor(kind, obj.get("actor"))
     if kind == "StartWorkflow":
         params = {k: _param(v) for k, v in (obj.get("params") or {}).items()}
         return StartWorkflow(
@@ -125,6 +127,8 @@ def encode_command(cmd: Command) -> bytes:
     """The wire form of a command (what the API, CLI, workers and timers publish)."""
     obj: dict[str, Any] = {"type": cmd.type, "message_id": cmd.message_id,
                            "instance_id": cmd.instance_id, "sent_at": cmd.sent_at}
+    if cmd.actor is not None:
+        obj["actor"] = cmd.actor
     if isinstance(cmd, StartWorkflow):
         obj.update(workflow=cmd.workflow, version=cmd.version, params=dict(cmd.params),
                    priority=cmd.priority.value if cmd.priority else None,

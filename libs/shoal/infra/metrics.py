@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -105,7 +106,7 @@ async def sample_lag(consumer: AIOKafkaConsumer, group: str, stop: asyncio.Event
 async def serve(settings: Settings, service: str, stop: asyncio.Event,
                 healthy: Callable[[], bool] = lambda: True) -> None:
     """``GET /metrics`` and ``GET /healthz`` until ``stop`` is set."""
-    tokens = parse_tokens(settings.api_tokens)
+    allowed = metrics_access(settings)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -122,8 +123,7 @@ async def serve(settings: Settings, service: str, stop: asyncio.Event,
                 body = b'{"status":"ok"}' if ok else b'{"status":"unhealthy"}'
                 ctype = "application/json"
             elif path == "/metrics":
-                if tokens.enabled and tokens.role_of(bearer(headers.get("authorization"))) \
-                        is None:
+                if not allowed(bearer(headers.get("authorization"))):
                     status, body, ctype = "401 Unauthorized", b"bearer token required\n", \
                         "text/plain"
                 else:
@@ -155,6 +155,25 @@ async def serve(settings: Settings, service: str, stop: asyncio.Event,
     finally:
         server.close()
         await server.wait_closed()
+
+
+def metrics_access(settings: Settings) -> Callable[[str | None], bool]:
+    """Who may read a service's /metrics: anyone when neither SHOAL_METRICS_TOKEN nor
+    SHOAL_API_TOKENS is set; else the metrics token (good for /metrics alone: what the
+    worker and a scraper get) or any API token the service was given."""
+    tokens = parse_tokens(settings.api_tokens)
+    scrape = (settings.metrics_token or "").encode()
+
+    def allowed(token: str | None) -> bool:
+        if not scrape and not tokens.enabled:
+            return True
+        if token is None:
+            return False
+        given = token.encode("utf-8", "surrogateescape")
+        return (bool(scrape) and hmac.compare_digest(given, scrape)) or \
+            tokens.principal_of(token) is not None
+
+    return allowed
 
 
 def _header(line: str) -> tuple[str, str]:

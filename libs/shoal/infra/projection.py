@@ -40,7 +40,8 @@ _SQL_TYPES = {"instance_id": "uuid", "workflow": "text", "version": "int", "stat
               "forked_from_instance_id": "uuid", "forked_from_seq": "int",
               "imported": "boolean", "task": "text", "worker_id": "text", "exit_code": "int",
               "outputs": "text", "error": "text", "worker_group": "text",
-              "child_instance_id": "uuid"}
+              "child_instance_id": "uuid", "actor": "text", "last_actor": "text",
+              "stopped_by": "text"}
 
 
 def _select(columns: tuple[str, ...]) -> str:

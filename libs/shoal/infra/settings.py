@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     api_port: int = 8460
     # Comma-separated role:token pairs (viewer, operator, admin); unset: no auth.
     api_tokens: str | None = None
+    # At most this many server-sent-event streams open at once per token (per API
+    # process); one more gets 429.
+    api_streams_per_token: int = 8
+    # A credential good for GET /metrics alone (every service's, the API's too): what a
+    # Prometheus scraper and the worker get instead of an API token.
+    metrics_token: str | None = None
     # Larger request bodies are refused with 413 before they are read.
     api_max_body_bytes: int = 8 * 1024 * 1024
     # A command on the commands topic larger than this goes to dead letters unread.

@@ -16,9 +16,9 @@ from shoal.infra.lifecycle import setup_logging
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_api import problems
-from shoal_api.deps import VIEWER, Resources
+from shoal_api.deps import METRICS, Resources
 from shoal_api.hub import EventHub
-from shoal_api.limits import BodyLimit, RequestMetrics
+from shoal_api.limits import BodyLimit, RequestMetrics, StreamLimit
 from shoal_api.records import republish_all
 from shoal_api.routes import (
     backfills,
@@ -30,6 +30,7 @@ from shoal_api.routes import (
     runs,
     schedules,
     streams,
+    tokens,
     workflows,
 )
 
@@ -65,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Distributed DAG workflow scheduler. With SHOAL_API_TOKENS set, "
                               "every endpoint but /healthz needs a bearer token.")
     app.state.tokens = parse_tokens(settings.api_tokens)
+    app.state.settings = settings
+    app.state.streams = StreamLimit(settings.api_streams_per_token)
     if not app.state.tokens.enabled:
         log.warning("SHOAL_API_TOKENS is not set: the API accepts requests without a token")
     problems.install(app)
@@ -79,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(cluster.router)
     app.include_router(check.router)
     app.include_router(streams.router)
+    app.include_router(tokens.router)
     app.include_router(console.router)
 
     @app.get("/healthz", tags=["health"], responses={503: {
@@ -88,11 +92,13 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await asyncio.wait_for(app.state.resources.pool.fetchval("SELECT 1"), 2.0)
         except DB_ERRORS as exc:
+            # Unauthenticated: the error text (host, user, database) goes to the log only.
+            log.warning("healthz: the database does not answer: %r", exc)
             response.status_code = 503
-            return {"status": "unhealthy", "database": repr(exc)}
+            return {"status": "unhealthy", "database": "unavailable"}
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["health"], dependencies=[VIEWER], response_class=Response,
+    @app.get("/metrics", tags=["health"], dependencies=[METRICS], response_class=Response,
              responses={**problems.ERRORS, 200: {
                  "content": {"text/plain": {"schema": {"type": "string"}}},
                  "description": "Prometheus text exposition"}})

@@ -92,3 +92,43 @@ class RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             metrics.observe_http(scope["method"], route, status, started)
+
+
+class StreamSlot:
+    """One open stream of a key; ``release`` is idempotent. An unreleased slot is released
+    when it is collected (a stream whose body never started, as when the client left
+    before the first byte, never runs its ``finally``)."""
+
+    def __init__(self, limit: StreamLimit, key: str) -> None:
+        self._limit: StreamLimit | None = limit
+        self._key = key
+
+    def release(self) -> None:
+        if self._limit is not None:
+            self._limit.release(self._key)
+            self._limit = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class StreamLimit:
+    """Open server-sent-event streams per key (a token's name), in this API process."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self.open: dict[str, int] = {}
+
+    def acquire(self, key: str) -> StreamSlot | None:
+        """A slot, or None when ``key`` already holds ``per_key`` streams."""
+        if self.open.get(key, 0) >= self.per_key:
+            return None
+        self.open[key] = self.open.get(key, 0) + 1
+        return StreamSlot(self, key)
+
+    def release(self, key: str) -> None:
+        n = self.open.get(key, 0) - 1
+        if n > 0:
+            self.open[key] = n
+        else:
+            self.open.pop(key, None)

@@ -48,6 +48,11 @@ class RunSummary(BaseModel):
     imported: bool = Field(default=False, description="imported from an incident bundle: "
                                                       "read-only, never executed here")
     last_seq: int = Field(default=0, description="the last event (seq) reflected here")
+    actor: str | None = Field(default=None, description="who started the run: a token's "
+                              "name, `scheduler`, or a Kafka command's actor (`kafka`)")
+    last_actor: str | None = Field(default=None, description="who last paused, resumed, "
+                                   "stopped, reran or recovered it, or forced a task")
+    stopped_by: str | None = Field(default=None, description="who stopped it")
 
 
 class TaskOut(BaseModel):
@@ -220,6 +225,8 @@ class ScheduleOut(BaseModel):
     updated_at: str
     workflow_status: Literal["online", "offline", "deleted", "missing"]
     next_fires: list[str]
+    created_by: str | None = Field(default=None, description="who created it")
+    updated_by: str | None = Field(default=None, description="who changed it last")
 
 
 class BackfillCreated(BaseModel):
@@ -268,6 +275,10 @@ class BackfillOut(BaseModel):
     last_schedule_time: str
     created_at: str
     updated_at: str
+    actor: str | None = Field(default=None, description="who requested it (its runs are "
+                              "started by `scheduler`)")
+    updated_by: str | None = Field(default=None, description="who paused, resumed or "
+                                   "cancelled it last")
 
 
 class BackfillRun(BaseModel):
@@ -375,3 +386,30 @@ class CheckReport(BaseModel):
 class Me(BaseModel):
     role: Literal["viewer", "operator", "admin"]
     auth: bool = Field(description="false: the API runs without tokens (everyone is admin)")
+    name: str | None = Field(default=None, description="the token's name (the actor the "
+                             "audit trail records), `anonymous` without a token")
+
+
+class TokenOut(BaseModel):
+    """A minted API token, without its value."""
+
+    id: str
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+    created_at: str
+    created_by: str | None
+    expires_at: str | None
+    revoked_at: str | None
+    revoked_by: str | None
+    state: Literal["active", "expired", "revoked"]
+
+
+class TokenCreated(BaseModel):
+    """A new token: ``token`` is shown this once (only its hash is stored)."""
+
+    id: str
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+    created_at: str
+    expires_at: str | None
+    token: str

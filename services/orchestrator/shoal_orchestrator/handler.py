@@ -229,7 +229,7 @@ class BatchHandler:
                     continue
                 slot_free = await self._slot_free(inp, run, holders)
                 decision = decide(run, inp, Context(now=utcnow_iso(), message_id=cmd.message_id,
-                                                    slot_free=slot_free))
+                                                    slot_free=slot_free, actor=cmd.actor))
                 if decision.dead_letter:
                     dead.append((rec, decision.dead_letter))
                     outbox.extend(self._child_not_started(cmd, decision.dead_letter))
@@ -314,7 +314,8 @@ class BatchHandler:
             elif isinstance(e, TaskKillRequested) and e.worker_id == ORCHESTRATOR:
                 child = (run.tasks[e.task].spec or {}).get("child_instance_id")
                 if child:
-                    rows.append(self._command(StopWorkflow, child, f"{e.dispatch_id}/stop"))
+                    rows.append(self._command(StopWorkflow, child, f"{e.dispatch_id}/stop",
+                                              run.stopped_by or ORCHESTRATOR))
             elif isinstance(e, TaskKillRequested):
                 rows.append(OutboxRow(self.settings.topic("worker-control"), key, codec.dumps({
                     "type": "KillTask", "message_id": f"{e.dispatch_id}/kill/{e.reason}",
@@ -379,9 +380,10 @@ class BatchHandler:
 
     # ------------------------------------------------------------------ held tasks
     def _command(self, cls: type[StopWorkflow | PauseWorkflow | ResumeWorkflow],
-                 instance_id: str, token: str) -> OutboxRow:
+                 instance_id: str, token: str, actor: str) -> OutboxRow:
+        """A control command to a child run, on behalf of ``actor`` (the audit trail)."""
         cmd = cls(message_id=str(uuid.uuid5(_NS, token)), instance_id=instance_id,
-                  sent_at=utcnow_iso())
+                  sent_at=utcnow_iso(), actor=actor)
         return OutboxRow(self.settings.commands_topic, instance_id.encode(),
                          codec.encode_command(cmd))
 
@@ -396,7 +398,7 @@ class BatchHandler:
             cmd = StartWorkflow(
                 message_id=str(uuid.uuid5(_NS, f"{e.dispatch_id}/start")), instance_id=child,
                 sent_at=utcnow_iso(), workflow=spec["workflow"], params=dict(spec["params"]),
-                schedule_time=run.schedule_time,
+                schedule_time=run.schedule_time, actor=run.actor or ORCHESTRATOR,
                 parent={"instance_id": instance_id, "task": e.task, "attempt": e.attempt,
                         "dispatch_id": e.dispatch_id})
             return [OutboxRow(self.settings.commands_topic, child.encode(),
@@ -411,7 +413,8 @@ class BatchHandler:
     def _cascade(self, run: Run, e: AnyEvent, token: str) -> list[OutboxRow]:
         """Pausing or resuming a run pauses or resumes its running child runs."""
         cls = ResumeWorkflow if isinstance(e, WorkflowResumed) else PauseWorkflow
-        return [self._command(cls, child, f"{token}/{t.name}")
+        actor = getattr(e, "actor", None) or ORCHESTRATOR
+        return [self._command(cls, child, f"{token}/{t.name}", actor)
                 for t in run.tasks.values()
                 if t.state is TaskState.RUNNING and t.spec
                 and (child := t.spec.get("child_instance_id"))]

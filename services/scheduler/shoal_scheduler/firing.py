@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shoal.core.definition import Priority
-from shoal.core.model import StartWorkflow
+from shoal.core.model import SCHEDULER_ACTOR, StartWorkflow
 from shoal.core.schedule import (
     BackfillMode,
     Schedule,
@@ -62,7 +62,7 @@ class Start:
             # In the schedule's own offset: time expressions ($[yyyyMMdd]) and
             # SHOAL_SCHEDULE_TIME then speak of the local business date.
             schedule_time=self.schedule_time.astimezone(parse_timezone(self.timezone))
-            .isoformat())
+            .isoformat(), actor=SCHEDULER_ACTOR)
 
 
 class Firer:

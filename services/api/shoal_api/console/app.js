@@ -235,7 +235,7 @@ async function runsPage(params) {
       el("label", {}, "Workflow", wf), el("label", {}, "State", st),
       el("label", {}, "Since", since), el("label", {}, "Until", until)), counts, err),
     el("div", { class: "card scroll" }, el("table", { id: "runs" },
-      el("thead", {}, el("tr", {}, ["run", "workflow", "state", "submitted", "duration"].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["run", "workflow", "state", "submitted", "duration", "started by"].map((h) => el("th", { scope: "col" }, h)))),
       body)));
   try {
     const wfs = await api("GET", "/api/v1/workflows");
@@ -265,7 +265,8 @@ async function runsPage(params) {
         el("td", {}, el("a", { href: `#/runs/${r.instance_id}` }, r.instance_id.slice(0, 8))),
         el("td", {}, `${r.workflow} v${r.version}`),
         el("td", {}, badge(r.state), r.imported ? " imported" : ""),
-        el("td", {}, short(r.submitted_at)), el("td", { class: "num" }, ms(r.duration_ms)))));
+        el("td", {}, short(r.submitted_at)), el("td", { class: "num" }, ms(r.duration_ms)),
+        el("td", { class: "actor" }, r.actor || "–"))));
     } catch (e) { err.textContent = e.detail; }
   }, 150);
   for (const e of [wf, st, since, until]) e.addEventListener("change", load);
@@ -345,6 +346,9 @@ async function runPage(id) {
     head.replaceChildren(...[el("h1", {}, `Run ${id.slice(0, 8)} `, badge(runState())),
       el("p", { class: "muted" }, `${run.workflow} v${run.version} · attempt ${run.attempt} · submitted ${short(run.submitted_at)}`
         + ` · took ${ms(run.duration_ms)}`),
+      el("p", { class: "muted", id: "run-actors" }, `started by ${run.actor || "unknown"}`
+        + (run.stopped_by ? ` · stopped by ${run.stopped_by}` : "")
+        + (run.last_actor && run.last_actor !== run.stopped_by ? ` · last control by ${run.last_actor}` : "")),
       run.failure ? el("p", { class: "error" }, run.failure) : null,
       run.forked_from ? el("p", {}, "Forked from ", el("a", { href: `#/runs/${run.forked_from.instance_id}` }, run.forked_from.instance_id.slice(0, 8)),
                            ` after event ${run.forked_from.seq}`) : null,
@@ -590,6 +594,61 @@ async function workflowPage(name) {
   }
 }
 
+// Tokens (admin) -------------------------------------------------------------
+
+async function tokensPage() {
+  const main = document.getElementById("main");
+  const err = el("p", { class: "error", role: "alert", id: "token-error" });
+  const body = el("tbody");
+  const shown = el("div", { id: "new-token" });
+  const name = el("input", { id: "t-name", required: true,
+                             "aria-label": "token name" });
+  const role = el("select", { id: "t-role", "aria-label": "role" },
+                  ["viewer", "operator", "admin"].map((r) => el("option", { value: r }, r)));
+  const days = el("input", { id: "t-days", type: "number", min: 1, max: 366, value: 90,
+                             "aria-label": "expires in days" });
+  const load = async () => {
+    try {
+      const ts = await api("GET", "/api/v1/tokens");
+      body.replaceChildren(...ts.map((t) => el("tr", { "data-token": t.name },
+        el("td", {}, t.name), el("td", {}, t.role), el("td", { class: "state" }, t.state),
+        el("td", {}, short(t.created_at)), el("td", {}, t.created_by || "–"),
+        el("td", {}, short(t.expires_at)), el("td", {}, t.revoked_at ? `${short(t.revoked_at)} by ${t.revoked_by || "–"}` : "–"),
+        el("td", {}, t.state === "revoked" ? "" : el("button", { type: "button", "aria-label": `revoke ${t.name}`,
+          onclick: async () => {
+            err.textContent = "";
+            try { await api("DELETE", `/api/v1/tokens/${t.id}`); toast(`token ${t.name} revoked`); await load(); }
+            catch (e) { err.textContent = e.detail; }
+          } }, "Revoke")))));
+      if (!ts.length) body.append(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "No token minted yet.")));
+    } catch (e) { err.textContent = e.detail; }
+  };
+  const form = el("form", { class: "row", onsubmit: async (ev) => {
+    ev.preventDefault();
+    err.textContent = "";
+    shown.replaceChildren();
+    try {
+      const t = await api("POST", "/api/v1/tokens", { name: name.value.trim(), role: role.value,
+                                                      expires_in: Math.round(Number(days.value) * 86400) });
+      // The value exists here once: it is not stored, and no later answer contains it.
+      shown.replaceChildren(el("p", {}, `Token ${t.name} (${t.role}, expires ${short(t.expires_at)}). Copy it now: it is not shown again.`),
+                            el("pre", { class: "log", id: "token-value", tabindex: 0 }, t.token));
+      name.value = "";
+      await load();
+    } catch (e) { err.textContent = e.detail; }
+  } },
+    el("label", {}, "Name", name), el("label", {}, "Role", role), el("label", {}, "Expires in (days)", days),
+    el("button", { class: "primary", type: "submit" }, "Create token"));
+  main.replaceChildren(el("h1", {}, "Tokens"),
+    el("div", { class: "card" }, el("p", { class: "muted" }, "A token's name is what the audit trail records for what it does. The bootstrap tokens of SHOAL_API_TOKENS are not listed."),
+       form, shown, err),
+    el("div", { class: "card scroll" }, el("table", { id: "tokens" },
+      el("thead", {}, el("tr", {}, ["name", "role", "state", "created", "by", "expires", "revoked", ""].map((h) => el("th", { scope: "col" }, h)))),
+      body)));
+  await load();
+  view(() => shown.replaceChildren());
+}
+
 // Workers and stats -----------------------------------------------------------
 
 async function workersPage() {
@@ -660,6 +719,7 @@ async function render() {
   }
   document.getElementById("logout").hidden = !state.role || !token;
   document.getElementById("whoami").textContent = state.role ? `signed in as ${state.role}` : "";
+  document.getElementById("nav-tokens").hidden = !can("admin");
   if (!state.role) { login(); return; }
   const [path, query] = (location.hash.slice(1) || "/runs").split("?");
   const parts = path.split("/").filter(Boolean);
@@ -670,6 +730,7 @@ async function render() {
   if (parts[0] === "workflows") return workflowsPage();
   if (parts[0] === "workers") return workersPage();
   if (parts[0] === "stats") return statsPage();
+  if (parts[0] === "tokens" && can("admin")) return tokensPage();
   return runsPage(params);
 }
 

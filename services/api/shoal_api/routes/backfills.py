@@ -19,7 +19,7 @@ from shoal.core.schedule import (
 )
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
-from shoal_api.deps import ADMIN, VIEWER, Res
+from shoal_api.deps import ADMIN, VIEWER, Actor, Res
 from shoal_api.models import (
     BackfillCreated,
     BackfillOut,
@@ -84,7 +84,7 @@ async def _schedule(res: Res, name: str) -> tuple[str, str] | None:
                  "model": BackfillCreated | BackfillPlanned,
                  "description": "already submitted: nothing new; or the plan of a dry run"}})
 async def create_backfill(name: str, body: BackfillCreate, res: Res,
-                          response: Response) -> dict[str, Any]:
+                          response: Response, actor: Actor) -> dict[str, Any]:
     status = await workflow_status(res.pool, name)
     if status in (None, "deleted"):
         raise HTTPException(404, {"message": f"no workflow named '{name}'"})
@@ -113,7 +113,7 @@ async def create_backfill(name: str, body: BackfillCreate, res: Res,
               "parallelism": body.parallelism if body.mode == "parallel" else 1,
               "reverse": body.reverse, "total": len(times), "params": params,
               "priority": body.priority, "cron": cron_expr, "timezone": tz_name,
-              "state": "running", "revision": 1}
+              "state": "running", "revision": 1, "actor": actor, "updated_by": actor}
     async with res.pool.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
             "INSERT INTO shoal.backfills (id, workflow, record, total) VALUES ($1, $2, "
@@ -161,7 +161,8 @@ async def _progress(res: Res, bid: uuid.UUID) -> dict[str, Any]:
             "first_schedule_time": span["first"].astimezone(UTC).isoformat(),
             "last_schedule_time": span["last"].astimezone(UTC).isoformat(),
             "created_at": row["created_at"].isoformat(),
-            "updated_at": row["updated_at"].isoformat()}
+            "updated_at": row["updated_at"].isoformat(),
+            "actor": record.get("actor"), "updated_by": record.get("updated_by")}
 
 
 @router.get("/backfills", response_model=list[BackfillOut])
@@ -198,7 +199,7 @@ _NEXT = {"pause": "paused", "resume": "running", "cancel": "cancelled"}
 @router.post("/backfills/{backfill_id}/{action}", status_code=202, dependencies=[ADMIN],
              response_model=BackfillState)
 async def control_backfill(backfill_id: uuid.UUID, action: Literal["pause", "resume", "cancel"],
-                           res: Res) -> dict[str, Any]:
+                           res: Res, actor: Actor) -> dict[str, Any]:
     async with res.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow("SELECT record::text AS record FROM shoal.backfills "
                                   "WHERE id = $1 FOR UPDATE", backfill_id)
@@ -208,7 +209,8 @@ async def control_backfill(backfill_id: uuid.UUID, action: Literal["pause", "res
         if record["state"] == "cancelled":
             raise HTTPException(409, {"message": "the backfill was cancelled",
                                       "state": "cancelled"})
-        record = {**record, "state": _NEXT[action], "revision": record["revision"] + 1}
+        record = {**record, "state": _NEXT[action], "revision": record["revision"] + 1,
+                  "updated_by": actor}
         await conn.execute("UPDATE shoal.backfills SET record = $2::jsonb, updated_at = now() "
                            "WHERE id = $1", backfill_id, codec.dumps(record).decode())
         await publish(res, str(backfill_id), record)

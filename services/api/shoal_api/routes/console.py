@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
-from shoal.infra.auth import Role
-from shoal_api.deps import current_role
+from shoal_api.deps import Who
 from shoal_api.models import Me
 from shoal_api.problems import ERRORS
 
@@ -43,9 +42,8 @@ def _file(path: str) -> FileResponse:
 
 
 @router.get("/api/v1/me", tags=["security"], responses=ERRORS, response_model=Me)
-async def me(role: Annotated[Role | None, Depends(current_role)]) -> dict[str, Any]:
-    """The role of the bearer token (401 without a valid one when tokens are enabled):
-    the console shows only the controls that role may use."""
-    if role is None:
-        return {"role": Role.admin.name, "auth": False}
-    return {"role": role.name, "auth": True}
+async def me(who: Who, request: Request) -> dict[str, Any]:
+    """The role and name of the bearer token (401 without a valid one when tokens are
+    enabled): the console shows only the controls that role may use."""
+    return {"role": who.role.name, "auth": request.app.state.tokens.enabled,
+            "name": who.name}

@@ -11,7 +11,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from shoal.infra import codec
-from shoal_api.deps import VIEWER, Res
+from shoal_api.deps import VIEWER, Res, Who, stream_slot
+from shoal_api.limits import StreamSlot
 from shoal_api.models import WorkerOut
 from shoal_api.problems import ERRORS
 
@@ -50,8 +51,10 @@ def _render(line: list[str], timestamps: bool) -> str:
                 "text/event-stream": {"schema": {
                     "type": "object", "description": "one event per log line; `end` last",
                     "properties": {"event": {"type": "string"}, "data": {"type": "string"},
-                                   "id": {"type": "string"}}}}}}})
-async def task_log(instance_id: uuid.UUID, task: str, request: Request, res: Res,
+                                   "id": {"type": "string"}}}}}},
+    429: {"description": "follow: the token has SHOAL_API_STREAMS_PER_TOKEN streams open",
+          "content": {"application/problem+json": {}}}})
+async def task_log(instance_id: uuid.UUID, task: str, request: Request, res: Res, who: Who,
                    attempt: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
                    follow: bool = False,
                    timestamps: bool = False) -> PlainTextResponse | StreamingResponse:
@@ -66,13 +69,23 @@ async def task_log(instance_id: uuid.UUID, task: str, request: Request, res: Res
         text = "\n".join(_render(line, timestamps) for r in rows
                          for line in codec.loads(r["lines"]))
         return PlainTextResponse(text + ("\n" if text else ""))
-    return StreamingResponse(_follow(res, request, instance_id, task, n, timestamps),
+    slot = stream_slot(request, who)
+    return StreamingResponse(_follow(res, request, instance_id, task, n, timestamps, slot),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
 
 async def _follow(res: Res, request: Request, instance_id: uuid.UUID, task: str, attempt: int,
-                  timestamps: bool) -> AsyncIterator[str]:
+                  timestamps: bool, slot: StreamSlot) -> AsyncIterator[str]:
+    try:
+        async for part in _follow_lines(res, request, instance_id, task, attempt, timestamps):
+            yield part
+    finally:
+        slot.release()
+
+
+async def _follow_lines(res: Res, request: Request, instance_id: uuid.UUID, task: str,
+                        attempt: int, timestamps: bool) -> AsyncIterator[str]:
     last, quiet = -1, 0.0
     while not await request.is_disconnected():
         rows = await _chunks(res, instance_id, task, attempt, last)

@@ -33,7 +33,7 @@ from shoal.infra.catalog import workflow_status
 from shoal.infra.kafka import send_reliably
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.store import StoredEvent, imported_events
-from shoal_api.deps import OPERATOR, VIEWER, Res
+from shoal_api.deps import OPERATOR, VIEWER, Actor, Res
 from shoal_api.models import (
     Accepted,
     BatchResult,
@@ -71,7 +71,8 @@ class RunCreate(BaseModel):
 
 @router.post("/workflows/{name}/runs", status_code=202, dependencies=[OPERATOR],
              response_model=Accepted)
-async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[str, str]:
+async def start_run(name: str, res: Res, actor: Actor,
+                    body: RunCreate | None = None) -> dict[str, str]:
     body = body or RunCreate()
     found = await res.store.definition(name, body.version)
     if found is None:
@@ -99,7 +100,7 @@ async def start_run(name: str, res: Res, body: RunCreate | None = None) -> dict[
         priority=Priority(body.priority) if body.priority else None,
         schedule_time=body.schedule_time.isoformat() if body.schedule_time else None,
         start_from=tuple(body.start_from) if body.start_from else None,
-        scope=Scope(body.scope), dry_run=body.dry_run,
+        scope=Scope(body.scope), dry_run=body.dry_run, actor=actor,
     )
     await _send(res, cmd)
     return {"instance_id": instance_id}
@@ -120,13 +121,15 @@ def _run_row(r: Any) -> dict[str, Any]:
         "parent_instance_id": str(r["parent_instance_id"]) if r["parent_instance_id"] else None,
         "forked_from": {"instance_id": str(r["forked_from_instance_id"]),
                         "seq": r["forked_from_seq"]} if r["forked_from_instance_id"] else None,
-        "imported": r["imported"], "last_seq": r["last_seq"],
+        "imported": r["imported"], "last_seq": r["last_seq"], "actor": r["actor"],
+        "last_actor": r["last_actor"], "stopped_by": r["stopped_by"],
     }
 
 
 _RUN_COLS = ("instance_id, workflow, version, state, attempt, priority, params::text AS params, "
              "schedule_time, submitted_at, started_at, finished_at, duration_ms, failure, "
-             "parent_instance_id, forked_from_instance_id, forked_from_seq, imported, last_seq")
+             "parent_instance_id, forked_from_instance_id, forked_from_seq, imported, last_seq, "
+             "actor, last_actor, stopped_by")
 
 
 def _cursor_encode(submitted_at: datetime, instance_id: uuid.UUID) -> str:
@@ -157,6 +160,8 @@ async def list_runs(
         scheduled_until: Annotated[datetime | None,
                                    Query(description="schedule_time before")] = None,
         parent: Annotated[uuid.UUID | None, Query(description="runs started by this run")] = None,
+        actor: Annotated[str | None, Query(
+            description="runs started by this actor (a token's name, scheduler, kafka)")] = None,
         limit: int = Query(50, ge=1, le=500),
         cursor: Annotated[str | None,
                           Query(description="next_cursor of the previous page")] = None,
@@ -171,9 +176,11 @@ async def list_runs(
         "($5::timestamptz IS NULL OR schedule_time >= $5) AND "
         "($6::timestamptz IS NULL OR schedule_time < $6) AND "
         "($7::uuid IS NULL OR parent_instance_id = $7) AND "
-        "($8::timestamptz IS NULL OR (submitted_at, instance_id) < ($8, $9::uuid)) "
+        "($8::timestamptz IS NULL OR (submitted_at, instance_id) < ($8, $9::uuid)) AND "
+        "($11::text IS NULL OR actor = $11) "
         "ORDER BY submitted_at DESC, instance_id DESC LIMIT $10",
-        workflow, state, since, until, scheduled_since, scheduled_until, parent, *after, limit)
+        workflow, state, since, until, scheduled_since, scheduled_until, parent, *after, limit,
+        actor)
     runs = [_run_row(r) for r in rows]
     last = rows[-1] if len(rows) == limit else None
     return RunPage(runs=[RunSummary(**r) for r in runs], next_cursor=_cursor_encode(
@@ -271,7 +278,8 @@ class ForkBody(BaseModel):
 
 @router.post("/runs/{instance_id}/fork", status_code=202, dependencies=[OPERATOR],
              response_model=Accepted)
-async def fork_run(instance_id: uuid.UUID, body: ForkBody, res: Res) -> dict[str, str]:
+async def fork_run(instance_id: uuid.UUID, body: ForkBody, res: Res,
+                   actor: Actor) -> dict[str, str]:
     """A new run from the state after event ``at`` of this one: tasks that had succeeded
     by then keep their outcome and outputs and do not run again; everything else runs,
     with ``params`` overriding the source's. The new run links back (``forked_from``)."""
@@ -305,7 +313,7 @@ async def fork_run(instance_id: uuid.UUID, body: ForkBody, res: Res) -> dict[str
         start_from=tuple(submitted["start_from"]) if submitted.get("start_from") else None,
         scope=Scope(submitted.get("scope") or "downstream"), dry_run=source.dry_run,
         forked_from={"instance_id": str(instance_id), "seq": body.at},
-        carried=tuple(carried_tasks(source)),
+        carried=tuple(carried_tasks(source)), actor=actor,
     )
     await _send(res, cmd)
     return {"instance_id": new_id}
@@ -361,7 +369,7 @@ class BatchBody(BaseModel):
 @router.post("/runs/batch/{action}", status_code=200, dependencies=[OPERATOR],
              response_model=BatchResult)
 async def control_runs(action: Literal["stop", "rerun", "recover", "pause", "resume"],
-                       body: BatchBody, res: Res) -> BatchResult:
+                       body: BatchBody, res: Res, actor: Actor) -> BatchResult:
     """The same control for many runs; each is judged on its own (202 sent, 404 unknown,
     409 refused by its state), and one refusal does not stop the others."""
     cls = _CONTROL[action]
@@ -377,7 +385,8 @@ async def control_runs(action: Literal["stop", "rerun", "recover", "pause", "res
             results.append({"instance_id": str(iid), "status": 409 if state else 404,
                             "detail": reason})
             continue
-        cmd = cls(message_id=str(uuid.uuid4()), instance_id=str(iid), sent_at=utcnow_iso())
+        cmd = cls(message_id=str(uuid.uuid4()), instance_id=str(iid), sent_at=utcnow_iso(),
+                  actor=actor)
         await _send(res, cmd)
         results.append({"instance_id": str(iid), "status": 202, "detail": f"{cmd.type} sent",
                         "message_id": cmd.message_id})
@@ -389,7 +398,8 @@ async def control_runs(action: Literal["stop", "rerun", "recover", "pause", "res
 @router.post("/runs/{instance_id}/{action}", status_code=202, dependencies=[OPERATOR],
              response_model=CommandSent)
 async def control_run(instance_id: uuid.UUID, action: Literal[
-        "pause", "resume", "stop", "rerun", "recover"], res: Res) -> dict[str, str]:
+        "pause", "resume", "stop", "rerun", "recover"], res: Res,
+                      actor: Actor) -> dict[str, str]:
     """Pause, resume, stop, rerun or recover a run.
 
     409 when the run's current state does not allow it (the same table the orchestrator
@@ -402,12 +412,13 @@ async def control_run(instance_id: uuid.UUID, action: Literal[
     if reason:
         raise HTTPException(409, {"message": reason, "state": state.value})
     return await _publish(res, cls(message_id=str(uuid.uuid4()), instance_id=str(instance_id),
-                                   sent_at=utcnow_iso()))
+                                   sent_at=utcnow_iso(), actor=actor))
 
 
 @router.post("/runs/{instance_id}/tasks/{task}/force-success", status_code=202,
              dependencies=[OPERATOR], response_model=CommandSent)
-async def force_success(instance_id: uuid.UUID, task: str, res: Res) -> dict[str, str]:
+async def force_success(instance_id: uuid.UUID, task: str, res: Res,
+                        actor: Actor) -> dict[str, str]:
     state = await _current_state(res, instance_id)
     reason = rejection(state, "ForceTaskSuccess")
     if reason:
@@ -421,7 +432,8 @@ async def force_success(instance_id: uuid.UUID, task: str, res: Res) -> dict[str
                                   "state": state.value, "task_state": current})
     return await _publish(res, ForceTaskSuccess(message_id=str(uuid.uuid4()),
                                                 instance_id=str(instance_id),
-                                                sent_at=utcnow_iso(), task=task))
+                                                sent_at=utcnow_iso(), task=task,
+                                                actor=actor))
 
 
 @router.get("/stats", response_model=Stats)

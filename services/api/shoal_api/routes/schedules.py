@@ -20,7 +20,7 @@ from shoal.core.schedule import (
 )
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
-from shoal_api.deps import ADMIN, VIEWER, Res
+from shoal_api.deps import ADMIN, VIEWER, Actor, Res
 from shoal_api.models import ScheduleOut
 from shoal_api.problems import ERRORS
 from shoal_api.records import Scalar, publish, string_params
@@ -94,6 +94,7 @@ async def _public(res: Res, row: Any, since: datetime | None = None) -> dict[str
         "catchup": schedule.catchup.value, "priority": schedule.priority,
         "revision": record["revision"],
         "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat(),
+        "created_by": record.get("created_by"), "updated_by": record.get("updated_by"),
         "workflow_status": await workflow_status(res.pool, schedule.workflow) or "missing",
         "next_fires": [t.isoformat() for t in upcoming(schedule, now, 5)],
     }
@@ -103,7 +104,7 @@ _COLS = "id, record::text AS record, created_at, updated_at"
 
 
 @router.post("", status_code=201, dependencies=[ADMIN], response_model=ScheduleOut)
-async def create_schedule(body: ScheduleCreate, res: Res) -> dict[str, Any]:
+async def create_schedule(body: ScheduleCreate, res: Res, actor: Actor) -> dict[str, Any]:
     fields = body.model_dump()
     _problems(fields)
     if await workflow_status(res.pool, body.workflow) in (None, "deleted"):
@@ -112,7 +113,8 @@ async def create_schedule(body: ScheduleCreate, res: Res) -> dict[str, Any]:
                                                 f"no workflow named '{body.workflow}'"}]})
     sid = str(uuid.uuid4())
     now = datetime.now(UTC)
-    record = {**_build(sid, fields, epoch=now, enabled_at=now).to_dict(), "revision": 1}
+    record = {**_build(sid, fields, epoch=now, enabled_at=now).to_dict(), "revision": 1,
+              "created_by": actor, "updated_by": actor}
     async with res.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"INSERT INTO shoal.schedules (id, workflow, record) VALUES ($1, $2, $3::jsonb) "
@@ -150,7 +152,7 @@ async def _locked(conn: asyncpg.Connection, schedule_id: uuid.UUID) -> dict[str,
 
 @router.put("/{schedule_id}", dependencies=[ADMIN], response_model=ScheduleOut)
 async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
-                          res: Res) -> dict[str, Any]:
+                          res: Res, actor: Actor) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
     async with res.pool.acquire() as conn, conn.transaction():
         old = await _locked(conn, schedule_id)
@@ -172,7 +174,8 @@ async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
         switched_on = fields["enabled"] and not old["enabled"]
         enabled_at = now if switched_on else datetime.fromisoformat(old["enabled_at"])
         record = {**_build(str(schedule_id), fields, epoch=epoch, enabled_at=enabled_at)
-                  .to_dict(), "revision": old["revision"] + 1}
+                  .to_dict(), "revision": old["revision"] + 1,
+                  "created_by": old.get("created_by"), "updated_by": actor}
         row = await conn.fetchrow(
             f"UPDATE shoal.schedules SET record = $2::jsonb, workflow = $3, updated_at = now() "
             f"WHERE id = $1 RETURNING {_COLS}", schedule_id, codec.dumps(record).decode(),
@@ -182,11 +185,12 @@ async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
 
 
 @router.delete("/{schedule_id}", status_code=204, dependencies=[ADMIN])
-async def delete_schedule(schedule_id: uuid.UUID, res: Res) -> Response:
+async def delete_schedule(schedule_id: uuid.UUID, res: Res, actor: Actor) -> Response:
     async with res.pool.acquire() as conn, conn.transaction():
         old = await _locked(conn, schedule_id)
         record = {"kind": "schedule", "id": str(schedule_id), "deleted": True,
-                  "revision": old["revision"] + 1}
+                  "revision": old["revision"] + 1, "created_by": old.get("created_by"),
+                  "updated_by": actor}
         await conn.execute("UPDATE shoal.schedules SET deleted = true, record = $2::jsonb, "
                            "updated_at = now() WHERE id = $1", schedule_id,
                            codec.dumps(record).decode())

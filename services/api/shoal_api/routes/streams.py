@@ -12,8 +12,9 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from shoal.infra import codec
-from shoal_api.deps import VIEWER, Res
+from shoal_api.deps import VIEWER, Res, Who, stream_slot
 from shoal_api.hub import EventHub
+from shoal_api.limits import StreamSlot
 from shoal_api.problems import ERRORS
 
 router = APIRouter(prefix="/api/v1", tags=["streams"], dependencies=[VIEWER],
@@ -55,8 +56,8 @@ def _sse(row: Any) -> str:
 
 
 async def _stream(res: Res, request: Request, hub: EventHub, *, instance_id: str | None,
-                  workflow: str | None, after: int, end_when_finished: bool
-                  ) -> AsyncIterator[str]:
+                  workflow: str | None, after: int, end_when_finished: bool,
+                  slot: StreamSlot) -> AsyncIterator[str]:
     sub = hub.subscribe(instance_id)
     try:
         yield f"retry: 2000\n: from position {after}\n\n"
@@ -97,6 +98,7 @@ async def _stream(res: Res, request: Request, hub: EventHub, *, instance_id: str
                 yield ": keepalive\n\n"
     finally:
         hub.unsubscribe(sub)
+        slot.release()
 
 
 def _hub(request: Request) -> EventHub:
@@ -104,9 +106,15 @@ def _hub(request: Request) -> EventHub:
     return hub
 
 
+_TOO_MANY: dict[int | str, dict[str, Any]] = {429: {
+    "description": "the token has SHOAL_API_STREAMS_PER_TOKEN streams open",
+    "content": {"application/problem+json": {}}}}
+
+
 @router.get("/runs/{instance_id}/stream", response_class=StreamingResponse,
-            responses={200: {"content": _SSE, "description": "server-sent events"}})
-async def run_stream(instance_id: uuid.UUID, request: Request, res: Res,
+            responses={200: {"content": _SSE, "description": "server-sent events"},
+                       **_TOO_MANY})
+async def run_stream(instance_id: uuid.UUID, request: Request, res: Res, who: Who,
                      last_event_id: Annotated[str | None, Header(
                          description="resume after this global position")] = None,
                      after: Annotated[int | None, Query(
@@ -125,13 +133,14 @@ async def run_stream(instance_id: uuid.UUID, request: Request, res: Res,
     start = _position(last_event_id, after) or 0
     return StreamingResponse(
         _stream(res, request, _hub(request), instance_id=str(instance_id), workflow=None,
-                after=start, end_when_finished=not follow),
+                after=start, end_when_finished=not follow, slot=stream_slot(request, who)),
         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/stream", response_class=StreamingResponse,
-            responses={200: {"content": _SSE, "description": "server-sent events"}})
-async def stream(request: Request, res: Res,
+            responses={200: {"content": _SSE, "description": "server-sent events"},
+                       **_TOO_MANY})
+async def stream(request: Request, res: Res, who: Who,
                  workflow: Annotated[str | None, Query(
                      description="only runs of this workflow")] = None,
                  last_event_id: Annotated[str | None, Header(
@@ -142,10 +151,11 @@ async def stream(request: Request, res: Res,
     """Every committed event (of ``workflow``'s runs) as server-sent events, in log order;
     from now on, or after ``Last-Event-ID``."""
     start = _position(last_event_id, after)
+    slot = stream_slot(request, who)
     if start is None:
         start = await res.pool.fetchval(
             "SELECT coalesce(max(global_position), 0) FROM shoal.events")
     return StreamingResponse(
         _stream(res, request, _hub(request), instance_id=None, workflow=workflow,
-                after=start, end_when_finished=False),
+                after=start, end_when_finished=False, slot=slot),
         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
