@@ -33,6 +33,7 @@ from shoal.core.definition import (
     Priority,
     TaskDefinition,
     TimeoutStrategy,
+    condition_holds,
 )
 from shoal.core.dependent import DateInvalid, date_window
 from shoal.core.evolve import evolve, evolve_all, fold
@@ -779,7 +780,11 @@ def _decide_branches(step: Step, name: str) -> None:
     d = run.definition.task(name)
     attempt, spec = run.next_attempt(name), d.spec
     error = ""
-    if d.type == "conditions":
+    if d.type == "conditions" and spec.get("condition"):
+        held = condition_holds(spec["condition"], _outcomes(run, d.depends_on))
+        decision = "condition holds" if held else "condition does not hold"
+        taken = tuple(spec["on_success"] if held else spec["on_failure"])
+    elif d.type == "conditions":
         bad = [p for p in d.depends_on if p in run.scope and run.tasks[p].state.done_bad]
         decision = (f"failure ({', '.join(bad)} {run.tasks[bad[0]].state.value})" if bad
                     else "success")
@@ -803,6 +808,13 @@ def _decide_branches(step: Step, name: str) -> None:
             step.emit(TaskSkipped(at=step.ctx.now, task=b, attempt=step.run.next_attempt(b),
                                   reason=f"branch not taken by '{name}' ({decision})",
                                   propagates=True))
+
+
+def _outcomes(run: Run, names: tuple[str, ...]) -> dict[str, str | None]:
+    """success / failure / None (did not run) of each named task, for a condition."""
+    return {n: ("success" if run.tasks[n].state.done_ok else "failure"
+                if run.tasks[n].state.done_bad else None) if n in run.tasks else None
+            for n in names}
 
 
 def _dispatch(step: Step, name: str, attempt: int) -> None:
@@ -911,7 +923,9 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
     evaluated; a task's own params may refer to the others (``day: ${bizdate}``)."""
     base = business_time(run)
     params = system_params(base) if base else {}
-    params.update({k: _expand_time(v, base) for k, v in run.definition.params.items()})
+    # DolphinScheduler resolves ${system.biz.date} & co. inside a global param's value too.
+    params.update({k: _expand_time(expand(v, params), base)
+                   for k, v in run.definition.params.items()})
     definition = run.definition
     seen: set[str] = set()
     stack = list(definition.task(name).depends_on)

@@ -1,0 +1,272 @@
+"""The DolphinScheduler converter (pure): forms, types, refusals, references, dates."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shoal.core.definition import NAME_RE, TASK_NAME_RE, condition_holds, parse_definition
+from shoal.core.dsimport import (
+    ImportRefused,
+    Known,
+    convert,
+    date_expressions,
+    date_value,
+    task_name,
+    workflow_name,
+)
+from shoal.core.timeexpr import expand_time
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "dolphinscheduler"
+
+
+def _task(code: int, name: str, ttype: str = "SHELL", **params: Any) -> dict[str, Any]:
+    return {"code": code, "name": name, "taskType": ttype, "flag": "YES",
+            "taskPriority": "MEDIUM", "workerGroup": "default", "failRetryTimes": 0,
+            "failRetryInterval": 1, "timeoutFlag": "CLOSE", "timeout": 0, "delayTime": 0,
+            "taskParams": params or {"localParams": [], "rawScript": f"echo {name}"}}
+
+
+def _rel(pre: int, post: int) -> dict[str, Any]:
+    return {"preTaskCode": pre, "postTaskCode": post, "conditionType": "NONE"}
+
+
+def _body(name: str, tasks: list[dict[str, Any]], rels: list[dict[str, Any]], *,
+          code: int | None = None, as_strings: bool = False, **head: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "globalParams": "[]", "executionType": "PARALLEL",
+                           "timeout": 0, **head,
+                           "taskDefinitionJson": json.dumps(tasks) if as_strings else tasks,
+                           "taskRelationJson": json.dumps(rels) if as_strings else rels}
+    if code is not None:
+        out["code"] = code
+    return out
+
+
+def test_the_api_test_fixture_imports_as_a_valid_definition() -> None:
+    raw = json.loads((FIXTURES / "api-test-workflow.json").read_text())
+    conv = convert(raw)
+    (wf,) = conv.workflows
+    d = parse_definition(wf.definition)
+    assert (wf.source_name, wf.source_code) == ("test", 9752686452032)
+    assert d.task("test").command == 'echo "hello world"'
+    assert wf.task_codes == {9752684723008: "test"}
+
+
+@pytest.mark.parametrize("as_strings", [False, True])
+def test_rest_body_fields_map(as_strings: bool) -> None:
+    t = _task(2, "b")
+    t |= {"failRetryTimes": 3, "failRetryInterval": 2, "timeoutFlag": "OPEN", "timeout": 5,
+          "timeoutNotifyStrategy": "FAILED", "delayTime": 1, "taskPriority": "HIGH",
+          "workerGroup": "etl", "flag": "NO", "taskGroupId": 4, "environmentCode": 77}
+    body = _body("My Flow", [_task(1, "a"), t], [_rel(0, 1), _rel(1, 2)],
+                 as_strings=as_strings, timeout=10, executionType="SERIAL_WAIT",
+                 globalParams=json.dumps([{"prop": "day", "direct": "IN", "type": "VARCHAR",
+                                           "value": "${system.biz.date}"}]))
+    conv = convert(body)
+    d = parse_definition(conv.workflows[0].definition)
+    assert d.name == "my-flow" and d.timeout == 600 and d.execution.value == "serial_wait"
+    assert d.params == {"day": "${system.biz.date}"}
+    b = d.task("b")
+    assert (b.retry.retries, b.retry.interval, b.timeout, b.timeout_strategy.value, b.delay,
+            b.priority.value, b.worker_group, b.disabled, b.depends_on) == (
+        3, 120.0, 300.0, "fail", 60.0, "high", "etl", True, ("a",))
+    text = " ".join(conv.warnings)
+    assert "task group 4" in text and "environment 77" in text and "named 'my-flow'" in text
+
+
+def test_local_params_in_and_out() -> None:
+    shell = _task(1, "a", localParams=[
+        {"prop": "n", "direct": "IN", "type": "INTEGER", "value": 123},
+        {"prop": "ok", "direct": "IN", "type": "BOOLEAN", "value": True},
+        {"prop": "rows", "direct": "OUT", "type": "VARCHAR", "value": ""}],
+        rawScript="echo '#{setValue(rows=${n})}'")
+    d = parse_definition(convert(_body("p", [shell], [_rel(0, 1)])).workflows[0].definition)
+    assert d.task("a").params == {"n": "123", "ok": "true"}
+    assert d.task("a").outputs == ("rows",)
+
+
+def test_unsupported_types_and_file_params_refuse_the_whole_request_naming_each() -> None:
+    good = _body("good", [_task(1, "a")], [_rel(0, 1)])
+    bad = _body("bad", [_task(2, "spark", "SPARK"), _task(3, "flink", "FLINK"),
+                        _task(4, "f", localParams=[{"prop": "x", "direct": "OUT",
+                                                    "type": "FILE", "value": ""}],
+                              rawScript="true")], [])
+    with pytest.raises(ImportRefused) as exc:
+        convert([good, bad])
+    found = {(p.get("task"), p.get("type")) for p in exc.value.problems}
+    assert {("spark", "SPARK"), ("flink", "FLINK")} <= found
+    assert any("FILE" in p["message"] for p in exc.value.problems)
+
+
+def test_conditions_with_a_nested_and_or_tree() -> None:
+    cond = _task(9, "cond", "CONDITIONS", localParams=[], dependence={
+        "relation": "AND", "dependTaskList": [{"relation": "AND", "dependItemList": [
+            {"depTaskCode": 1, "status": "SUCCESS"}, {"depTaskCode": 2, "status": "FAILURE"}]}]},
+        conditionResult={"successNode": [3], "failedNode": [4]})
+    tasks = [_task(1, "p1"), _task(2, "p2"), _task(3, "ok"), _task(4, "ko"), cond]
+    rels = [_rel(0, 1), _rel(0, 2), _rel(1, 9), _rel(2, 9), _rel(9, 3), _rel(9, 4)]
+    d = parse_definition(convert(_body("c", tasks, rels)).workflows[0].definition)
+    c = d.task("cond").spec["condition"]
+    assert condition_holds(c, {"p1": "success", "p2": "failure"})
+    assert not condition_holds(c, {"p1": "success", "p2": "success"})
+    assert d.task("cond").spec["on_failure"] == ("ko",)
+
+
+def test_switch_cases_and_default() -> None:
+    sw = _task(5, "sw", "SWITCH", localParams=[], switchResult={
+        "dependTaskList": [{"condition": "${var} > 1", "nextNode": 6}], "nextNode": 7})
+    body = _body("s", [_task(1, "parent"), sw, _task(6, "one"), _task(7, "two")],
+                 [_rel(0, 1), _rel(1, 5), _rel(5, 6), _rel(5, 7)],
+                 globalParams=[{"prop": "var", "direct": "IN", "type": "VARCHAR",
+                                "value": "1"}])
+    d = parse_definition(convert(body).workflows[0].definition)
+    assert d.task("sw").spec["cases"] == [{"when": "${var} > 1", "then": ("one",)}]
+    assert d.task("sw").spec["default"] == ("two",)
+
+
+def test_references_by_code_within_the_request_and_to_earlier_imports() -> None:
+    child = _body("child", [_task(11, "c")], [_rel(0, 11)], code=100)
+    sub = _task(21, "run-child", "SUB_PROCESS", localParams=[], processDefinitionCode=100)
+    dep = _task(22, "wait", "DEPENDENT", localParams=[], dependence={
+        "relation": "AND", "checkInterval": 5, "dependTaskList": [{"relation": "AND",
+            "dependItemList": [{"definitionCode": 300, "depTaskCode": 31, "cycle": "day",
+                                "dateValue": "last2Days"}]}]})
+    parent = _body("parent", [dep, sub, _task(23, "after")],
+                   [_rel(0, 22), _rel(22, 21), _rel(21, 23)], code=200)
+    conv = convert([parent, child], {300: Known(name="upstream", tasks={31: "load"})})
+    assert [w.definition["name"] for w in conv.workflows] == ["child", "parent"]
+    d = parse_definition(conv.workflows[1].definition)
+    assert d.task("run-child").spec["workflow"] == "child"
+    # last2Days: two windows, one dependent task each; their successors wait for both.
+    assert [d.task(n).spec["date"] for n in ("wait", "wait.2")] == [
+        "$[yyyyMMdd-2]", "$[yyyyMMdd-1]"]
+    assert set(d.task("run-child").depends_on) == {"wait", "wait.2"}
+    assert d.task("wait").spec["task"] == "load"
+    assert d.task("wait").spec["check_interval"] == 5
+    with pytest.raises(ImportRefused, match="code 300"):
+        convert([parent, child])
+
+
+def test_dependent_or_is_refused() -> None:
+    dep = _task(22, "wait", "DEPENDENT", localParams=[], dependence={
+        "relation": "AND", "dependTaskList": [{"relation": "OR", "dependItemList": [
+            {"definitionCode": 300, "depTaskCode": 0, "dateValue": "today"},
+            {"definitionCode": 300, "depTaskCode": 0, "dateValue": "last1Days"}]}]})
+    with pytest.raises(ImportRefused, match="OR"):
+        convert(_body("p", [dep], [_rel(0, 22)]), {300: Known(name="up")})
+
+
+# DependentDateUtilsTest's business date 2019-04-09 (a Tuesday), as DependentUtilsTest uses.
+BIZ = datetime(2019, 4, 9, 10, 30)
+
+
+@pytest.mark.parametrize(("value", "days"), [
+    ("today", ["20190409"]),
+    ("last1Days", ["20190408"]),
+    ("last3Days", ["20190406", "20190407", "20190408"]),
+    ("last7Days", [f"2019040{d}" for d in range(2, 9)]),
+    ("lastWeek", ["20190401", "20190402", "20190403", "20190404", "20190405", "20190406",
+                  "20190407"]),
+    ("lastMonday", ["20190401"]), ("lastSunday", ["20190407"]),
+    ("lastMonthBegin", ["20190301"]), ("lastMonthEnd", ["20190331"]),
+    ("thisMonthBegin", ["20190401"]),
+    ("currentHour", ["2019040910"]), ("last1Hour", ["2019040909"]),
+    ("last3Hours", ["2019040907", "2019040908", "2019040909"]),
+])
+def test_date_values_follow_dependent_date_utils(value: str, days: list[str]) -> None:
+    exprs = date_expressions(value)
+    assert exprs is not None
+    assert [expand_time(e, BIZ) for e in exprs] == days
+
+
+@pytest.mark.parametrize("value", ["thisWeek", "thisMonth", "lastMonth", "last24Hours"])
+def test_date_values_with_a_variable_count_are_not_expressible(value: str) -> None:
+    assert date_expressions(value) is None
+
+
+@given(st.sampled_from(["today", "last1Days", "currentHour", "last1Hour", "lastMonthEnd",
+                        "lastFriday", "thisMonthBegin"]))
+def test_one_window_date_values_read_back(value: str) -> None:
+    (expr,) = date_expressions(value) or []
+    assert date_expressions(date_value(expr)) == [expr]
+
+
+@given(st.lists(st.text(min_size=0, max_size=20), min_size=1, max_size=8))
+def test_mapped_names_are_valid_unique_and_keep_valid_names(sources: list[str]) -> None:
+    wf_taken: set[str] = set()
+    t_taken: set[str] = set()
+    wfs = [workflow_name(s, wf_taken) for s in sources]
+    ts = [task_name(s, t_taken) for s in sources]
+    assert all(NAME_RE.match(n) for n in wfs) and len(set(wfs)) == len(wfs)
+    assert all(TASK_NAME_RE.match(n) for n in ts) and len(set(ts)) == len(ts)
+    if NAME_RE.match(sources[0]) and len(sources[0]) <= 100:
+        assert wfs[0] == sources[0]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]),
+                          st.sampled_from(["success", "failure"])), min_size=1, max_size=4),
+       st.sampled_from(["and", "or"]),
+       st.dictionaries(st.sampled_from(["a", "b", "c"]),
+                       st.sampled_from(["success", "failure", None])))
+def test_condition_group_is_all_or_any_of_its_items(items: list[tuple[str, str]],
+                                                     relation: str,
+                                                     outcome: dict[str, str | None]) -> None:
+    cond = {"relation": "and", "groups": [{"relation": relation, "items": [
+        {"task": t, "status": s} for t, s in items]}]}
+    hits = [outcome.get(t) == s for t, s in items]
+    assert condition_holds(cond, outcome) == (all(hits) if relation == "and" else any(hits))
+
+
+def test_a_condition_over_several_predecessors_takes_the_failed_branch_when_all_succeed() -> None:
+    """DolphinScheduler's task_condition_example: SUCCESS(p1, p2) and FAILURE(p3); all
+    three succeed, so the condition does not hold and the failed branch runs."""
+    from shoal.core.model import RunState, TaskDecided, TaskSucceeded
+    from tests.unit.test_workflow import Driver, dispatched
+
+    raw = {"name": "cond", "tasks": [
+        {"name": "p1", "command": "x"}, {"name": "p2", "command": "x"},
+        {"name": "p3", "command": "x"},
+        {"name": "c", "type": "conditions", "depends_on": ["p1", "p2", "p3"],
+         "on_success": ["ok"], "on_failure": ["ko"],
+         "condition": {"relation": "and", "groups": [{"relation": "and", "items": [
+             {"task": "p1", "status": "success"}, {"task": "p2", "status": "success"},
+             {"task": "p3", "status": "failure"}]}]}},
+        {"name": "ok", "command": "x"}, {"name": "ko", "command": "x"}]}
+    d = Driver(raw)
+    d.start()
+    d.report(TaskSucceeded, "p1", exit_code=0)
+    d.report(TaskSucceeded, "p2", exit_code=0)
+    events = d.report(TaskSucceeded, "p3", exit_code=0)
+    decided = next(e for e in events if isinstance(e, TaskDecided))
+    assert list(decided.taken) == ["ko"] and dispatched(events) == ["ko"]
+    assert d.state("ok") == "skipped"
+    d.report(TaskSucceeded, "ko", exit_code=0)
+    assert d.r.state is RunState.SUCCEEDED
+
+
+def test_a_condition_may_only_read_predecessors() -> None:
+    from shoal.core.errors import DefinitionInvalid
+
+    with pytest.raises(DefinitionInvalid, match="not in depends_on"):
+        parse_definition({"name": "x", "tasks": [
+            {"name": "a", "command": "x"}, {"name": "b", "command": "x"},
+            {"name": "c", "type": "conditions", "depends_on": ["a"], "on_success": ["b"],
+             "condition": {"relation": "and", "groups": [{"relation": "or", "items": [
+                 {"task": "b", "status": "success"}]}]}}]})
+
+
+def test_system_params_resolve_inside_a_global_param() -> None:
+    from shoal.core.model import TaskDispatched
+    from tests.unit.test_workflow import Driver
+
+    d = Driver({"name": "g", "params": {"day": "${system.biz.date}-x"},
+                "tasks": [{"name": "a", "command": "echo ${day}"}]})
+    events = d.start()
+    (sent,) = [e for e in events if isinstance(e, TaskDispatched)]
+    assert "${system" not in sent.command and sent.command.endswith("-x")
