@@ -438,8 +438,10 @@ class _Workflow:
 
     def t_sql(self, p: Mapping[str, Any], out: dict[str, Any], where: str) -> None:
         ds = str(p.get("datasource") if p.get("datasource") is not None else "")
-        out["datasource"] = self.datasources.get(ds) or (f"ds{ds}" if ds else "default")
-        if ds not in self.datasources:
+        # DolphinScheduler names a datasource by id; Shoal's own export writes its name.
+        out["datasource"] = self.datasources.get(ds) or (
+            f"ds{ds}" if ds.isdigit() else ds or "default")
+        if ds.isdigit() and ds not in self.datasources:
             self.warn(where, f"datasource id {ds or '?'} is named '{out['datasource']}': "
                              "configure it in SHOAL_DATASOURCES (or pass datasource=ID:NAME)")
         parts = [*_strings(p.get("preStatements")), str(p.get("sql") or "").strip(),

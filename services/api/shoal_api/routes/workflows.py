@@ -108,6 +108,19 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
                                   "problems": [p.as_dict() for p in problems]})
     warnings = [w.as_dict() for w in function_warnings(definition,
                                                         res.settings.code_paths())]
+    version, created, changed = await publish(res, definition, (await request.body()).decode(
+        "utf-8", "replace"))
+    if not created:
+        response.status_code = 200
+    return {"name": definition.name, "version": version, "changed": changed,
+            "warnings": warnings}
+
+
+async def publish(res: Res, definition: WorkflowDefinition,
+                  source: str) -> tuple[int, bool, bool]:
+    """Store a validated definition as a new version, unless it has the latest version's
+    content (then nothing changes but a deleted workflow coming back): (version, a new
+    version, changed)."""
     normalized = definition.to_dict()
     async with res.pool.acquire() as conn, conn.transaction():
         # Serialize publishers of one name so versions are dense and never collide.
@@ -119,9 +132,7 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
             restored = await conn.fetchval(
                 "DELETE FROM shoal.workflow_status WHERE name = $1 AND deleted RETURNING true",
                 definition.name)
-            response.status_code = 200
-            return {"name": definition.name, "version": latest["version"],
-                    "changed": bool(restored), "warnings": warnings}
+            return latest["version"], False, bool(restored)
         # Publishing a deleted workflow's name again brings it back, online.
         await conn.execute("DELETE FROM shoal.workflow_status WHERE name = $1 AND deleted",
                            definition.name)
@@ -129,9 +140,8 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
         await conn.execute(
             "INSERT INTO shoal.workflow_definitions (name, version, definition, source) "
             "VALUES ($1, $2, $3::jsonb, $4)", definition.name, version,
-            codec.dumps(normalized).decode(), (await request.body()).decode("utf-8", "replace"))
-    return {"name": definition.name, "version": version, "changed": True,
-            "warnings": warnings}
+            codec.dumps(normalized).decode(), source)
+    return version, True, True
 
 
 @router.get("", response_model=list[WorkflowSummary])
@@ -177,14 +187,22 @@ async def get_version(name: str, version: Annotated[int, Path(ge=1, le=2**31 - 1
     200: {"content": {"application/yaml": {"schema": _DEFINITION_SCHEMA}},
           "description": "the definition as YAML; `shoal apply` takes it back unchanged"}})
 async def export(name: str, res: Res,
-                 version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
-    """A version (default: the latest) as YAML, in the definition format of CONTRACT §1."""
+                 version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+                 format: Annotated[Literal["yaml", "dolphinscheduler"], Query(
+                     description="yaml (CONTRACT §1) or DolphinScheduler's export file")]
+                 = "yaml") -> Response:
+    """A version (default: the latest) as YAML, in the definition format of CONTRACT §1,
+    or as DolphinScheduler's UI export file (``format=dolphinscheduler``)."""
     status = await workflow_status(res.pool, name)
     found = await res.store.definition(name, version) if status not in (None, "deleted") \
         else None
     if found is None:
         which = f" version {version}" if version else ""
         raise HTTPException(404, {"message": f"no workflow named '{name}'{which}"})
+    if format == "dolphinscheduler":
+        from shoal_api.routes.dsimport import export_dolphinscheduler
+
+        return await export_dolphinscheduler(res, parse_definition(found[1]).to_dict())
     # The normalized form in its own field order (the stored JSONB has the database's).
     text = yaml.safe_dump(parse_definition(found[1]).to_dict(), sort_keys=False,
                           allow_unicode=True)

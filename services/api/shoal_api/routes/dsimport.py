@@ -1,0 +1,137 @@
+"""Import DolphinScheduler workflows (its REST create-workflow bodies or UI export files)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+
+from shoal.core.definition import WorkflowDefinition, parse_definition
+from shoal.core.dsexport import to_dolphinscheduler
+from shoal.core.dsimport import Conversion, ImportRefused, Known, convert
+from shoal.core.errors import DefinitionInvalid
+from shoal.infra import codec
+from shoal_api.deps import ADMIN, Res
+from shoal_api.problems import ERRORS
+from shoal_api.routes.schedules import ScheduleCreate, create_schedule
+from shoal_api.routes.workflows import publish
+
+router = APIRouter(prefix="/api/v1/import", tags=["import"], dependencies=[ADMIN],
+                   responses=ERRORS)
+
+
+@router.post("/dolphinscheduler", status_code=201, openapi_extra={"requestBody": {
+    "required": True, "content": {"application/json": {"schema": {
+        "description": "one DolphinScheduler workflow or an array: its REST create-workflow "
+                       "body or its UI export file"}}}}})
+async def import_dolphinscheduler(
+        request: Request, res: Res,
+        online: Annotated[bool, Query(description="enable the imported schedules")] = False,
+        datasource: Annotated[list[str] | None, Query(
+            description="ID:NAME, a DolphinScheduler datasource id → a Shoal datasource")]
+        = None) -> dict[str, Any]:
+    """Convert and publish every workflow of the body, or none: 422 names each task of a
+    type Shoal does not run and each reference that does not resolve. A workflow whose
+    content did not change keeps its version."""
+    try:
+        raw = codec.loads(await request.body())
+    except ValueError as exc:
+        raise HTTPException(422, {"message": f"body is not valid JSON: {exc}"}) from None
+    rows = await res.pool.fetch("SELECT code, name, source_name, tasks::text AS tasks "
+                                "FROM shoal.ds_workflows")
+    known = {r["code"]: Known(name=r["name"], tasks={int(k): v for k, v in
+                                                     codec.loads(r["tasks"]).items()})
+             for r in rows}
+    mapping = dict(d.split(":", 1) for d in datasource or () if ":" in d)
+    try:
+        conv = convert(raw, known, taken=set(), names={c: k.name for c, k in known.items()},
+                       datasources=mapping)
+    except ImportRefused as exc:
+        raise HTTPException(422, {"message": str(exc), "type": "import-refused",
+                                  "problems": exc.problems}) from None
+    definitions = _validate(conv)
+    await _check_names(conv, res)
+    out: list[dict[str, Any]] = []
+    for item, definition in zip(conv.workflows, definitions, strict=True):
+        version, _, _ = await publish(res, definition, codec.dumps(item.definition).decode())
+        if item.source_code is not None:
+            await res.pool.execute(
+                "INSERT INTO shoal.ds_workflows (code, name, source_name, tasks) VALUES "
+                "($1, $2, $3, $4::jsonb) ON CONFLICT (code) DO UPDATE SET name = $2, "
+                "source_name = $3, tasks = $4::jsonb, imported_at = now()",
+                item.source_code, definition.name, item.source_name,
+                codec.dumps({str(k): v for k, v in item.task_codes.items()}).decode())
+        if item.schedule:
+            await _schedule(res, definition.name, item.schedule, online, conv.warnings)
+        out.append({"name": definition.name, "version": version,
+                    "source_name": item.source_name, "source_code": item.source_code})
+    return {"workflows": out, "warnings": conv.warnings}
+
+
+def _validate(conv: Conversion) -> list[WorkflowDefinition]:
+    """Every converted workflow parsed; all problems at once (nothing is published)."""
+    problems: list[dict[str, Any]] = []
+    out: list[WorkflowDefinition] = []
+    for item in conv.workflows:
+        try:
+            out.append(parse_definition(item.definition))
+        except DefinitionInvalid as exc:
+            problems += [{**p.as_dict(), "workflow": item.source_name,
+                          "message": f"{item.source_name}: {p}"} for p in exc.problems]
+    if problems:
+        raise HTTPException(422, {"message": "; ".join(p["message"] for p in problems),
+                                  "type": "invalid-definition", "problems": problems})
+    return out
+
+
+async def _check_names(conv: Conversion, res: Res) -> None:
+    """A workflow started as a sub-process must be in the request or published."""
+    inside = {w.definition["name"] for w in conv.workflows}
+    problems = []
+    for item in conv.workflows:
+        for t in item.definition["tasks"]:
+            target = t.get("workflow") if t["type"] == "sub_workflow" else None
+            if target and target not in inside and not await res.pool.fetchval(
+                    "SELECT 1 FROM shoal.workflow_definitions WHERE name = $1 LIMIT 1", target):
+                problems.append({"path": f"{item.source_name}.{t['name']}",
+                                 "message": f"{item.source_name}: task '{t['name']}' starts "
+                                            f"unknown workflow '{target}'"})
+    if problems:
+        raise HTTPException(422, {"message": "; ".join(p["message"] for p in problems),
+                                  "type": "invalid-definition", "problems": problems})
+
+
+async def _schedule(res: Res, workflow: str, schedule: dict[str, Any], online: bool,
+                    warnings: list[str]) -> None:
+    """The workflow's DolphinScheduler schedule, once (a re-import does not add another);
+    disabled unless the request asks for ``online``."""
+    exists = await res.pool.fetchval(
+        "SELECT 1 FROM shoal.schedules WHERE workflow = $1 AND NOT deleted AND "
+        "record->>'cron' = $2 LIMIT 1", workflow, schedule["cron"])
+    if exists:
+        return
+    try:
+        await create_schedule(ScheduleCreate(workflow=workflow, enabled=online, **schedule),
+                              res)
+    except (HTTPException, ValueError) as exc:
+        detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        warnings.append(f"{workflow}: schedule {schedule['cron']!r} not imported: {detail}")
+
+
+
+async def export_dolphinscheduler(res: Res, definition: dict[str, Any]) -> Response:
+    """The definition as DolphinScheduler's UI export file (a one-item array), with the
+    codes it was imported with and its first schedule."""
+    rows = await res.pool.fetch("SELECT code, name, tasks::text AS tasks FROM "
+                                "shoal.ds_workflows ORDER BY imported_at")
+    codes = {r["name"]: r["code"] for r in rows}
+    tasks = {r["name"]: {v: int(k) for k, v in codec.loads(r["tasks"]).items()} for r in rows}
+    name = definition["name"]
+    sched = await res.pool.fetchval(
+        "SELECT record::text FROM shoal.schedules WHERE workflow = $1 AND NOT deleted "
+        "ORDER BY created_at LIMIT 1", name)
+    item = to_dolphinscheduler(definition, code=codes.get(name), task_codes=tasks.get(name),
+                               workflow_codes=codes, foreign_tasks=tasks,
+                               schedule=codec.loads(sched) if sched else None)
+    return Response(codec.dumps([item]), media_type="application/json", headers={
+        "Content-Disposition": f'attachment; filename="{name}.json"'})
