@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.dsrecorder import Recorder, examples_dir, record_examples
+from tests.dsrecorder import Recorder, record_examples
 from tests.e2e.test_cli import shoal
 from tests.support import Stack, eventually
 

@@ -621,8 +621,8 @@ def _spec(ttype: str, raw: Mapping[str, Any], where: str,
             if not raw.get("depends_on"):
                 problems.append(Problem(f"{where}.depends_on", "a conditions task branches on "
                                         "the outcome of its predecessors: name at least one"))
-            spec = {k: _names(raw.get(k), f"{where}.{k}", problems)
-                    for k in ("on_success", "on_failure")}
+            spec: dict[str, Any] = {k: _names(raw.get(k), f"{where}.{k}", problems)
+                                    for k in ("on_success", "on_failure")}
             if not spec["on_success"] and not spec["on_failure"]:
                 problems.append(Problem(where, "a conditions task needs on_success or "
                                                "on_failure"))

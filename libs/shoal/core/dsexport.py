@@ -84,9 +84,10 @@ def to_dolphinscheduler(d: Mapping[str, Any], *, code: int | None = None,
                 params["conditionResult"] = {
                     "successNode": [codes[n] for n in t.get("on_success") or ()],
                     "failedNode": [codes[n] for n in t.get("on_failure") or ()]}
-                cond = t.get("condition")
-                groups = cond["groups"] if cond else [{"relation": "and", "items": [
-                    {"task": p, "status": "success"} for p in t.get("depends_on") or ()]}]
+                cond: Mapping[str, Any] | None = t.get("condition")
+                groups: list[Mapping[str, Any]] = cond["groups"] if cond else [
+                    {"relation": "and", "items": [{"task": p, "status": "success"}
+                                                  for p in t.get("depends_on") or ()]}]
                 params["dependence"] = {
                     "relation": (cond or {}).get("relation", "and").upper(),
                     "dependTaskList": [{"relation": g["relation"].upper(), "dependItemList": [

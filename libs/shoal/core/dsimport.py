@@ -144,10 +144,12 @@ def _json_obj(value: Any) -> Mapping[str, Any]:
 
 
 def _code_of(value: Any) -> int | None:
+    """A code (DolphinScheduler's are positive longs); anything else is no code."""
     try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        code = int(value) if value not in (None, "") and not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return code if code is not None and 0 <= code < 2**63 else None
 
 
 def sources(raw: Any) -> tuple[list[_Source], list[dict[str, Any]]]:
@@ -661,7 +663,7 @@ def _number(value: Any) -> float:
         n = float(value)
     except (TypeError, ValueError):
         return 0.0
-    return int(n) if n.is_integer() else n  # type: ignore[return-value]
+    return int(n) if n.is_integer() else n
 
 
 def _strings(value: Any) -> list[str]:
