@@ -22,8 +22,9 @@ router = APIRouter(prefix="/api/v1/import", tags=["import"], dependencies=[ADMIN
 
 @router.post("/dolphinscheduler", status_code=201, openapi_extra={"requestBody": {
     "required": True, "content": {"application/json": {"schema": {
-        "description": "one DolphinScheduler workflow or an array: its REST create-workflow "
-                       "body or its UI export file"}}}}})
+        "type": "array", "items": {"type": "object"},
+        "description": "DolphinScheduler workflows (one object is also taken): its REST "
+                       "create-workflow bodies or its UI export file"}}}}})
 async def import_dolphinscheduler(
         request: Request, res: Res,
         online: Annotated[bool, Query(description="enable the imported schedules")] = False,

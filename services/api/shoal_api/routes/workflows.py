@@ -184,8 +184,12 @@ async def get_version(name: str, version: Annotated[int, Path(ge=1, le=2**31 - 1
 
 
 @router.get("/{name}/export", response_class=Response, responses={
-    200: {"content": {"application/yaml": {"schema": _DEFINITION_SCHEMA}},
-          "description": "the definition as YAML; `shoal apply` takes it back unchanged"}})
+    200: {"content": {"application/yaml": {"schema": _DEFINITION_SCHEMA},
+                      "application/json": {"schema": {"type": "array", "items": {
+                          "type": "object"}}}},
+          "description": "the definition as YAML; `shoal apply` takes it back unchanged "
+                         "(or, with format=dolphinscheduler, DolphinScheduler's export "
+                         "file, JSON)"}})
 async def export(name: str, res: Res,
                  version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
                  format: Annotated[Literal["yaml", "dolphinscheduler"], Query(
