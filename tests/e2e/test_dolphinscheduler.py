@@ -20,7 +20,8 @@ pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "dolphinscheduler"
 # The SDK examples built only from the types Shoal runs (the others are refused below).
 RUNNABLE = ["tutorial", "tutorial_decorator", "task_condition_example", "task_switch_example",
-            "task_sub_workflow_example", "task_python_example", "tutorial_resource_plugin"]
+            "task_sub_workflow_example", "task_python_example", "tutorial_resource_plugin",
+            "task_dependent_example"]
 REFUSED = {"task_datax_example": "DATAX", "task_dvc_example": "DVC",
            "task_flink_example": "FLINK", "task_kubernetes_example": "K8S",
            "task_map_reduce_example": "MR", "task_mlflow_example": "MLFLOW",
@@ -103,6 +104,16 @@ async def test_the_sdk_examples_import_in_one_request_and_run_as_in_dolphinsched
     # the sub-process starts the other workflow of the same request
     sub = await _run(stack, names["task_sub_workflow_example"])
     assert sub["state"] == "succeeded" and _states(sub)["sub_workflow"] == "succeeded"
+
+    # dependent: And(Or(task_1, task_2 of task_dependent_external)) for today: one task
+    # waiting for either; it waits until the upstream workflow has run today
+    started = await stack.request(
+        "POST", f"/api/v1/workflows/{names['task_dependent_example']}/runs", json={})
+    waiting = str(started.json()["instance_id"])
+    await stack.wait_task_state(waiting, "running")
+    assert (await _run(stack, names["task_dependent_external"]))["state"] == "succeeded"
+    dep = await stack.wait_run(waiting, timeout=60)
+    assert dep["state"] == "succeeded" and _states(dep) == {"task_dependent": "succeeded"}
 
     for example in ("tutorial", "tutorial_decorator", "task_python_example"):
         assert (await _run(stack, names[example]))["state"] == "succeeded", example

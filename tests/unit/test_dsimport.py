@@ -15,6 +15,8 @@ from shoal.core.definition import NAME_RE, TASK_NAME_RE, condition_holds, parse_
 from shoal.core.dsimport import (
     ImportRefused,
     Known,
+    all_of,
+    combine,
     convert,
     date_expressions,
     date_value,
@@ -153,13 +155,52 @@ def test_references_by_code_within_the_request_and_to_earlier_imports() -> None:
         convert([parent, child])
 
 
-def test_dependent_or_is_refused() -> None:
+def test_dependent_or_waits_for_any_window_and_and_for_all() -> None:
+    """The SDK's task_dependent_example: And(Or(item task_1, item task_2)); plus an AND
+    group beside it."""
     dep = _task(22, "wait", "DEPENDENT", localParams=[], dependence={
-        "relation": "AND", "dependTaskList": [{"relation": "OR", "dependItemList": [
-            {"definitionCode": 300, "depTaskCode": 0, "dateValue": "today"},
-            {"definitionCode": 300, "depTaskCode": 0, "dateValue": "last1Days"}]}]})
-    with pytest.raises(ImportRefused, match="OR"):
-        convert(_body("p", [dep], [_rel(0, 22)]), {300: Known(name="up")})
+        "relation": "AND", "dependTaskList": [
+            {"relation": "OR", "dependItemList": [
+                {"definitionCode": 300, "depTaskCode": 31, "cycle": "day", "dateValue": "today"},
+                {"definitionCode": 300, "depTaskCode": 32, "cycle": "day",
+                 "dateValue": "today"}]},
+            {"relation": "AND", "dependItemList": [
+                {"definitionCode": 300, "depTaskCode": 0, "dateValue": "last1Days"}]}]})
+    conv = convert(_body("p", [dep, _task(23, "after")], [_rel(0, 22), _rel(22, 23)]),
+                   {300: Known(name="up", tasks={31: "t1", 32: "t2"})})
+    d = parse_definition(conv.workflows[0].definition)
+    assert [dict(a) for a in d.task("wait").spec["any_of"]] == [
+        {"workflow": "up", "task": "t1", "date": "$[yyyyMMdd]"},
+        {"workflow": "up", "task": "t2", "date": "$[yyyyMMdd]"}]
+    assert d.task("wait.2").spec["date"] == "$[yyyyMMdd-1]"
+    assert "any_of" not in d.task("wait.2").spec
+    assert set(d.task("after").depends_on) == {"wait", "wait.2"}
+
+
+def _ds_holds(top: str, groups: list[tuple[str, list[list[int]]]], true: set[int]) -> bool:
+    """DolphinScheduler's evaluation: an item holds when all its windows do; a group by its
+    relation over items; the whole by the top relation over groups."""
+    def rel(r: str, xs: list[bool]) -> bool:
+        return all(xs) if r == "and" else any(xs)
+    return rel(top, [rel(r, [all(w in true for w in item) for item in items])
+                     for r, items in groups])
+
+
+_windows = st.lists(st.integers(0, 5), min_size=1, max_size=3)
+_groups = st.lists(st.tuples(st.sampled_from(["and", "or"]),
+                             st.lists(_windows, min_size=1, max_size=3)),
+                   min_size=1, max_size=3)
+
+
+@given(st.sampled_from(["and", "or"]), _groups, st.sets(st.integers(0, 5)))
+def test_the_conjunctive_form_holds_exactly_when_dolphinschedulers_tree_does(
+        top: str, groups: list[tuple[str, list[list[int]]]], true: set[int]) -> None:
+    def lit(w: int) -> tuple[str, str | None, str]:
+        return ("wf", None, str(w))
+    cnf = combine(top, [combine(r, [all_of([[lit(w)] for w in item]) for item in items])
+                        for r, items in groups])
+    holds = all(any(w[2] in {str(t) for t in true} for w in clause) for clause in cnf)
+    assert holds == _ds_holds(top, groups, true)
 
 
 # DependentDateUtilsTest's business date 2019-04-09 (a Tuesday), as DependentUtilsTest uses.
@@ -270,3 +311,21 @@ def test_system_params_resolve_inside_a_global_param() -> None:
     events = d.start()
     (sent,) = [e for e in events if isinstance(e, TaskDispatched)]
     assert "${system" not in sent.command and sent.command.endswith("-x")
+
+
+def test_a_dependent_task_with_alternatives_dispatches_every_window() -> None:
+    from shoal.core.model import TaskDispatched
+    from tests.unit.test_workflow import Driver
+
+    d = Driver({"name": "w", "tasks": [{"name": "wait", "type": "dependent",
+                                        "depends_on_workflow": [
+                                            {"workflow": "up", "task": "t1", "date": "$[yyyyMMdd]"},
+                                            {"workflow": "up", "task": "t2",
+                                             "date": "$[yyyyMMdd-1]"}]}]})
+    (sent,) = [e for e in d.start() if isinstance(e, TaskDispatched)]
+    assert sent.spec is not None
+    alts = sent.spec["any_of"]
+    assert [(a["task"], a["window_end"] > a["window_start"]) for a in alts] == [
+        ("t1", True), ("t2", True)]
+    assert alts[0]["window_start"] > alts[1]["window_start"]
+    assert " or " in sent.command

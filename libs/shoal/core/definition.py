@@ -163,7 +163,10 @@ class TaskDefinition:
             if key in s:
                 out.append((key, s[key]))
         out += [(f"headers.{k}", v) for k, v in s.get("headers", {}).items()]
-        if self.type == "dependent":
+        if self.type == "dependent" and "any_of" in s:
+            out += [(f"depends_on_workflow[{i}].date", a["date"])
+                    for i, a in enumerate(s["any_of"])]
+        elif self.type == "dependent":
             out.append(("depends_on_workflow.date", s["date"]))
         return out
 
@@ -262,8 +265,9 @@ def _type_fields(t: TaskDefinition) -> dict[str, Any]:
         case "sub_workflow":
             return {"workflow": s["workflow"]}
         case _:  # dependent
-            return {"depends_on_workflow": {"workflow": s["workflow"], "task": s["task"],
-                                            "date": s["date"]},
+            window = ["workflow", "task", "date"]
+            return {"depends_on_workflow": [{k: a[k] for k in window} for a in s["any_of"]]
+                    if "any_of" in s else {k: s[k] for k in window},
                     "check_interval": s["check_interval"]}
 
 
@@ -770,10 +774,27 @@ def _switch(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict
 
 
 def _dependent(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict[str, Any]:
+    """``depends_on_workflow: {workflow, task, date}``, or a list of them: any one of the
+    windows met is enough (DolphinScheduler's OR between dependent items)."""
     dep = raw.get("depends_on_workflow")
     at = f"{where}.depends_on_workflow"
+    many = isinstance(dep, list) and 0 < len(dep) <= MAX_ALTERNATIVES
+    alternatives = ([_window(d, f"{at}[{i}]", problems) for i, d in enumerate(dep)]
+                    if many and isinstance(dep, list) else [_window(dep, at, problems)])
+    interval = _seconds(raw.get("check_interval", 10), f"{where}.check_interval", problems,
+                        positive=True)
+    first = alternatives[0]
+    return {**first, "check_interval": interval,
+            **({"any_of": alternatives} if many else {})}
+
+
+MAX_ALTERNATIVES = 64
+
+
+def _window(dep: object, at: str, problems: list[Problem]) -> dict[str, Any]:
     if not isinstance(dep, Mapping) or set(dep) - {"workflow", "task", "date"}:
-        problems.append(Problem(at, "required; {workflow, task, date}"))
+        problems.append(Problem(at, "required; {workflow, task, date} or a list of them "
+                                    f"(any one met; at most {MAX_ALTERNATIVES})"))
         dep = {}
     wf = dep.get("workflow")
     if not isinstance(wf, str) or not NAME_RE.match(wf):
@@ -786,9 +807,7 @@ def _dependent(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> d
         problems.append(Problem(f"{at}.date", "must be a date expression such as "
                                               "$[yyyyMMdd-1]"))
         date = "$[yyyyMMdd]"
-    interval = _seconds(raw.get("check_interval", 10), f"{where}.check_interval", problems,
-                        positive=True)
-    return {"workflow": wf, "task": task, "date": date, "check_interval": interval}
+    return {"workflow": wf, "task": task, "date": date}
 
 
 def jsonpath_check(path: str) -> None:

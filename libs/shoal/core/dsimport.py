@@ -38,7 +38,29 @@ EXECUTIONS = ("PARALLEL", "SERIAL_WAIT", "SERIAL_DISCARD", "SERIAL_PRIORITY")
 PARAM_TYPES = {"VARCHAR": "string", "INTEGER": "int", "LONG": "int", "FLOAT": "float",
                "DOUBLE": "float", "DATE": "date", "TIME": "string", "TIMESTAMP": "string",
                "BOOLEAN": "bool", "LIST": "string"}
-MAX_WINDOWS = 7  # dependent windows one item may expand to (one Shoal task each)
+MAX_WINDOWS = 7  # dependent windows one item may expand to
+MAX_CLAUSES = 16  # Shoal dependent tasks one DolphinScheduler dependent task becomes
+MAX_ALTERNATIVES = 64  # windows one of them waits for (any one met)
+
+Window = tuple[str, str | None, str]   # workflow, task (None = the whole run), date
+Clauses = list[list[Window]]             # all of the clauses, any of each clause's windows
+
+
+def all_of(parts: Clauses) -> Clauses:
+    return [list(c) for c in parts]
+
+
+def combine(relation: str, parts: list[Clauses]) -> Clauses:
+    """``and``/``or`` of conjunctive forms, in conjunctive form (an ``or`` distributes:
+    one clause per choice of a clause from each part, duplicates dropped)."""
+    if relation == "and":
+        return [c for part in parts for c in part]
+    out: Clauses = [[]]
+    for part in parts:
+        out = [[*a, *(w for w in b if w not in a)] for a in out for b in part]
+        if len(out) > MAX_CLAUSES:
+            return out
+    return out
 
 
 class ImportRefused(ValueError):
@@ -551,30 +573,35 @@ class _Workflow:
             out["condition"] = {"relation": _relation(dep.get("relation")), "groups": groups}
 
     def t_dependent(self, p: Mapping[str, Any], out: dict[str, Any], where: str) -> None:
+        """DolphinScheduler's tree (relation over groups, relation over items, each item
+        every window of its date value) in conjunctive form: one Shoal dependent task per
+        clause, waiting for any one of the clause's windows."""
         dep = _json_obj(p.get("dependence"))
         interval = _number(dep.get("checkInterval"))
-        clauses: list[list[tuple[str, str | None, str]]] = []
-        groups = _json_list(dep.get("dependTaskList"), f"{where}.dependence", self.problems)
-        top_or = _relation(dep.get("relation")) == "or" and len(groups) > 1
-        for gi, g in enumerate(groups):
+        groups: list[Clauses] = []
+        for g in _json_list(dep.get("dependTaskList"), f"{where}.dependence", self.problems):
             if not isinstance(g, Mapping):
                 continue
-            items = [i for i in _json_list(g.get("dependItemList"), f"{where}.dependItemList",
-                                           self.problems) if isinstance(i, Mapping)]
-            if (top_or or (_relation(g.get("relation")) == "or" and len(items) > 1)):
-                self.refuse(f"{where}.dependence.dependTaskList[{gi}]",
-                            f"dependent task '{out['name']}' combines items with OR: Shoal's "
-                            "dependent tasks wait for all of their items", task=out["name"],
-                            type="DEPENDENT")
-                continue
-            for it in items:
-                resolved = self.dependent_item(it, where)
+            items: list[Clauses] = []
+            for it in _json_list(g.get("dependItemList"), f"{where}.dependItemList",
+                                 self.problems):
+                resolved = self.dependent_item(it, where) if isinstance(it, Mapping) else None
                 if resolved is not None:
-                    clauses.extend([w] for w in resolved)
-        windows = [c[0] for c in clauses]
-        if not windows and not any(p.get("task") == out["name"] for p in self.problems):
-            self.refuse(where, f"dependent task '{out['name']}' depends on nothing",
-                        task=out["name"])
+                    items.append(all_of([[w] for w in resolved]))
+            if items:
+                groups.append(combine(_relation(g.get("relation")), items))
+        clauses = combine(_relation(dep.get("relation")), groups) if groups else []
+        if len(clauses) > MAX_CLAUSES or any(len(c) > MAX_ALTERNATIVES for c in clauses):
+            self.refuse(where, f"dependent task '{out['name']}' combines too many windows "
+                               f"({len(clauses)} conjunctive clauses; at most {MAX_CLAUSES} "
+                               f"of at most {MAX_ALTERNATIVES} windows)", task=out["name"],
+                        type="DEPENDENT")
+            clauses = []
+        if not clauses:
+            if not any(p.get("task") == out["name"] for p in self.problems) and not any(
+                    p["path"].startswith(f"{self.s.where}.{where}") for p in self.problems):
+                self.refuse(where, f"dependent task '{out['name']}' depends on nothing",
+                            task=out["name"])
             out["depends_on_workflow"] = {"workflow": "missing"}
             return
         if dep.get("failurePolicy") not in (None, "DEPENDENT_FAILURE_WAITING"):
@@ -582,8 +609,9 @@ class _Workflow:
                              "once: it waits until a success or its timeout")
         base = {k: v for k, v in out.items() if k != "name"}
         names = [out["name"]]
-        for k, (wf, task, date) in enumerate(windows):
-            spec = {"workflow": wf, "task": task, "date": date}
+        for k, clause in enumerate(clauses):
+            specs = [{"workflow": wf, "task": task, "date": date} for wf, task, date in clause]
+            spec: Any = specs[0] if len(specs) == 1 else specs
             if k == 0:
                 out["depends_on_workflow"] = spec
                 if interval:
@@ -596,8 +624,8 @@ class _Workflow:
             names.append(extra_name)
         if len(names) > 1:
             self.fanout[out["name"]] = names
-            self.warn(where, f"dependent task '{out['name']}' waits for {len(names)} windows: "
-                             f"tasks {', '.join(names)}")
+            self.warn(where, f"dependent task '{out['name']}' waits for {len(names)} groups "
+                             f"of windows: tasks {', '.join(names)}")
 
     def dependent_item(self, it: Mapping[str, Any],
                        where: str) -> list[tuple[str, str | None, str]] | None:

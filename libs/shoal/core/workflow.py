@@ -872,13 +872,23 @@ def _dispatch_spec(run: Run, d: TaskDefinition, params: Mapping[str, str],
             return {"workflow": spec["workflow"], "params": local,
                     "child_instance_id": child_instance_id(dispatch_id)}, spec["workflow"]
         case "dependent":
-            out = {"workflow": spec["workflow"], "task": spec["task"], "date": x(spec["date"])}
-            try:
-                start, end = date_window(out["date"])
-                out |= {"window_start": start.isoformat(), "window_end": end.isoformat()}
-            except DateInvalid as exc:
-                out["error"] = str(exc)
-            return out, _waiting_for(out)
+            windows = []
+            for alt in spec.get("any_of") or [spec]:
+                w = {"workflow": alt["workflow"], "task": alt["task"], "date": x(alt["date"])}
+                try:
+                    start, end = date_window(w["date"])
+                    w |= {"window_start": start.isoformat(), "window_end": end.isoformat()}
+                except DateInvalid as exc:
+                    w["error"] = str(exc)
+                windows.append(w)
+            out = dict(windows[0])
+            if "any_of" in spec:  # any one of the windows met is enough
+                out["any_of"] = windows
+                out.pop("error", None)
+                errors = [w["error"] for w in windows if "error" in w]
+                if errors:
+                    out["error"] = errors[0]
+            return out, " or ".join(_waiting_for(w) for w in windows)
         case _:
             return None, x(d.command)
 

@@ -9,3 +9,9 @@ CREATE TABLE shoal.ds_workflows (
     imported_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX ds_workflows_name ON shoal.ds_workflows (name);
+
+-- A dependent task may wait for any one of several windows (DolphinScheduler's OR between
+-- dependent items): one row per alternative, all removed when one is met.
+ALTER TABLE shoal.dependent_waits ADD COLUMN alt integer NOT NULL DEFAULT 0;
+ALTER TABLE shoal.dependent_waits DROP CONSTRAINT dependent_waits_pkey;
+ALTER TABLE shoal.dependent_waits ADD PRIMARY KEY (dispatch_id, alt);
