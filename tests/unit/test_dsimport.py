@@ -329,3 +329,96 @@ def test_a_dependent_task_with_alternatives_dispatches_every_window() -> None:
         ("t1", True), ("t2", True)]
     assert alts[0]["window_start"] > alts[1]["window_start"]
     assert " or " in sent.command
+
+
+_task_fields = st.fixed_dictionaries({}, optional={
+    "retries": st.integers(1, 5), "retry_interval": st.sampled_from([60, 120, 600]),
+    "timeout": st.sampled_from([60, 3600]), "timeout_strategy": st.sampled_from(["warn", "fail"]),
+    "delay": st.sampled_from([60, 300]), "priority": st.sampled_from(["highest", "low"]),
+    "worker_group": st.sampled_from(["etl", "gpu"]), "disabled": st.just(True),
+    "params": st.dictionaries(st.sampled_from(["a", "b", "day"]),
+                              st.sampled_from(["1", "x y", "$[yyyyMMdd-1]"]), max_size=2),
+    "description": st.sampled_from(["loads", "a task"])})
+
+
+@st.composite
+def _definitions(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 5))
+    tasks: list[dict[str, Any]] = []
+    for i in range(n):
+        t = {"name": f"t{i}", "type": draw(st.sampled_from(["shell", "python"])),
+             **draw(_task_fields)}
+        t["command" if t["type"] == "shell" else "script"] = f"echo {i}"
+        deps = draw(st.lists(st.sampled_from([f"t{j}" for j in range(i)]), unique=True,
+                             max_size=2)) if i else []
+        if deps:
+            t["depends_on"] = deps
+        if "retry_interval" in t and "retries" not in t:
+            del t["retry_interval"]
+        if "timeout_strategy" in t and "timeout" not in t:
+            del t["timeout_strategy"]
+        tasks.append(t)
+    if draw(st.booleans()):
+        windows = draw(st.lists(st.sampled_from([
+            {"workflow": "up", "task": "t1", "date": "$[yyyyMMdd]"},
+            {"workflow": "up", "task": None, "date": "$[yyyyMMdd-1]"},
+            {"workflow": "up", "task": "t1", "date": "$[week_begin(yyyyMMdd,-3)]"}]),
+            min_size=1, max_size=3, unique_by=lambda w: (w["task"], w["date"])))
+        tasks.append({"name": "wait", "type": "dependent", "depends_on": ["t0"],
+                      "depends_on_workflow": windows if len(windows) > 1 else windows[0]})
+    if n >= 3 and draw(st.booleans()):
+        tasks.append({"name": "cond", "type": "conditions", "depends_on": ["t0", "t1"],
+                      "on_success": ["t2"], "on_failure": [],
+                      "condition": {"relation": "or", "groups": [{"relation": "and", "items": [
+                          {"task": "t0", "status": "success"},
+                          {"task": "t1", "status": "failure"}]}]}})
+        tasks[2].pop("depends_on", None)
+    return {"name": draw(st.sampled_from(["daily", "etl_2"])), "tasks": tasks,
+            **draw(st.fixed_dictionaries({}, optional={
+                "params": st.dictionaries(st.sampled_from(["region", "bizdate"]),
+                                          st.sampled_from(["eu", "$[yyyyMMdd-1]"]),
+                                          min_size=1),
+                "timeout": st.sampled_from([600, 7200]),
+                "execution": st.sampled_from(["serial_wait", "serial_priority"]),
+                "description": st.just("nightly")}))}
+
+
+@given(_definitions())
+def test_export_then_import_gives_the_same_definition(raw: dict[str, Any]) -> None:
+    from shoal.core.dsexport import stable_code, to_dolphinscheduler
+
+    original = parse_definition(raw).to_dict()
+    exported = to_dolphinscheduler(original, workflow_codes={"up": 500},
+                                   foreign_tasks={"up": {"t1": 501}})
+    code = stable_code("workflow", raw["name"])
+    conv = convert(json.loads(json.dumps([exported])), {500: Known("up", {501: "t1"})},
+                   names={code: raw["name"]})
+    assert parse_definition(conv.workflows[0].definition).to_dict() == original
+
+
+# DolphinScheduler's DependentUtilsTest.getDateIntervalList, case by case (its business
+# dates and the first/last interval it asserts).
+@pytest.mark.parametrize(("base", "value", "first", "last"), [
+    (datetime(2019, 2, 5), "last1Days", "20190204", "20190204"),
+    (datetime(2019, 2, 5), "last2Days", "20190203", "20190204"),
+    (datetime(2019, 2, 5), "today", "20190205", "20190205"),
+    (datetime(2019, 2, 4, 10), "last1Hour", "2019020409", "2019020409"),
+    (datetime(2019, 2, 4, 10), "last2Hours", "2019020408", "2019020409"),
+    (datetime(2019, 2, 4, 10), "last3Hours", "2019020407", "2019020409"),
+    (datetime(2019, 2, 10, 7), "last3Days", "20190207", "20190209"),
+    (datetime(2019, 2, 10, 7), "last7Days", "20190203", "20190209"),
+    (datetime(2019, 2, 10, 7), "lastWeek", "20190128", "20190203"),
+    (datetime(2019, 2, 10, 7), "lastMonday", "20190128", "20190128"),
+    (datetime(2019, 2, 10, 7), "lastTuesday", "20190129", "20190129"),
+    (datetime(2019, 2, 10, 7), "lastWednesday", "20190130", "20190130"),
+    (datetime(2019, 2, 10, 7), "lastThursday", "20190131", "20190131"),
+    (datetime(2019, 2, 10, 7), "lastFriday", "20190201", "20190201"),
+    (datetime(2019, 2, 10, 7), "lastSaturday", "20190202", "20190202"),
+    (datetime(2019, 2, 10, 7), "lastSunday", "20190203", "20190203"),
+    (datetime(2019, 2, 10, 7), "lastMonthBegin", "20190101", "20190101"),
+    (datetime(2019, 2, 10, 7), "lastMonthEnd", "20190131", "20190131"),
+])
+def test_date_values_as_dolphinschedulers_own_tests_assert(base: datetime, value: str,
+                                                            first: str, last: str) -> None:
+    days = [expand_time(e, base) for e in date_expressions(value) or []]
+    assert (days[0], days[-1]) == (first, last)

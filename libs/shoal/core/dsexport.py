@@ -94,18 +94,15 @@ def to_dolphinscheduler(d: Mapping[str, Any], *, code: int | None = None,
                         {"depTaskCode": codes[i["task"]], "status": i["status"].upper()}
                         for i in g["items"]]} for g in groups]}
             case "dependent":
-                dep = t["depends_on_workflow"]
-                target = dep["workflow"]
+                deps = t["depends_on_workflow"]
+                alternatives = deps if isinstance(deps, list) else [deps]
                 params["dependence"] = {
                     "relation": "AND", "checkInterval": int(t.get("check_interval") or 10),
                     "failurePolicy": "DEPENDENT_FAILURE_WAITING",
-                    "dependTaskList": [{"relation": "AND", "dependItemList": [{
-                        "projectCode": 0, "definitionCode": other(target),
-                        "depTaskCode": ((foreign_tasks or {}).get(target, {}).get(dep["task"])
-                                        or stable_code("task", target, dep["task"]))
-                        if dep.get("task") else 0,
-                        "cycle": "day", "dateValue": date_value(dep.get("date")
-                                                                or "$[yyyyMMdd]")}]}]}
+                    "dependTaskList": [{"relation": "OR" if len(alternatives) > 1 else "AND",
+                                        "dependItemList": [
+                                            _item(a, other, foreign_tasks or {})
+                                            for a in alternatives]}]}
         timeout = _minutes(t.get("timeout"))
         tasks.append({
             "code": codes[t["name"]], "name": t["name"], "version": 1,
@@ -144,6 +141,16 @@ def to_dolphinscheduler(d: Mapping[str, Any], *, code: int | None = None,
                  "releaseState": "ONLINE" if schedule.get("enabled") else "OFFLINE"}
     return {"workflowDefinition": head, "taskDefinitionList": tasks,
             "workflowTaskRelationList": rels, "schedule": sched}
+
+
+def _item(window: Mapping[str, Any], code_of: Any,
+          foreign: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    """One dependItem for a window ``{workflow, task, date}``."""
+    target, task = window["workflow"], window.get("task")
+    return {"projectCode": 0, "definitionCode": code_of(target),
+            "depTaskCode": (foreign.get(target, {}).get(task) or stable_code("task", target, task))
+            if task else 0,
+            "cycle": "day", "dateValue": date_value(window.get("date") or "$[yyyyMMdd]")}
 
 
 _TYPES = {"shell": "SHELL", "python": "PYTHON", "sql": "SQL", "http": "HTTP",
