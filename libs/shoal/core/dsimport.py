@@ -68,7 +68,11 @@ class ImportRefused(ValueError):
 
     def __init__(self, problems: list[dict[str, Any]]) -> None:
         self.problems = problems
-        super().__init__("; ".join(p["message"] for p in problems))
+        super().__init__("; ".join(f"{p['path']}: {p['message']}" if p["path"] else
+                                   p["message"] for p in problems)
+                         + (f" (Shoal runs {', '.join(sorted(SUPPORTED))})"
+                            if any(p.get("type") in (None, "") or p.get("type") not in SUPPORTED
+                                   for p in problems if "type" in p) else ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,7 @@ def sources(raw: Any) -> tuple[list[_Source], list[dict[str, Any]]]:
             continue
         if not tasks:
             problems.append(_problem(where, f"workflow '{name}' has no task definitions"))
-        out.append(_Source(where=where or name, name=name, code=_code_of(head.get("code")),
+        out.append(_Source(where=name, name=name, code=_code_of(head.get("code")),
                            head=head, tasks=[t for t in tasks if isinstance(t, Mapping)],
                            relations=[r for r in rels if isinstance(r, Mapping)],
                            schedule=_json_obj(schedule) or None))
@@ -213,7 +217,7 @@ def sources(raw: Any) -> tuple[list[_Source], list[dict[str, Any]]]:
 
 
 def _problem(where: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"path": where, "message": f"{where}: {message}" if where else message, **extra}
+    return {"path": where, "message": message, **extra}
 
 
 # ------------------------------------------------------------------------------ convert
@@ -390,8 +394,7 @@ class _Workflow:
         where = f"tasks[{name or t.get('name')}]"
         if ttype not in SUPPORTED:
             self.refuse(where, f"task '{t.get('name')}' has type {ttype or '?'}, which "
-                               f"Shoal does not run (it runs {', '.join(sorted(SUPPORTED))})",
-                        task=t.get("name"), type=ttype)
+                               "Shoal does not run", task=t.get("name"), type=ttype)
             return None
         if name is None:
             self.refuse(where, "task without a code")

@@ -52,6 +52,14 @@ async def import_dolphinscheduler(
                                   "problems": exc.problems}) from None
     definitions = _validate(conv)
     await _check_names(conv, res)
+    ours = {k.name for k in known.values()}
+    for item in conv.workflows:
+        name = item.definition["name"]
+        if name not in ours and await res.pool.fetchval(
+                "SELECT 1 FROM shoal.workflow_definitions WHERE name = $1 LIMIT 1", name):
+            conv.warnings.append(f"{item.source_name}: publishes a new version of the "
+                                 f"existing workflow '{name}' (not imported from "
+                                 "DolphinScheduler) unless its content is the same")
     out: list[dict[str, Any]] = []
     for item, definition in zip(conv.workflows, definitions, strict=True):
         version, _, _ = await publish(res, definition, codec.dumps(item.definition).decode())
