@@ -422,3 +422,33 @@ def test_date_values_as_dolphinschedulers_own_tests_assert(base: datetime, value
                                                             first: str, last: str) -> None:
     days = [expand_time(e, base) for e in date_expressions(value) or []]
     assert (days[0], days[-1]) == (first, last)
+
+
+def test_sql_task_statements_and_datasource() -> None:
+    sql = _task(1, "load", "SQL", localParams=[], type="POSTGRESQL", datasource=3,
+                sql="insert into t values (1);", sqlType=1,
+                preStatements=["delete from t"], postStatements=["analyze t;"])
+    conv = convert(_body("s", [sql], [_rel(0, 1)]), datasources={"3": "warehouse"})
+    d = parse_definition(conv.workflows[0].definition)
+    assert d.task("load").spec == {"datasource": "warehouse",
+                                   "sql": "delete from t;\ninsert into t values (1);\nanalyze t"}
+    unnamed = convert(_body("s", [sql], [_rel(0, 1)]))
+    assert unnamed.workflows[0].definition["tasks"][0]["datasource"] == "ds3"
+    assert any("SHOAL_DATASOURCES" in w for w in unnamed.warnings)
+
+
+@pytest.mark.parametrize("new_names", [True, False])
+def test_http_task_params_headers_body_and_status(new_names: bool) -> None:
+    method, params, body = (("httpRequestMethod", "httpRequestParams", "httpRequestBody")
+                            if new_names else ("httpMethod", "httpParams", "httpBody"))
+    http = _task(1, "call", "HTTP", localParams=[], url="http://h/x", **{
+        method: "POST", params: [
+            {"prop": "day", "httpParametersType": "PARAMETER", "value": "${bizdate}"},
+            {"prop": "X-Token", "httpParametersType": "HEADERS", "value": "t"}],
+        body: '{"a": 1}'}, httpCheckCondition="STATUS_CODE_CUSTOM", condition="201")
+    conv = convert(_body("h", [http], [_rel(0, 1)], globalParams=[
+        {"prop": "bizdate", "direct": "IN", "type": "VARCHAR", "value": "$[yyyyMMdd]"}]))
+    spec = parse_definition(conv.workflows[0].definition).task("call").spec
+    assert (spec["method"], spec["url"], dict(spec["headers"]), spec["body"],
+            list(spec["expected_status"])) == (
+        "POST", "http://h/x?day=${bizdate}", {"X-Token": "t"}, '{"a": 1}', [201])
