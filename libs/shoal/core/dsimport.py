@@ -638,7 +638,11 @@ class _Workflow:
             self.refuse(f"{where}.definitionCode", f"dependent item's workflow code {code} is "
                                                   "neither in this request nor imported earlier")
             return None
+        # 0 = the workflow run, -1 = all its tasks (a Shoal run succeeds when they do)
         tcode = _code_of(it.get("depTaskCode")) or 0
+        if it.get("parameterPassing"):
+            self.warn(where, "parameterPassing not imported: the upstream run's var pool does "
+                             "not reach a dependent task")
         task = None
         if tcode:
             task = target.tasks.get(tcode)
