@@ -12,17 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.core.definition import NAME_RE, TASK_NAME_RE, condition_holds, parse_definition
-from shoal.core.dsimport import (
-    ImportRefused,
-    Known,
-    all_of,
-    combine,
-    convert,
-    date_expressions,
-    date_value,
-    task_name,
-    workflow_name,
-)
+from shoal.core.dsdependent import all_of, combine, date_expressions, date_value
+from shoal.core.dsimport import ImportRefused, Known, convert, task_name, workflow_name
 from shoal.core.timeexpr import expand_time
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "dolphinscheduler"

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from shoal.core.dsimport import date_value
+from shoal.core.dsdependent import date_value
 
 
 def stable_code(*parts: str) -> int:
