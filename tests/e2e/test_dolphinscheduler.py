@@ -21,7 +21,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "dolphinscheduler"
 # The SDK examples built only from the types Shoal runs (the others are refused below).
 RUNNABLE = ["tutorial", "tutorial_decorator", "task_condition_example", "task_switch_example",
             "task_sub_workflow_example", "task_python_example", "tutorial_resource_plugin",
-            "task_dependent_example"]
+            "task_dependent_example", "bulk_create_example"]
 REFUSED = {"task_datax_example": "DATAX", "task_dvc_example": "DVC",
            "task_flink_example": "FLINK", "task_kubernetes_example": "K8S",
            "task_map_reduce_example": "MR", "task_mlflow_example": "MLFLOW",
@@ -114,6 +114,12 @@ async def test_the_sdk_examples_import_in_one_request_and_run_as_in_dolphinsched
     assert (await _run(stack, names["task_dependent_external"]))["state"] == "succeeded"
     dep = await stack.wait_run(waiting, timeout=60)
     assert dep["state"] == "succeeded" and _states(dep) == {"task_dependent": "succeeded"}
+
+    # names outside Shoal's rules are mapped, and the response says how
+    assert names["workflow:3"] == "workflow-3"
+    assert any("'task:0-workflow:3' -> 'task-0-workflow-3'" in w for w in r.json()["warnings"])
+    bulk = await _run(stack, "workflow-3")
+    assert bulk["state"] == "succeeded" and len(bulk["tasks"]) == 5
 
     for example in ("tutorial", "tutorial_decorator", "task_python_example"):
         assert (await _run(stack, names[example]))["state"] == "succeeded", example

@@ -250,6 +250,11 @@ def convert(raw: Any, known: Mapping[int, Known] | None = None, *,
         schedule = _schedule(s.schedule, s.where, warnings) if s.schedule else None
         if s.name != name:
             warnings.append(f"workflow '{s.name}' is named '{name}' in Shoal")
+        renamed = [f"'{t.get('name')}' -> '{tmap[c]}'" for t in s.tasks
+                   if (c := _code_of(t.get("code"))) in tmap and t.get("name") != tmap[c]]
+        if renamed:
+            warnings.append(f"{s.name}: tasks renamed to Shoal's name rules: "
+                            + ", ".join(renamed))
         out.append(Imported(definition=definition, source_name=s.name, source_code=s.code,
                             task_codes=conv.task_codes, schedule=schedule))
     if problems:
