@@ -148,6 +148,10 @@ async def test_the_sdk_examples_import_in_one_request_and_run_as_in_dolphinsched
 async def test_examples_of_other_types_are_refused_naming_each_task_and_type(
         stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = _examples(monkeypatch, [*RUNNABLE, *REFUSED])
+    for role, status in (("operator", 403), (None, 401)):
+        denied = await stack.request("POST", "/api/v1/import/dolphinscheduler", role=role,
+                                     json=rec.workflows)
+        assert denied.status_code == status, "importing definitions is for admins"
     r = await stack.request("POST", "/api/v1/import/dolphinscheduler", json=rec.workflows)
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -156,6 +160,12 @@ async def test_examples_of_other_types_are_refused_naming_each_task_and_type(
     assert any(p.get("task") == "task_spark" for p in problems)
     listed = await stack.request("GET", "/api/v1/workflows")
     assert listed.json() == [], "nothing is half-imported"
+    # a body that is not JSON, and JSON that is no workflow: 422 naming it, nothing stored
+    for content in (b"{not json", b"42", b'[{"name": "x"}]', b'{"taskDefinitionJson": "[oops"}'):
+        bad = await stack.request("POST", "/api/v1/import/dolphinscheduler", content=content,
+                                  headers={"content-type": "application/json"})
+        assert bad.status_code == 422, (content, bad.text)
+        assert bad.json()["detail"]
 
 
 async def test_fixtures_import_run_and_round_trip(stack: Stack) -> None:

@@ -443,3 +443,70 @@ def test_http_task_params_headers_body_and_status(new_names: bool) -> None:
     assert (spec["method"], spec["url"], dict(spec["headers"]), spec["body"],
             list(spec["expected_status"])) == (
         "POST", "http://h/x?day=${bizdate}", {"X-Token": "t"}, '{"a": 1}', [201])
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2**64) | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from([
+        "name", "code", "taskType", "taskParams", "taskDefinitionJson", "taskRelationJson",
+        "preTaskCode", "postTaskCode", "localParams", "rawScript", "dependence",
+        "dependTaskList", "dependItemList", "definitionCode", "depTaskCode", "dateValue",
+        "switchResult", "nextNode", "conditionResult", "successNode", "relation", "prop",
+        "direct", "type", "value", "workflowDefinition", "taskDefinitionList",
+        "workflowTaskRelationList", "schedule", "crontab", "globalParams", "timeout",
+        "failRetryTimes", "timeoutFlag", "flag", "processDefinitionCode"]), inner,
+        max_size=6), max_leaves=30)
+
+
+@given(_json)
+def test_any_json_is_converted_or_refused_never_a_crash(raw: Any) -> None:
+    from shoal.core.errors import DefinitionInvalid
+
+    try:
+        conv = convert(raw)
+    except ImportRefused as exc:
+        assert exc.problems and all(p["message"] for p in exc.problems)
+        return
+    for w in conv.workflows:
+        try:
+            parse_definition(w.definition)
+        except DefinitionInvalid as exc:
+            assert exc.problems
+
+
+_scalar = st.none() | st.booleans() | st.integers(-2, 3) | st.sampled_from(
+    ["", "x", "SHELL", "OR", "AND", "today", "last3Days", "thisWeek", "OUT", "FILE", "NO",
+     "OPEN", "1", "${a}", "$[yyyyMMdd-1]"]) | st.floats(allow_nan=True)
+_fieldish = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(["relation", "dependTaskList", "dependItemList", "depTaskCode", "status",
+                     "definitionCode", "dateValue", "nextNode", "condition", "successNode",
+                     "failedNode", "prop", "direct", "type", "value"]), inner, max_size=4),
+    max_leaves=12)
+
+
+@st.composite
+def _near_valid(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 4))
+    tasks = [{"code": i + 1, "name": draw(st.sampled_from([f"t{i}", "a b", ""])),
+              "taskType": draw(st.sampled_from(["SHELL", "PYTHON", "SQL", "HTTP", "SWITCH",
+                                                "CONDITIONS", "DEPENDENT", "SUB_PROCESS"])),
+              "taskParams": draw(st.dictionaries(st.sampled_from([
+                  "rawScript", "localParams", "dependence", "switchResult", "conditionResult",
+                  "processDefinitionCode", "url", "sql", "datasource", "httpParams"]),
+                  _fieldish, max_size=4)),
+              **draw(st.dictionaries(st.sampled_from([
+                  "failRetryTimes", "failRetryInterval", "timeoutFlag", "timeout",
+                  "delayTime", "flag", "taskPriority", "workerGroup"]), _scalar, max_size=3))}
+             for i in range(n)]
+    rels = draw(st.lists(st.fixed_dictionaries({"preTaskCode": st.integers(0, n + 1),
+                                                "postTaskCode": st.integers(0, n + 1)}),
+                         max_size=5))
+    return {"name": draw(st.sampled_from(["w", "W x", "9"])), "code": 7,
+            "globalParams": draw(_fieldish), "timeout": draw(_scalar),
+            "taskDefinitionJson": tasks, "taskRelationJson": rels}
+
+
+@given(_near_valid())
+def test_near_valid_bodies_are_converted_or_refused_never_a_crash(raw: dict[str, Any]) -> None:
+    test_any_json_is_converted_or_refused_never_a_crash.hypothesis.inner_test(raw)  # type: ignore[attr-defined]
