@@ -510,3 +510,14 @@ def _near_valid(draw: st.DrawFn) -> dict[str, Any]:
 @given(_near_valid())
 def test_near_valid_bodies_are_converted_or_refused_never_a_crash(raw: dict[str, Any]) -> None:
     test_any_json_is_converted_or_refused_never_a_crash.hypothesis.inner_test(raw)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("condition", "var", "holds"), [
+    ('"${var}" == "a"', "a", True), ("'${var}' == 'a'", "b", False),
+    ("${var} === 2", "2", True), ("${var} !== 2", "2", False), ("${var} > 1", "1", False)])
+def test_switch_conditions_read_as_dolphinscheduler_evaluates_them(condition: str, var: str,
+                                                                   holds: bool) -> None:
+    from shoal.core import expr
+    from shoal.core.dsimport import switch_condition
+
+    assert expr.holds(expr.parse(switch_condition(condition)), {"var": var}) is holds

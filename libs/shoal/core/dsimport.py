@@ -526,7 +526,7 @@ class _Workflow:
             if not isinstance(c, Mapping):
                 continue
             nxt = self.local_task(c.get("nextNode"), f"{where}.switchResult[{i}].nextNode")
-            cond = str(c.get("condition") or "").strip()
+            cond = switch_condition(str(c.get("condition") or ""))
             if nxt and cond:
                 cases.append({"when": cond, "then": [nxt]})
         default = self.local_task(sr.get("nextNode"), f"{where}.switchResult.nextNode")
@@ -675,6 +675,14 @@ class _Workflow:
             first = next(n for n, names in self.fanout.items() if t["name"] in names)
             if by_name.get(first, {}).get("depends_on"):
                 t["depends_on"] = list(by_name[first]["depends_on"])
+
+
+def switch_condition(text: str) -> str:
+    """A DolphinScheduler switch condition (JavaScript, evaluated after its placeholders
+    are replaced as text) in Shoal's expression language: a quoted placeholder
+    (``"${var}" == "a"``) is the param's text, ``===`` / ``!==`` are ``==`` / ``!=``."""
+    text = re.sub(r"""(['"])\$\{([A-Za-z_][A-Za-z0-9_.]*)\}\1""", r"${\2}", text.strip())
+    return text.replace("===", "==").replace("!==", "!=")
 
 
 def _relation(value: Any) -> str:
