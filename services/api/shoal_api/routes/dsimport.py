@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from shoal.core.definition import WorkflowDefinition, parse_definition
-from shoal.core.dsexport import to_dolphinscheduler
 from shoal.core.dsimport import Conversion, ImportRefused, Known, convert
 from shoal.core.errors import DefinitionInvalid
 from shoal.infra import codec
@@ -127,20 +126,3 @@ async def _schedule(res: Res, workflow: str, schedule: dict[str, Any], online: b
         warnings.append(f"{workflow}: schedule {schedule['cron']!r} not imported: {detail}")
 
 
-
-async def export_dolphinscheduler(res: Res, definition: dict[str, Any]) -> Response:
-    """The definition as DolphinScheduler's UI export file (a one-item array), with the
-    codes it was imported with and its first schedule."""
-    rows = await res.pool.fetch("SELECT code, name, tasks::text AS tasks FROM "
-                                "shoal.ds_workflows ORDER BY imported_at")
-    codes = {r["name"]: r["code"] for r in rows}
-    tasks = {r["name"]: {v: int(k) for k, v in codec.loads(r["tasks"]).items()} for r in rows}
-    name = definition["name"]
-    sched = await res.pool.fetchval(
-        "SELECT record::text FROM shoal.schedules WHERE workflow = $1 AND NOT deleted "
-        "ORDER BY created_at LIMIT 1", name)
-    item = to_dolphinscheduler(definition, code=codes.get(name), task_codes=tasks.get(name),
-                               workflow_codes=codes, foreign_tasks=tasks,
-                               schedule=codec.loads(sched) if sched else None)
-    return Response(codec.dumps([item]), media_type="application/json", headers={
-        "Content-Disposition": f'attachment; filename="{name}.json"'})

@@ -8,6 +8,7 @@ import yaml
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from shoal.core.definition import MAX_TASKS, WorkflowDefinition, parse_definition
+from shoal.core.dsexport import to_dolphinscheduler
 from shoal.core.errors import DefinitionInvalid, Problem
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
@@ -204,14 +205,30 @@ async def export(name: str, res: Res,
         which = f" version {version}" if version else ""
         raise HTTPException(404, {"message": f"no workflow named '{name}'{which}"})
     if format == "dolphinscheduler":
-        from shoal_api.routes.dsimport import export_dolphinscheduler
-
         return await export_dolphinscheduler(res, parse_definition(found[1]).to_dict())
     # The normalized form in its own field order (the stored JSONB has the database's).
     text = yaml.safe_dump(parse_definition(found[1]).to_dict(), sort_keys=False,
                           allow_unicode=True)
     return Response(text, media_type="application/yaml", headers={
         "Content-Disposition": f'attachment; filename="{name}.yaml"'})
+
+
+async def export_dolphinscheduler(res: Res, definition: dict[str, Any]) -> Response:
+    """The definition as DolphinScheduler's UI export file (a one-item array), with the
+    codes it was imported with and its first schedule."""
+    rows = await res.pool.fetch("SELECT code, name, tasks::text AS tasks FROM "
+                                "shoal.ds_workflows ORDER BY imported_at")
+    codes = {r["name"]: r["code"] for r in rows}
+    tasks = {r["name"]: {v: int(k) for k, v in codec.loads(r["tasks"]).items()} for r in rows}
+    name = definition["name"]
+    sched = await res.pool.fetchval(
+        "SELECT record::text FROM shoal.schedules WHERE workflow = $1 AND NOT deleted "
+        "ORDER BY created_at LIMIT 1", name)
+    item = to_dolphinscheduler(definition, code=codes.get(name), task_codes=tasks.get(name),
+                               workflow_codes=codes, foreign_tasks=tasks,
+                               schedule=codec.loads(sched) if sched else None)
+    return Response(codec.dumps([item]), media_type="application/json", headers={
+        "Content-Disposition": f'attachment; filename="{name}.json"'})
 
 
 @router.post("/{name}/online", dependencies=[ADMIN], response_model=Release)
