@@ -160,6 +160,12 @@ async def test_examples_of_other_types_are_refused_naming_each_task_and_type(
     assert any(p.get("task") == "task_spark" for p in problems)
     listed = await stack.request("GET", "/api/v1/workflows")
     assert listed.json() == [], "nothing is half-imported"
+    # a schedule that cannot be: refused before anything is published
+    export = json.loads((FIXTURES / "export-with-schedule.json").read_text())
+    export[1]["schedule"]["crontab"] = "every day at two"
+    bad_cron = await stack.request("POST", "/api/v1/import/dolphinscheduler", json=export)
+    assert bad_cron.status_code == 422 and "DS Daily: schedule" in bad_cron.json()["detail"]
+    assert (await stack.request("GET", "/api/v1/workflows")).json() == []
     # a body that is not JSON, and JSON that is no workflow: 422 naming it, nothing stored
     for content in (b"{not json", b"42", b'[{"name": "x"}]', b'{"taskDefinitionJson": "[oops"}'):
         bad = await stack.request("POST", "/api/v1/import/dolphinscheduler", content=content,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import ValidationError
 
 from shoal.core.definition import WorkflowDefinition, parse_definition
 from shoal.core.dsimport import Conversion, ImportRefused, Known, convert
 from shoal.core.errors import DefinitionInvalid
+from shoal.core.schedule import validate_schedule_fields
 from shoal.infra import codec
 from shoal_api.deps import ADMIN, Res
 from shoal_api.problems import ERRORS
@@ -51,6 +53,7 @@ async def import_dolphinscheduler(
                                   "problems": exc.problems}) from None
     definitions = _validate(conv)
     await _check_names(conv, res)
+    schedules = _schedules(conv, online)
     ours = {k.name for k in known.values()}
     for item in conv.workflows:
         name = item.definition["name"]
@@ -69,8 +72,8 @@ async def import_dolphinscheduler(
                 "source_name = $3, tasks = $4::jsonb, imported_at = now()",
                 item.source_code, definition.name, item.source_name,
                 codec.dumps({str(k): v for k, v in item.task_codes.items()}).decode())
-        if item.schedule:
-            await _schedule(res, definition.name, item.schedule, online, conv.warnings)
+        if definition.name in schedules:
+            await _schedule(res, schedules[definition.name])
         out.append({"name": definition.name, "version": version,
                     "source_name": item.source_name, "source_code": item.source_code})
     return {"workflows": out, "warnings": conv.warnings}
@@ -109,20 +112,37 @@ async def _check_names(conv: Conversion, res: Res) -> None:
                                   "type": "invalid-definition", "problems": problems})
 
 
-async def _schedule(res: Res, workflow: str, schedule: dict[str, Any], online: bool,
-                    warnings: list[str]) -> None:
-    """The workflow's DolphinScheduler schedule, once (a re-import does not add another);
-    disabled unless the request asks for ``online``."""
+def _schedules(conv: Conversion, online: bool) -> dict[str, ScheduleCreate]:
+    """Each workflow's schedule, checked before anything is published; disabled unless
+    the request asks for ``online``."""
+    out: dict[str, ScheduleCreate] = {}
+    problems: list[dict[str, Any]] = []
+    for item in conv.workflows:
+        if not item.schedule:
+            continue
+        name = item.definition["name"]
+        try:
+            body = ScheduleCreate(workflow=name, enabled=online, **item.schedule)
+        except ValidationError as exc:
+            problems.append({"path": f"{item.source_name}.schedule",
+                             "message": f"{item.source_name}: schedule: {exc.errors()[0]['msg']}"})
+            continue
+        problems += [{"path": f"{item.source_name}.schedule.{p.path}",
+                      "message": f"{item.source_name}: schedule: {p}"}
+                     for p in validate_schedule_fields(body.model_dump())]
+        out[name] = body
+    if problems:
+        raise HTTPException(422, {"message": "; ".join(p["message"] for p in problems),
+                                  "type": "invalid-schedule", "problems": problems})
+    return out
+
+
+async def _schedule(res: Res, body: ScheduleCreate) -> None:
+    """The workflow's schedule, once: a re-import does not add another."""
     exists = await res.pool.fetchval(
         "SELECT 1 FROM shoal.schedules WHERE workflow = $1 AND NOT deleted AND "
-        "record->>'cron' = $2 LIMIT 1", workflow, schedule["cron"])
-    if exists:
-        return
-    try:
-        await create_schedule(ScheduleCreate(workflow=workflow, enabled=online, **schedule),
-                              res)
-    except (HTTPException, ValueError) as exc:
-        detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
-        warnings.append(f"{workflow}: schedule {schedule['cron']!r} not imported: {detail}")
+        "record->>'cron' = $2 LIMIT 1", body.workflow, body.cron)
+    if not exists:
+        await create_schedule(body, res)
 
 
