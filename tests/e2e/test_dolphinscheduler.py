@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,14 @@ async def test_fixtures_import_run_and_round_trip(stack: Stack) -> None:
     assert daily["state"] == "succeeded", json.dumps(daily)
     assert _states(daily) == {"run-child": "succeeded", "wait-child": "succeeded",
                               "report": "succeeded"}
+
+    # ${system.biz.date} inside the child's local param: the day before its business time
+    children = (await stack.request("GET", "/api/v1/runs", params={"workflow": "ds_child"})
+                ).json()
+    child = children["runs"][0] if isinstance(children, dict) else children[0]
+    business = datetime.fromisoformat(child["submitted_at"])
+    expected = (business - timedelta(days=1)).strftime("%Y%m%d")
+    assert f"child {expected}" in await _log(stack, child["instance_id"], "child-echo")
 
     # round trip: export in DolphinScheduler's form, import again: same definition
     before = (await stack.request("GET", "/api/v1/workflows/ds-daily")).json()
