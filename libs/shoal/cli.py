@@ -585,6 +585,27 @@ def cmd_export(args: argparse.Namespace) -> None:
     sys.stdout.write(_request("GET", f"/api/v1/workflows/{args.name}/export", params=params))
 
 
+def cmd_import_ds(args: argparse.Namespace) -> None:
+    """DolphinScheduler workflows (REST bodies or export files), all files in one request:
+    every workflow is imported, or none."""
+    body: list[Any] = []
+    for name in args.files:
+        try:
+            data = json.loads(Path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            sys.exit(f"shoal: {name}: {exc}")
+        body += data if isinstance(data, list) else [data]
+    params: dict[str, Any] = {"online": "true" if args.online else "false"}
+    if args.datasource:
+        params["datasource"] = args.datasource
+    out = _request("POST", "/api/v1/import/dolphinscheduler", json=body, params=params)
+    for w in out["workflows"]:
+        code = f" (code {w['source_code']})" if w.get("source_code") else ""
+        print(f"{w['source_name']}{code} -> {w['name']} version {w['version']}")
+    for warning in out.get("warnings") or []:
+        print(f"  warning: {warning}", file=sys.stderr)
+
+
 def cmd_projections(args: argparse.Namespace) -> None:
     import asyncio
 
@@ -744,6 +765,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("name")
     s.add_argument("--version", type=int)
     s.set_defaults(fn=cmd_export)
+    s = sub.add_parser("import-ds", help="import DolphinScheduler workflows (its REST bodies "
+                                         "or UI export files)")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--online", action="store_true", help="enable their schedules")
+    s.add_argument("--datasource", action="append", metavar="ID:NAME",
+                   help="a DolphinScheduler datasource id and the Shoal datasource it is")
+    s.set_defaults(fn=cmd_import_ds)
     s = sub.add_parser("schedule", help="cron schedules of workflows")
     ssub = s.add_subparsers(dest="action", required=True)
     c = ssub.add_parser("create", help="schedule a workflow")

@@ -211,8 +211,10 @@ def sub_workflow(name: str, workflow_name: str | None = None, *,
     return _build("sub_workflow", name, workflow, workflow=workflow_name, **fields)
 
 
-def dependent(name: str, depends_on_workflow: Mapping[str, Any] | None = None, *,
-              workflow: Workflow | None = None, **fields: Any) -> Task:
+def dependent(name: str,
+              depends_on_workflow: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
+              *, workflow: Workflow | None = None, **fields: Any) -> Task:
+    """A dependent task; ``depends_on_workflow`` a window, or a list: any one met."""
     return _build("dependent", name, workflow, depends_on_workflow=depends_on_workflow,
                   **fields)
 

@@ -50,6 +50,28 @@ async def test_a_success_meets_the_waits_of_its_window_unless_the_waiter_ended(p
     assert await pool.fetchval("SELECT count(*) FROM shoal.successes") == 1
 
 
+async def test_a_wait_for_any_of_several_windows_is_met_once_by_any(pool):
+    """A dependent task waiting for either of two upstream tasks (DolphinScheduler's OR):
+    one row per alternative; a success of the second meets it once and removes both."""
+    store = EventStore(pool)
+    first = wait_row()
+    second = WaitRow(**{**{k: getattr(first, k) for k in WaitRow.__slots__},
+                        "upstream_task": "t2", "alt": 1})
+    await store.commit([], [OutboxRow("x", None, b"-")], deps=deps(waits=[first, second]))
+    assert await pool.fetchval("SELECT count(*) FROM shoal.dependent_waits") == 2
+    success = SuccessRow("upstream", "t2", datetime(2026, 1, 1, 12), str(uuid.uuid4()))
+    await store.commit([], [OutboxRow("x", None, b"-")], deps=deps(successes=[success]))
+    assert await outbox(pool, "met") == [first.dispatch_id.encode()]
+    assert await pool.fetchval("SELECT count(*) FROM shoal.dependent_waits") == 0
+    # already met when registered: a success recorded before, for one of the two
+    again = wait_row()
+    other = WaitRow(**{**{k: getattr(again, k) for k in WaitRow.__slots__},
+                       "upstream_task": "t2", "alt": 1})
+    await store.commit([], [OutboxRow("x", None, b"-")], deps=deps(waits=[again, other]))
+    assert (await outbox(pool, "met"))[-1] == again.dispatch_id.encode()
+    assert await pool.fetchval("SELECT count(*) FROM shoal.dependent_waits") == 0
+
+
 async def test_a_relay_takes_the_lead_when_the_leaders_connection_goes(pool, database, broker):
     topic = f"relay{secrets.token_hex(3)}"
     settings = Settings(database_url=database, kafka_bootstrap=broker, topic_prefix=topic)

@@ -81,7 +81,7 @@ _TYPE_FIELDS: Mapping[str, frozenset[str]] = {
     "python": frozenset({"script", "function", "args"}),
     "sql": frozenset({"datasource", "sql"}),
     "http": frozenset({"method", "url", "headers", "body", "expected_status"}),
-    "conditions": frozenset({"on_success", "on_failure"}),
+    "conditions": frozenset({"on_success", "on_failure", "condition"}),
     "switch": frozenset({"cases", "default"}),
     "sub_workflow": frozenset({"workflow"}),
     "dependent": frozenset({"depends_on_workflow", "check_interval"}),
@@ -163,7 +163,10 @@ class TaskDefinition:
             if key in s:
                 out.append((key, s[key]))
         out += [(f"headers.{k}", v) for k, v in s.get("headers", {}).items()]
-        if self.type == "dependent":
+        if self.type == "dependent" and "any_of" in s:
+            out += [(f"depends_on_workflow[{i}].date", a["date"])
+                    for i, a in enumerate(s["any_of"])]
+        elif self.type == "dependent":
             out.append(("depends_on_workflow.date", s["date"]))
         return out
 
@@ -254,15 +257,17 @@ def _type_fields(t: TaskDefinition) -> dict[str, Any]:
             return {"method": s["method"], "url": s["url"], "headers": dict(s["headers"]),
                     "body": s["body"], "expected_status": list(s["expected_status"])}
         case "conditions":
-            return {"on_success": list(s["on_success"]), "on_failure": list(s["on_failure"])}
+            return {"on_success": list(s["on_success"]), "on_failure": list(s["on_failure"]),
+                    **({"condition": s["condition"]} if s.get("condition") else {})}
         case "switch":
             return {"cases": [{"when": c["when"], "then": list(c["then"])} for c in s["cases"]],
                     "default": list(s["default"])}
         case "sub_workflow":
             return {"workflow": s["workflow"]}
         case _:  # dependent
-            return {"depends_on_workflow": {"workflow": s["workflow"], "task": s["task"],
-                                            "date": s["date"]},
+            window = ["workflow", "task", "date"]
+            return {"depends_on_workflow": [{k: a[k] for k in window} for a in s["any_of"]]
+                    if "any_of" in s else {k: s[k] for k in window},
                     "check_interval": s["check_interval"]}
 
 
@@ -620,11 +625,14 @@ def _spec(ttype: str, raw: Mapping[str, Any], where: str,
             if not raw.get("depends_on"):
                 problems.append(Problem(f"{where}.depends_on", "a conditions task branches on "
                                         "the outcome of its predecessors: name at least one"))
-            spec = {k: _names(raw.get(k), f"{where}.{k}", problems)
-                    for k in ("on_success", "on_failure")}
+            spec: dict[str, Any] = {k: _names(raw.get(k), f"{where}.{k}", problems)
+                                    for k in ("on_success", "on_failure")}
             if not spec["on_success"] and not spec["on_failure"]:
                 problems.append(Problem(where, "a conditions task needs on_success or "
                                                "on_failure"))
+            if raw.get("condition") is not None:
+                spec["condition"] = _condition(raw["condition"], raw.get("depends_on"),
+                                               f"{where}.condition", problems)
             return spec, outputs
         case "switch":
             return _switch(raw, where, problems), outputs
@@ -643,6 +651,55 @@ def _spec(ttype: str, raw: Mapping[str, Any], where: str,
             return {}, outputs
         case _:
             return {}, outputs
+
+
+def _condition(raw: object, deps: object, where: str,
+               problems: list[Problem]) -> dict[str, Any] | None:
+    """DolphinScheduler's conditions dependence: ``{relation: and|or, groups: [{relation,
+    items: [{task, status: success|failure}]}]}`` over the task's predecessors."""
+    shape = "must be {relation: and|or, groups: [{relation, items: [{task, status}]}]}"
+    if not isinstance(raw, Mapping) or set(raw) - {"relation", "groups"} or not isinstance(
+            raw.get("groups"), list) or not raw["groups"]:
+        problems.append(Problem(where, shape))
+        return None
+    before = len(problems)
+    preds = set(deps) if isinstance(deps, list) else set()
+    relations = ("and", "or")
+    if raw.get("relation", "and") not in relations:
+        problems.append(Problem(f"{where}.relation", "must be and | or"))
+    groups = []
+    for i, g in enumerate(raw["groups"]):
+        at = f"{where}.groups[{i}]"
+        if not isinstance(g, Mapping) or set(g) - {"relation", "items"} or not isinstance(
+                g.get("items"), list) or not g["items"] or g.get(
+                    "relation", "and") not in relations:
+            problems.append(Problem(at, shape))
+            continue
+        for j, item in enumerate(g["items"]):
+            if not isinstance(item, Mapping) or set(item) != {"task", "status"} or item[
+                    "status"] not in ("success", "failure"):
+                problems.append(Problem(f"{at}.items[{j}]", "must be {task, status: success "
+                                                            "| failure}"))
+            elif item["task"] not in preds:
+                problems.append(Problem(f"{at}.items[{j}].task", f"'{item['task']}' is not in "
+                                        "depends_on (a condition reads its predecessors)"))
+        groups.append({"relation": g.get("relation", "and"),
+                       "items": [dict(x) for x in g["items"] if isinstance(x, Mapping)]})
+    if len(problems) > before:
+        return None
+    return {"relation": raw.get("relation", "and"), "groups": groups}
+
+
+def condition_holds(condition: Mapping[str, Any], outcome: Mapping[str, str | None]) -> bool:
+    """Whether a condition holds, given each predecessor's outcome (``success``,
+    ``failure`` or None when it did not run), as DolphinScheduler's conditions task
+    combines its dependItemList statuses."""
+    def group(g: Mapping[str, Any]) -> bool:
+        hits = [outcome.get(i["task"]) == i["status"] for i in g["items"]]
+        return any(hits) if g["relation"] == "or" else all(hits)
+
+    results = [group(g) for g in condition["groups"]]
+    return any(results) if condition["relation"] == "or" else all(results)
 
 
 def _function(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict[str, Any]:
@@ -717,10 +774,27 @@ def _switch(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict
 
 
 def _dependent(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> dict[str, Any]:
+    """``depends_on_workflow: {workflow, task, date}``, or a list of them: any one of the
+    windows met is enough (DolphinScheduler's OR between dependent items)."""
     dep = raw.get("depends_on_workflow")
     at = f"{where}.depends_on_workflow"
+    many = isinstance(dep, list) and 0 < len(dep) <= MAX_ALTERNATIVES
+    alternatives = ([_window(d, f"{at}[{i}]", problems) for i, d in enumerate(dep)]
+                    if many and isinstance(dep, list) else [_window(dep, at, problems)])
+    interval = _seconds(raw.get("check_interval", 10), f"{where}.check_interval", problems,
+                        positive=True)
+    first = alternatives[0]
+    return {**first, "check_interval": interval,
+            **({"any_of": alternatives} if many else {})}
+
+
+MAX_ALTERNATIVES = 64
+
+
+def _window(dep: object, at: str, problems: list[Problem]) -> dict[str, Any]:
     if not isinstance(dep, Mapping) or set(dep) - {"workflow", "task", "date"}:
-        problems.append(Problem(at, "required; {workflow, task, date}"))
+        problems.append(Problem(at, "required; {workflow, task, date} or a list of them "
+                                    f"(any one met; at most {MAX_ALTERNATIVES})"))
         dep = {}
     wf = dep.get("workflow")
     if not isinstance(wf, str) or not NAME_RE.match(wf):
@@ -733,9 +807,7 @@ def _dependent(raw: Mapping[str, Any], where: str, problems: list[Problem]) -> d
         problems.append(Problem(f"{at}.date", "must be a date expression such as "
                                               "$[yyyyMMdd-1]"))
         date = "$[yyyyMMdd]"
-    interval = _seconds(raw.get("check_interval", 10), f"{where}.check_interval", problems,
-                        positive=True)
-    return {"workflow": wf, "task": task, "date": date, "check_interval": interval}
+    return {"workflow": wf, "task": task, "date": date}
 
 
 def jsonpath_check(path: str) -> None:

@@ -33,6 +33,7 @@ from shoal.core.definition import (
     Priority,
     TaskDefinition,
     TimeoutStrategy,
+    condition_holds,
 )
 from shoal.core.dependent import DateInvalid, date_window
 from shoal.core.evolve import evolve, evolve_all, fold
@@ -798,7 +799,11 @@ def _decide_branches(step: Step, name: str) -> None:
     d = run.definition.task(name)
     attempt, spec = run.next_attempt(name), d.spec
     error = ""
-    if d.type == "conditions":
+    if d.type == "conditions" and spec.get("condition"):
+        held = condition_holds(spec["condition"], _outcomes(run, d.depends_on))
+        decision = "condition holds" if held else "condition does not hold"
+        taken = tuple(spec["on_success"] if held else spec["on_failure"])
+    elif d.type == "conditions":
         bad = [p for p in d.depends_on if p in run.scope and run.tasks[p].state.done_bad]
         decision = (f"failure ({', '.join(bad)} {run.tasks[bad[0]].state.value})" if bad
                     else "success")
@@ -822,6 +827,13 @@ def _decide_branches(step: Step, name: str) -> None:
             step.emit(TaskSkipped(at=step.ctx.now, task=b, attempt=step.run.next_attempt(b),
                                   reason=f"branch not taken by '{name}' ({decision})",
                                   propagates=True))
+
+
+def _outcomes(run: Run, names: tuple[str, ...]) -> dict[str, str | None]:
+    """success / failure / None (did not run) of each named task, for a condition."""
+    return {n: ("success" if run.tasks[n].state.done_ok else "failure"
+                if run.tasks[n].state.done_bad else None) if n in run.tasks else None
+            for n in names}
 
 
 def _dispatch(step: Step, name: str, attempt: int) -> None:
@@ -879,13 +891,23 @@ def _dispatch_spec(run: Run, d: TaskDefinition, params: Mapping[str, str],
             return {"workflow": spec["workflow"], "params": local,
                     "child_instance_id": child_instance_id(dispatch_id)}, spec["workflow"]
         case "dependent":
-            out = {"workflow": spec["workflow"], "task": spec["task"], "date": x(spec["date"])}
-            try:
-                start, end = date_window(out["date"])
-                out |= {"window_start": start.isoformat(), "window_end": end.isoformat()}
-            except DateInvalid as exc:
-                out["error"] = str(exc)
-            return out, _waiting_for(out)
+            windows = []
+            for alt in spec.get("any_of") or [spec]:
+                w = {"workflow": alt["workflow"], "task": alt["task"], "date": x(alt["date"])}
+                try:
+                    start, end = date_window(w["date"])
+                    w |= {"window_start": start.isoformat(), "window_end": end.isoformat()}
+                except DateInvalid as exc:
+                    w["error"] = str(exc)
+                windows.append(w)
+            out = dict(windows[0])
+            if "any_of" in spec:  # any one of the windows met is enough
+                out["any_of"] = windows
+                out.pop("error", None)
+                errors = [w["error"] for w in windows if "error" in w]
+                if errors:
+                    out["error"] = errors[0]
+            return out, " or ".join(_waiting_for(w) for w in windows)
         case _:
             return None, x(d.command)
 
@@ -930,7 +952,9 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
     evaluated; a task's own params may refer to the others (``day: ${bizdate}``)."""
     base = business_time(run)
     params = system_params(base) if base else {}
-    params.update({k: _expand_time(v, base) for k, v in run.definition.params.items()})
+    # DolphinScheduler resolves ${system.biz.date} & co. inside a global param's value too.
+    params.update({k: _expand_time(expand(v, params), base)
+                   for k, v in run.definition.params.items()})
     definition = run.definition
     seen: set[str] = set()
     stack = list(definition.task(name).depends_on)

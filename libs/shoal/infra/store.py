@@ -73,6 +73,7 @@ class WaitRow:
     upstream_task: str  # '' = the whole run
     window_start: datetime
     window_end: datetime
+    alt: int = 0  # which of the task's alternative windows (any one met is enough)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +316,7 @@ async def _apply_serial(conn: asyncpg.Connection, ops: Sequence[SerialOp]) -> li
 
 
 _WAIT_COLS = ("dispatch_id, instance_id, task, attempt, workflow, upstream_task, window_start, "
-              "window_end")
+              "window_end, alt")
 
 
 async def _apply_dependencies(conn: asyncpg.Connection, deps: Dependencies,
@@ -343,8 +344,8 @@ async def _apply_dependencies(conn: asyncpg.Connection, deps: Dependencies,
         else:
             await conn.execute(
                 f"INSERT INTO shoal.dependent_waits ({_WAIT_COLS}) VALUES ($1, $2, $3, $4, $5, "
-                "$6, $7, $8) ON CONFLICT DO NOTHING", w.dispatch_id, w.instance_id, w.task,
-                w.attempt, w.workflow, w.upstream_task, w.window_start, w.window_end)
+                "$6, $7, $8, $9) ON CONFLICT DO NOTHING", w.dispatch_id, w.instance_id, w.task,
+                w.attempt, w.workflow, w.upstream_task, w.window_start, w.window_end, w.alt)
     if met:
         await conn.execute("DELETE FROM shoal.dependent_waits WHERE dispatch_id = ANY($1::uuid[])",
                            list(met))
@@ -387,7 +388,7 @@ def _wait(r: asyncpg.Record) -> WaitRow:
     return WaitRow(dispatch_id=str(r["dispatch_id"]), instance_id=str(r["instance_id"]),
                    task=r["task"], attempt=r["attempt"], workflow=r["workflow"],
                    upstream_task=r["upstream_task"], window_start=r["window_start"],
-                   window_end=r["window_end"])
+                   window_end=r["window_end"], alt=r["alt"])
 
 
 async def imported_events(conn: asyncpg.Connection,

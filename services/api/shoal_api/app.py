@@ -26,6 +26,7 @@ from shoal_api.routes import (
     check,
     cluster,
     console,
+    dsimport,
     logs,
     runs,
     schedules,
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics)
     app.include_router(workflows.router)
+    app.include_router(dsimport.router)
     app.include_router(bundles.router)
     app.include_router(runs.router)
     app.include_router(logs.router)

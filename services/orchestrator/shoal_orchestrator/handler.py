@@ -403,11 +403,13 @@ class BatchHandler:
                         "dispatch_id": e.dispatch_id})
             return [OutboxRow(self.settings.commands_topic, child.encode(),
                               codec.encode_command(cmd))]
-        deps.waits.append(WaitRow(
+        # One row per alternative window (any of them met ends the wait).
+        deps.waits += [WaitRow(
             dispatch_id=e.dispatch_id, instance_id=instance_id, task=e.task,
-            attempt=e.attempt, workflow=spec["workflow"], upstream_task=spec["task"] or "",
-            window_start=datetime.fromisoformat(spec["window_start"]),
-            window_end=datetime.fromisoformat(spec["window_end"])))
+            attempt=e.attempt, workflow=w["workflow"], upstream_task=w["task"] or "",
+            window_start=datetime.fromisoformat(w["window_start"]),
+            window_end=datetime.fromisoformat(w["window_end"]), alt=i)
+            for i, w in enumerate(spec.get("any_of") or [spec])]
         return []
 
     def _cascade(self, run: Run, e: AnyEvent, token: str) -> list[OutboxRow]:

@@ -8,6 +8,7 @@ import yaml
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from shoal.core.definition import MAX_TASKS, WorkflowDefinition, parse_definition
+from shoal.core.dsexport import to_dolphinscheduler
 from shoal.core.errors import DefinitionInvalid, Problem
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
@@ -108,6 +109,19 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
                                   "problems": [p.as_dict() for p in problems]})
     warnings = [w.as_dict() for w in function_warnings(definition,
                                                         res.settings.code_paths())]
+    version, created, changed = await publish(res, definition, (await request.body()).decode(
+        "utf-8", "replace"))
+    if not created:
+        response.status_code = 200
+    return {"name": definition.name, "version": version, "changed": changed,
+            "warnings": warnings}
+
+
+async def publish(res: Res, definition: WorkflowDefinition,
+                  source: str) -> tuple[int, bool, bool]:
+    """Store a validated definition as a new version, unless it has the latest version's
+    content (then nothing changes but a deleted workflow coming back): (version, a new
+    version, changed)."""
     normalized = definition.to_dict()
     async with res.pool.acquire() as conn, conn.transaction():
         # Serialize publishers of one name so versions are dense and never collide.
@@ -119,9 +133,7 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
             restored = await conn.fetchval(
                 "DELETE FROM shoal.workflow_status WHERE name = $1 AND deleted RETURNING true",
                 definition.name)
-            response.status_code = 200
-            return {"name": definition.name, "version": latest["version"],
-                    "changed": bool(restored), "warnings": warnings}
+            return latest["version"], False, bool(restored)
         # Publishing a deleted workflow's name again brings it back, online.
         await conn.execute("DELETE FROM shoal.workflow_status WHERE name = $1 AND deleted",
                            definition.name)
@@ -129,9 +141,8 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
         await conn.execute(
             "INSERT INTO shoal.workflow_definitions (name, version, definition, source) "
             "VALUES ($1, $2, $3::jsonb, $4)", definition.name, version,
-            codec.dumps(normalized).decode(), (await request.body()).decode("utf-8", "replace"))
-    return {"name": definition.name, "version": version, "changed": True,
-            "warnings": warnings}
+            codec.dumps(normalized).decode(), source)
+    return version, True, True
 
 
 @router.get("", response_model=list[WorkflowSummary])
@@ -174,22 +185,50 @@ async def get_version(name: str, version: Annotated[int, Path(ge=1, le=2**31 - 1
 
 
 @router.get("/{name}/export", response_class=Response, responses={
-    200: {"content": {"application/yaml": {"schema": _DEFINITION_SCHEMA}},
-          "description": "the definition as YAML; `shoal apply` takes it back unchanged"}})
+    200: {"content": {"application/yaml": {"schema": _DEFINITION_SCHEMA},
+                      "application/json": {"schema": {"type": "array", "items": {
+                          "type": "object"}}}},
+          "description": "the definition as YAML; `shoal apply` takes it back unchanged "
+                         "(or, with format=dolphinscheduler, DolphinScheduler's export "
+                         "file, JSON)"}})
 async def export(name: str, res: Res,
-                 version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
-    """A version (default: the latest) as YAML, in the definition format of CONTRACT §1."""
+                 version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+                 format: Annotated[Literal["yaml", "dolphinscheduler"], Query(
+                     description="yaml (CONTRACT §1) or DolphinScheduler's export file")]
+                 = "yaml") -> Response:
+    """A version (default: the latest) as YAML, in the definition format of CONTRACT §1,
+    or as DolphinScheduler's UI export file (``format=dolphinscheduler``)."""
     status = await workflow_status(res.pool, name)
     found = await res.store.definition(name, version) if status not in (None, "deleted") \
         else None
     if found is None:
         which = f" version {version}" if version else ""
         raise HTTPException(404, {"message": f"no workflow named '{name}'{which}"})
+    if format == "dolphinscheduler":
+        return await export_dolphinscheduler(res, parse_definition(found[1]).to_dict())
     # The normalized form in its own field order (the stored JSONB has the database's).
     text = yaml.safe_dump(parse_definition(found[1]).to_dict(), sort_keys=False,
                           allow_unicode=True)
     return Response(text, media_type="application/yaml", headers={
         "Content-Disposition": f'attachment; filename="{name}.yaml"'})
+
+
+async def export_dolphinscheduler(res: Res, definition: dict[str, Any]) -> Response:
+    """The definition as DolphinScheduler's UI export file (a one-item array), with the
+    codes it was imported with and its first schedule."""
+    rows = await res.pool.fetch("SELECT code, name, tasks::text AS tasks FROM "
+                                "shoal.ds_workflows ORDER BY imported_at")
+    codes = {r["name"]: r["code"] for r in rows}
+    tasks = {r["name"]: {v: int(k) for k, v in codec.loads(r["tasks"]).items()} for r in rows}
+    name = definition["name"]
+    sched = await res.pool.fetchval(
+        "SELECT record::text FROM shoal.schedules WHERE workflow = $1 AND NOT deleted "
+        "ORDER BY created_at LIMIT 1", name)
+    item = to_dolphinscheduler(definition, code=codes.get(name), task_codes=tasks.get(name),
+                               workflow_codes=codes, foreign_tasks=tasks,
+                               schedule=codec.loads(sched) if sched else None)
+    return Response(codec.dumps([item]), media_type="application/json", headers={
+        "Content-Disposition": f'attachment; filename="{name}.json"'})
 
 
 @router.post("/{name}/online", dependencies=[ADMIN], response_model=Release)
