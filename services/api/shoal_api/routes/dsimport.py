@@ -12,7 +12,7 @@ from shoal.core.dsimport import Conversion, ImportRefused, Known, convert
 from shoal.core.errors import DefinitionInvalid
 from shoal.core.schedule import validate_schedule_fields
 from shoal.infra import codec
-from shoal_api.deps import ADMIN, Res
+from shoal_api.deps import ADMIN, Actor, Res
 from shoal_api.problems import ERRORS
 from shoal_api.routes.schedules import ScheduleCreate, create_schedule
 from shoal_api.routes.workflows import publish
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/api/v1/import", tags=["import"], dependencies=[ADMIN
         "description": "DolphinScheduler workflows (one object is also taken): its REST "
                        "create-workflow bodies or its UI export file"}}}}})
 async def import_dolphinscheduler(
-        request: Request, res: Res,
+        request: Request, res: Res, actor: Actor,
         online: Annotated[bool, Query(description="enable the imported schedules")] = False,
         datasource: Annotated[list[str] | None, Query(
             description="ID:NAME, a DolphinScheduler datasource id → a Shoal datasource")]
@@ -73,7 +73,7 @@ async def import_dolphinscheduler(
                 item.source_code, definition.name, item.source_name,
                 codec.dumps({str(k): v for k, v in item.task_codes.items()}).decode())
         if definition.name in schedules:
-            await _schedule(res, schedules[definition.name])
+            await _schedule(res, schedules[definition.name], actor)
         out.append({"name": definition.name, "version": version,
                     "source_name": item.source_name, "source_code": item.source_code})
     return {"workflows": out, "warnings": conv.warnings}
@@ -137,12 +137,12 @@ def _schedules(conv: Conversion, online: bool) -> dict[str, ScheduleCreate]:
     return out
 
 
-async def _schedule(res: Res, body: ScheduleCreate) -> None:
+async def _schedule(res: Res, body: ScheduleCreate, actor: str) -> None:
     """The workflow's schedule, once: a re-import does not add another."""
     exists = await res.pool.fetchval(
         "SELECT 1 FROM shoal.schedules WHERE workflow = $1 AND NOT deleted AND "
         "record->>'cron' = $2 LIMIT 1", body.workflow, body.cron)
     if not exists:
-        await create_schedule(body, res)
+        await create_schedule(body, res, actor)
 
 
