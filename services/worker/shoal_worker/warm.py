@@ -71,8 +71,10 @@ class Child:
 class WarmPython:
     """Starts, feeds and restarts the zygote of one worker."""
 
-    def __init__(self, env: Mapping[str, str], run_as: str | None = None) -> None:
-        self.env = dict(env)
+    def __init__(self, env: Mapping[str, str], run_as: str | None = None,
+                 start_env: Mapping[str, str] | None = None) -> None:
+        self.env = dict(env)  # what the zygote's os.environ is once started
+        self.start_env = dict(start_env or {})  # read at its start, then dropped
         self.run_as = run_as
         self.proc: asyncio.subprocess.Process | None = None
         self.control: socket.socket | None = None
@@ -101,7 +103,8 @@ class WarmPython:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "shoal_worker.zygote", str(theirs.fileno()),
-                    pass_fds=(theirs.fileno(),), env=self.env, user=self.run_as,
+                    pass_fds=(theirs.fileno(),), env={**self.env, **self.start_env},
+                    user=self.run_as,
                     stdin=asyncio.subprocess.DEVNULL)
             finally:
                 theirs.close()
