@@ -18,6 +18,7 @@ from shoal.core import expr
 from shoal.core.errors import DefinitionInvalid, Problem
 from shoal.core.params import references
 from shoal.core.paramtypes import ParamType, parse_typed
+from shoal.core.render import SECRET_NAME, SECRET_PREFIX
 from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_params
 
 E = TypeVar("E", bound=StrEnum)
@@ -299,9 +300,13 @@ def _check_texts(params: Mapping[str, str], tasks: Sequence[TaskDefinition],
         if check_names:
             named.append((path, references(text)))
     for path, names in named:
+        secrets = {n for n in names if n.startswith(SECRET_PREFIX)}
+        problems += [Problem(path, f"${{{name}}}: a secret's name is letters, digits and '_'")
+                     for name in sorted(secrets)
+                     if not SECRET_NAME.fullmatch(name[len(SECRET_PREFIX):])]
         problems += [Problem(path, f"${{{name}}} is not a declared parameter (declare it in "
                                    "params, a task's params or a task's outputs)")
-                     for name in sorted(names - declared)]
+                     for name in sorted(names - declared - secrets)]
 
 
 def parse_definition(raw: object) -> WorkflowDefinition:

@@ -39,9 +39,8 @@ from shoal.infra.settings import Settings
 from shoal_worker.executor import Attempt, InLoop, Outcome
 from shoal_worker.inloop import run_http, run_sql
 from shoal_worker.logship import LogShipper
-from shoal_worker.prepare import task_env
+from shoal_worker.prepare import hide_environment
 from shoal_worker.warm import WarmPython
-from shoal_worker.zygote import DROP_VAR, START_ONLY
 
 log = logging.getLogger("shoal.worker")
 _REPORT_NS = uuid.UUID("1b6c7e0a-53a2-4c55-8f4e-2f1d8c3e9b21")
@@ -83,13 +82,7 @@ class Worker:
         self.code_path = settings.code_paths()
         if self.code_path:  # absolute, for the warm runner's preloads as for children
             self.base_env["SHOAL_CODE_PATH"] = ":".join(self.code_path)
-        # The warm runner starts from a task's environment (no credential of the worker),
-        # plus what it reads at start and then drops (see zygote.START_ONLY).
-        clean = task_env(self.base_env, {}, {})
-        start_only = {k: self.base_env[k] for k in START_ONLY
-                      if k in self.base_env and k not in clean}
-        start_only[DROP_VAR] = ",".join(start_only)
-        self.warm = WarmPython(clean, run_as=settings.worker_run_as, start_env=start_only)
+        self.warm = WarmPython.for_worker(self.base_env, run_as=settings.worker_run_as)
         # Reports sent lately, to send again if the broker loses them; dispatch ids queued
         # or finished lately, so a dispatch re-issued after such a loss runs once.
         self.sent: collections.deque[tuple[float, bytes, bytes]] = collections.deque(
@@ -472,4 +465,5 @@ async def main(settings: Settings) -> None:
 
 
 def run() -> None:
+    hide_environment()
     asyncio.run(main(Settings()))

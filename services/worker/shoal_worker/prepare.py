@@ -15,6 +15,7 @@ the task's ``env``: never a token, a database URL or another ``SHOAL_*`` of the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,34 @@ def task_env(worker_env: Mapping[str, str], task_env_vars: Mapping[str, str],
     env = {k: v for k, v in worker_env.items()
            if k in ALLOWED or k.startswith("LC_") or k in passed}
     return {**env, **task_env_vars, **attempt_vars}
+
+
+def hide_environment() -> bool:
+    """Keep this worker's credentials from the tasks it starts. A task cannot inherit them
+    (:func:`task_env`), but it could read its parent's ``/proc/PID/environ``: the values
+    of every variable a task would not get are overwritten with ``*`` in the process's
+    original environment block (Python's ``os.environ`` is a copy made at start, and keeps
+    them), and the process is made non-dumpable (Linux ``PR_SET_DUMPABLE`` 0), so a task
+    of the same user cannot read its memory either. A task's own process is dumpable again
+    once it executes a program. False where this is not available (not Linux)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        keep = set(task_env(os.environ, {}, {}))
+        array = ctypes.c_void_p.in_dll(libc, "environ").value
+        if array:
+            entries = ctypes.cast(array, ctypes.POINTER(ctypes.c_void_p))
+            i = 0
+            while (addr := entries[i]) is not None:
+                text = ctypes.string_at(addr)
+                name, eq, value = text.partition(b"=")
+                if eq and value and name.decode(errors="replace") not in keep:
+                    ctypes.memset(addr + len(name) + 1, ord("*"), len(value))
+                i += 1
+        return int(libc.prctl(4, 0, 0, 0, 0)) == 0  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError, ValueError):
+        return False
 
 
 class SecretMissing(Exception):

@@ -26,7 +26,7 @@ from shoal.infra.catalog import workflow_status
 from shoal_api.deps import ADMIN, VIEWER, Res
 from shoal_api.models import BackfillCreated, BackfillOut, BackfillRun, BackfillState
 from shoal_api.problems import ERRORS
-from shoal_api.records import Scalar, publish, string_params
+from shoal_api.records import Scalar, check_declared, publish, string_params
 
 router = APIRouter(prefix="/api/v1", tags=["backfills"], dependencies=[VIEWER],
                    responses=ERRORS)
@@ -110,6 +110,7 @@ async def create_backfill(name: str, body: BackfillCreate, res: Res,
     if not times:
         raise _problem("start", f"no fire of '{cron_expr}' ({tz_name}) between start and end")
     params = string_params(body.params)
+    await check_declared(res, name, params)
     bid = str(body.backfill_id or uuid.uuid5(BACKFILL_NAMESPACE, codec.dumps(
         {"workflow": name, "times": sorted(t.isoformat() for t in times),
          "params": params}).decode()))
