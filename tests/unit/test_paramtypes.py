@@ -82,3 +82,35 @@ def test_a_value_is_an_enum_member_or_refused(v):
 def test_dates_in_both_written_forms(d):
     assert value_error(ParamType("date"), d.isoformat()) is None
     assert value_error(ParamType("date"), d.strftime("%Y%m%d")) is None or d.year < 1000
+
+
+def test_a_start_with_an_undeclared_param_is_a_dead_letter_naming_it():
+    from shoal.core.model import ResolvedStart, StartWorkflow
+    from shoal.core.workflow import Context, decide
+
+    d = parse_definition({"name": "w", "params": {"day": "x"},
+                          "tasks": [{"name": "t", "command": "echo ${day}"}]})
+    cmd = StartWorkflow(message_id="m", instance_id="00000000-0000-4000-8000-000000000001",
+                        sent_at="t", workflow="w", params={"rows": "$(id)"})
+    out = decide(None, ResolvedStart(command=cmd, definition=d, version=1),
+                 Context(now="2026-01-01T00:00:00+00:00", message_id="m"))
+    assert out.dead_letter and "'rows' is not a parameter the definition declares" in \
+        out.dead_letter and not out.events
+
+
+def test_a_run_param_no_longer_overrides_an_upstream_output_unless_the_task_declares_it():
+    from shoal.core.model import TaskDispatched, TaskSucceeded
+    from tests.unit.test_workflow import Driver
+
+    raw = {"name": "w", "params": {"rows": "0"}, "tasks": [
+        {"name": "up", "command": "x", "outputs": ["rows"]},
+        {"name": "down", "command": "echo ${rows}", "depends_on": ["up"]},
+        {"name": "own", "command": "echo ${rows}", "depends_on": ["up"],
+         "params": {"rows": "1"}}]}
+    d = Driver(raw, params={"rows": "$(id)"})
+    d.start()
+    events = d.report(TaskSucceeded, "up", exit_code=0, outputs={"rows": "42"})
+    commands = {e.task: e.command for e in events if isinstance(e, TaskDispatched)}
+    # The output wins over the global value the run replaced; a task that declares the
+    # name itself takes the run's value, as data.
+    assert commands == {"down": "echo '42'", "own": "echo '$(id)'"}

@@ -994,6 +994,8 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
     startup = {k: _expand_time(v, base) for k, v in run.startup.items()}
     params.update({k: startup[k] if k in startup else _expand_time(v, base)
                    for k, v in definition.params.items()})
+    if run.parent is not None:  # a sub-workflow also sees what its parent task passes
+        params.update({k: v for k, v in startup.items() if k not in params})
     seen: set[str] = set()
     stack = list(definition.task(name).depends_on)
     while stack:
