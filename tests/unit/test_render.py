@@ -176,3 +176,11 @@ def test_a_header_value_cannot_add_a_header():
     assert render_header("Bearer ${t}", {"t": "abc"}.get) == "Bearer abc"
     with pytest.raises(RenderError, match="line break"):
         render_header("${t}", {"t": "a\r\nX-Evil: 1"}.get)
+
+
+def test_a_case_pattern_inside_a_substitution_keeps_the_context(tmp_path: Path):
+    target = tmp_path / "pwned"
+    v = f"a; touch {target}"
+    script = 'echo "$(case x in x) echo ${v};; esac)"; echo $(case y in (y) echo ${v};; esac)'
+    assert sh(render_shell(script, {"v": v}.get)) == f"{v}\n{v}\n"
+    assert not target.exists()

@@ -80,14 +80,17 @@ def _backticks(text: str, depth: int) -> str:
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+_CASE_WORD = re.compile(r"(case|esac)(?=[\s;&|)]|$)")
 _HEREDOC = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([A-Za-z0-9_.-]+))")
 
 
 def render_shell(script: str, lookup: Lookup) -> str:
     """The author's shell ``script`` with each known reference quoted for its context."""
     out: list[str] = []
-    # Context stack: ("bare", parens) | ("dq", 0) | ("arith", parens) | ("bt", 0)
-    stack: list[list[object]] = [["bare", 0]]
+    # Context stack of [kind, open parens, open `case`s]: kind "bare" (top level or inside
+    # $(...)), "dq", "arith" or "bt" (inside backticks). A `case` pattern's `)` does not
+    # close a $(...).
+    stack: list[list[object]] = [["bare", 0, 0]]
     heredocs: list[tuple[str, bool, bool]] = []  # (delimiter, strip tabs, quoted)
     i, n = 0, len(script)
 
@@ -165,15 +168,15 @@ def render_shell(script: str, lookup: Lookup) -> str:
                 out.append(c)
                 i += 1
             elif script.startswith("$((", i):
-                stack.append(["arith", 0])
+                stack.append(["arith", 0, 0])
                 out.append("$((")
                 i += 3
             elif script.startswith("$(", i):
-                stack.append(["bare", 0])
+                stack.append(["bare", 0, 0])
                 out.append("$(")
                 i += 2
             elif c == "`":
-                stack.append(["bt", 0])
+                stack.append(["bt", 0, 0])
                 out.append(c)
                 i += 1
             else:
@@ -202,7 +205,7 @@ def render_shell(script: str, lookup: Lookup) -> str:
             out.append(c)
             i += 1
         elif c == "`":
-            stack.append(["bt", 0])
+            stack.append(["bt", 0, 0])
             out.append(c)
             i += 1
         elif c == "'":
@@ -220,7 +223,7 @@ def render_shell(script: str, lookup: Lookup) -> str:
                        ("'" if end < n else ""))
             i = end + 1
         elif c == '"':
-            stack.append(["dq", 0])
+            stack.append(["dq", 0, 0])
             out.append(c)
             i += 1
         elif c == "#" and (i == 0 or script[i - 1] in " \t\n;&|()"):
@@ -230,19 +233,27 @@ def render_shell(script: str, lookup: Lookup) -> str:
             i = end
         elif script.startswith("$((", i) or (script.startswith("((", i)):
             width = 3 if c == "$" else 2
-            stack.append(["arith", 0])
+            stack.append(["arith", 0, 0])
             out.append(script[i:i + width])
             i += width
         elif script.startswith("$(", i):
-            stack.append(["bare", 0])
+            stack.append(["bare", 0, 0])
             out.append("$(")
             i += 2
         elif c == "(" and len(stack) > 1 and ctx == "bare":
             stack[-1][1] = int(str(stack[-1][1])) + 1
             out.append(c)
             i += 1
+        elif ctx in ("bare", "bt") and (i == 0 or script[i - 1] in " \t\n;&|(") and \
+                (word := _CASE_WORD.match(script, i)):
+            cases = int(str(stack[-1][2]))
+            stack[-1][2] = cases + 1 if word.group(1) == "case" else max(cases - 1, 0)
+            out.append(word.group(1))
+            i = word.end()
         elif c == ")" and len(stack) > 1 and ctx == "bare":
-            if stack[-1][1] == 0:
+            if stack[-1][1] == 0 and stack[-1][2] != 0:
+                pass  # the end of a case pattern
+            elif stack[-1][1] == 0:
                 stack.pop()
             else:
                 stack[-1][1] = int(str(stack[-1][1])) - 1
