@@ -158,6 +158,19 @@ async def test_undeclared_mistyped_or_nul_params_are_refused_naming_them(stack: 
     letter = await eventually(dead, what="the undeclared param dead-lettered")
     assert "'rows' is not a parameter the definition declares" in letter["reason"]
     assert await stack.run_state(iid) is None
+    # A value that is not of the type PostgreSQL infers fails the sql task, naming it.
+    await stack.apply({"name": "conv", "params": {"n": "1"}, "tasks": [
+        {"name": "q", "type": "sql", "sql": "select ${n} + 1 as m", "outputs": ["m"]}]})
+    good = await stack.request("POST", "/api/v1/workflows/conv/runs", json={"params": {"n": 41}})
+    bad = await stack.request("POST", "/api/v1/workflows/conv/runs",
+                              json={"params": {"n": "1; select 2"}})
+    assert (await stack.wait_run(good.json()["instance_id"]))["tasks"][0]["outputs"] == \
+        {"m": "42"}
+    assert (await stack.wait_run(bad.json()["instance_id"]))["state"] == "failed"
+    errors = [e["data"]["error"] for e in await stack.events(bad.json()["instance_id"])
+              if e["type"] == "TaskFailed"]
+    assert errors == ["statement 1: n cannot be bound: '1; select 2' is not a valid int4 "
+                      "(invalid literal for int() with base 10: '1; select 2')"]
     # A bad type spec and an unknown datasource are refused at publish.
     r = await stack.request("POST", "/api/v1/workflows", json={"name": "bad", "params": {
         "n": {"value": "x", "type": "int"}}, "tasks": [{"name": "t", "command": "echo ${n}"}]})

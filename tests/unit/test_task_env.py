@@ -139,3 +139,21 @@ async def test_a_task_sees_no_credential_and_its_secrets_only_masked(tmp_path, k
     assert out.outputs == {"echoed": "***"}
     file_log = (a.workdir / "task.log").read_text()
     assert "key=***" in file_log and "sec-value-8e21" not in file_log
+
+
+def test_sql_values_take_the_type_postgres_infers_or_fail_clearly():
+    import datetime
+    import decimal
+
+    from shoal_worker.inloop import to_pg
+
+    assert to_pg("42", "int4") == 42 and to_pg(" 7 ", "int8") == 7
+    assert to_pg("1.5", "float8") == 1.5 and to_pg("1.10", "numeric") == decimal.Decimal("1.10")
+    assert to_pg("yes", "bool") is True and to_pg("0", "bool") is False
+    assert to_pg("20240131", "date") == to_pg("2024-01-31", "date") == datetime.date(2024, 1, 31)
+    assert to_pg("2024-01-31 10:00", "timestamptz").tzinfo is not None
+    assert to_pg("x'; drop table t; --", "text") == "x'; drop table t; --"
+    with pytest.raises(ValueError, match=r"'1; drop' is not a valid int4"):
+        to_pg("1; drop", "int4")
+    with pytest.raises(ValueError, match="cast it in the SQL"):
+        to_pg("1 day", "interval")
