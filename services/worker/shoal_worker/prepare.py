@@ -16,6 +16,7 @@ the task's ``env``: never a token, a database URL or another ``SHOAL_*`` of the 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +58,14 @@ def task_env(worker_env: Mapping[str, str], task_env_vars: Mapping[str, str],
 def hide_environment() -> bool:
     """Keep this worker's credentials from the tasks it starts. A task cannot inherit them
     (:func:`task_env`), but it could read its parent's ``/proc/PID/environ``: the values
-    of every variable a task would not get are overwritten with ``*`` in the process's
-    original environment block (Python's ``os.environ`` is a copy made at start, and keeps
-    them), and the process is made non-dumpable (Linux ``PR_SET_DUMPABLE`` 0), so a task
-    of the same user cannot read its memory either. A task's own process is dumpable again
-    once it executes a program. False where this is not available (not Linux)."""
+    of the worker's credentials (:func:`_credential`: ``SHOAL_*``, ``PG*`` and names
+    holding TOKEN, SECRET, PASSWORD, KEY or CREDENTIAL) are overwritten with ``*`` in the
+    process's original environment block (Python's ``os.environ`` is a copy made at
+    start and keeps them; C libraries reading their own variables, such as OpenSSL's
+    ``SSL_CERT_FILE``, are left alone), and the process is made non-dumpable (Linux
+    ``PR_SET_DUMPABLE`` 0), so a task of the same user cannot read its memory either.
+    A task's own process is dumpable again once it executes a program. False where this
+    is not available (not Linux)."""
     import ctypes
 
     try:
@@ -74,12 +78,21 @@ def hide_environment() -> bool:
             while (addr := entries[i]) is not None:
                 text = ctypes.string_at(addr)
                 name, eq, value = text.partition(b"=")
-                if eq and value and name.decode(errors="replace") not in keep:
+                key = name.decode(errors="replace")
+                if eq and value and key not in keep and _credential(key):
                     ctypes.memset(addr + len(name) + 1, ord("*"), len(value))
                 i += 1
         return int(libc.prctl(4, 0, 0, 0, 0)) == 0  # PR_SET_DUMPABLE = 4
     except (OSError, AttributeError, ValueError):
         return False
+
+
+_CREDENTIAL = re.compile(r"SHOAL_|PG|.*(TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL)",
+                         re.IGNORECASE)
+
+
+def _credential(name: str) -> bool:
+    return bool(_CREDENTIAL.match(name))
 
 
 class SecretMissing(Exception):
