@@ -44,7 +44,7 @@ def dispatch(task_type: str, spec: dict, **extra: object) -> dict:
 def test_the_environment_is_an_allow_list():
     env = task_env({"PATH": "/bin", "HOME": "/h", "LANG": "C", "LC_TIME": "C", "TZ": "UTC",
                     **CREDENTIALS, "JAVA_HOME": "/j", "X": "y",
-                    "SHOAL_TASK_ENV_PASS": "JAVA_HOME"},
+                    "SHOAL_TASK_ENV_PASS": "JAVA_HOME,SHOAL_API_TOKENS"},
                    {"GREETING": "hi", "SHOAL_TASK": "forged"}, {"SHOAL_TASK": "t"})
     assert env == {"PATH": "/bin", "HOME": "/h", "LANG": "C", "LC_TIME": "C", "TZ": "UTC",
                    "JAVA_HOME": "/j", "GREETING": "hi", "SHOAL_TASK": "t"}

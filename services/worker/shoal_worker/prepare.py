@@ -47,11 +47,12 @@ MASK = "***"
 def task_env(worker_env: Mapping[str, str], task_env_vars: Mapping[str, str],
              attempt_vars: Mapping[str, str]) -> dict[str, str]:
     """The environment of a task process: PATH, HOME, LANG, LC_*, TZ and the names listed
-    in SHOAL_TASK_ENV_PASS from the worker's, then the task's ``env``, then the attempt's
-    own SHOAL_* variables (which the task cannot replace)."""
+    in SHOAL_TASK_ENV_PASS (never a ``SHOAL_*`` one) from the worker's, then the task's
+    ``env``, then the attempt's own SHOAL_* variables (which the task cannot replace)."""
     passed = {n.strip() for n in worker_env.get(PASS_VAR, "").split(",") if n.strip()}
     env = {k: v for k, v in worker_env.items()
-           if k in ALLOWED or k.startswith("LC_") or k in passed}
+           if k in ALLOWED or k.startswith("LC_")
+           or (k in passed and not k.startswith("SHOAL_"))}
     return {**env, **task_env_vars, **attempt_vars}
 
 
