@@ -114,10 +114,25 @@ async def _owned_stack(broker: str, database: str, tmp_path: Path,
 
 
 @pytest.fixture
-async def stack(broker: str, database: str, tmp_path: Path,
+async def datasource(pg_admin_url: str) -> AsyncIterator[str]:
+    """A plain database for sql tasks, separate from Shoal's own (never migrated)."""
+    name = f"shoal_ds_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(pg_admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_db(pg_admin_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def stack(broker: str, database: str, datasource: str, tmp_path: Path,
                 request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    """Every service as its own process, with a fresh topic prefix and database."""
+    """Every service as its own process, with a fresh topic prefix and database, and a
+    separate database as the datasource ``default`` of sql tasks."""
     async with _owned_stack(broker, database, tmp_path, request) as s:
+        s.datasource_url = datasource
         await s.start_all()
         yield s
 

@@ -74,6 +74,7 @@ class Stack:
         self.processes: list[OwnedProcess] = []
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.metrics_ports: dict[tuple[str, int], int] = {}
+        self.datasource_url: str | None = None  # the datasource `default` of sql tasks
         # Every stack runs with auth on; tests speak as admin unless they say otherwise.
         self.tokens = {role: f"{role}-{secrets.token_hex(12)}"
                        for role in ("viewer", "operator", "admin")}
@@ -93,6 +94,8 @@ class Stack:
                    SHOAL_KAFKA_FETCH_MAX_WAIT_MS="100",
                    SHOAL_API_TOKENS=",".join(f"{r}:{t}" for r, t in self.tokens.items()),
                    SHOAL_API_TOKEN=self.tokens["admin"], SHOAL_METRICS_TOKEN=self.metrics_token)
+        if self.datasource_url:
+            env["SHOAL_DATASOURCES"] = json.dumps({"default": self.datasource_url})
         env.update(extra)
         return env
 

@@ -78,6 +78,10 @@ def run_dev(examples: Path, workers: int = 1) -> None:
             url, pg_handle = start_embedded_postgres(data_dir)
             env["SHOAL_DATABASE_URL"] = url
             print(f"embedded PostgreSQL at {url}")
+        if not env.get("SHOAL_DATASOURCES"):
+            env["SHOAL_DATASOURCES"] = json.dumps({"default": _demo_datasource(
+                env["SHOAL_DATABASE_URL"])})
+            print(f"demo datasource 'default': database {DEMO_DATABASE} (not Shoal's own)")
         env.setdefault("SHOAL_DATA_DIR", str(data_dir))
         env.setdefault("SHOAL_TOPIC_PREFIX", "shoal")
         # The examples' Python function tasks import from examples/code.
@@ -92,6 +96,11 @@ def run_dev(examples: Path, workers: int = 1) -> None:
             wenv = dict(env)
             if name == "worker":
                 wenv["SHOAL_WORKER_ID"] = f"dev-worker-{i}-{secrets.token_hex(2)}"
+                # The data-flow example calls this API; its tasks see the port (and
+                # nothing else of the worker's) through the allow-list.
+                wenv["EXAMPLE_API_PORT"] = str(api_port)
+                wenv["SHOAL_TASK_ENV_PASS"] = ",".join(
+                    n for n in (env.get("SHOAL_TASK_ENV_PASS"), "EXAMPLE_API_PORT") if n)
                 for secret in ("SHOAL_API_TOKENS", "SHOAL_API_TOKEN", "SHOAL_ALERT_CHANNELS"):
                     wenv.pop(secret, None)
             owned.append(OwnedProcess(name, service_argv(name), wenv,
@@ -121,6 +130,31 @@ def run_dev(examples: Path, workers: int = 1) -> None:
         if pg_handle is not None:
             pg_handle.cleanup()  # type: ignore[attr-defined]
         print("stopped")
+
+
+DEMO_DATABASE = "shoal_demo"
+
+
+def _demo_datasource(database_url: str) -> str:
+    """The examples' sql tasks run in a database of their own on the same server
+    (created if missing), never in Shoal's: returns its URL."""
+    import asyncio
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
+                                       DEMO_DATABASE):
+                await conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(path=f"/{DEMO_DATABASE}"))
 
 
 def _admin_token(env: dict[str, str]) -> str | None:

@@ -28,11 +28,24 @@ from typing import Any
 
 from shoal.core.definition import WorkflowDefinition, parse_definition
 
-__all__ = ["Task", "Workflow", "conditions", "dependent", "http", "python", "shell", "sql",
-           "sub_workflow", "switch", "workflows_in_file"]
+__all__ = ["Task", "Workflow", "conditions", "dependent", "http", "param", "python", "shell",
+           "sql", "sub_workflow", "switch", "workflows_in_file"]
 
 # The `with Workflow(...)` blocks being executed (per thread and task), innermost last.
 _open: ContextVar[tuple[Workflow, ...]] = ContextVar("shoal_sdk_open", default=())
+
+
+def param(value: Any = "", type: str = "string", *,
+          pattern: str | None = None, values: Sequence[Any] | None = None) -> dict[str, Any]:
+    """A typed param, for ``params=`` of a workflow or a task: ``param("$[yyyyMMdd-1]",
+    "date")``, ``param("eu", "enum", values=["eu", "us"])``, ``param("x", pattern="[a-z]+")``
+    (types: string, int, float, bool, date, enum). Checked like YAML's ``{value, type}``."""
+    out: dict[str, Any] = {"value": value, "type": type}
+    if pattern is not None:
+        out["pattern"] = pattern
+    if values is not None:
+        out["values"] = list(values)
+    return out
 
 
 class Task:

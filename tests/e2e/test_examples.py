@@ -49,7 +49,7 @@ async def test_every_example_runs_under_shoal_dev_on_another_port(bare_stack: St
     # The http task reached this stack's API (not 8460) and the branch after it ran.
     r = await stack.request("GET", f"/api/v1/runs/{started['data-flow']}")
     tasks = {t["task"]: t for t in r.json()["tasks"]}
-    assert tasks["count"]["outputs"]["api"] == stack.api
+    assert tasks["count"]["outputs"]["port"] == str(stack.api_port)
     assert tasks["post"]["state"] == "succeeded" and tasks["post"]["outputs"] == {
         "status": "ok"}, tasks["post"]
     assert tasks["celebrate"]["state"] == "succeeded"

@@ -51,7 +51,7 @@ async def test_diamond_started_by_a_librdkafka_producer_succeeds(stack: Stack):
     assert done_at["a"] < sent_at["b"] and done_at["a"] < sent_at["c"]
     assert max(done_at["b"], done_at["c"]) < sent_at["d"]
     b = next(e for e in events if e["type"] == "TaskDispatched" and e["data"]["task"] == "b")
-    assert b["data"]["command"] == "echo b got 42"  # the var pool reached b
+    assert b["data"]["command"] == "echo b got '42'"  # the var pool reached b, as data
 
     # The read models agree with the log and with REST.
     conn = await asyncpg.connect(stack.database_url)

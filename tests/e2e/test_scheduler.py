@@ -179,7 +179,7 @@ async def test_offline_or_deleted_workflow_does_not_fire(stack: Stack):
 
 
 async def test_schedule_api_validation_and_next_fires(stack: Stack):
-    await stack.apply(TICK)
+    await stack.apply({**TICK, "params": {"region": "us"}})  # schedules set declared params
     r = await stack.request("POST", "/api/v1/schedules",
                             json={"workflow": "tick", "cron": "0 0 2 ? * 9",
                                   "timezone": "Europe/Nowhere"})

@@ -49,7 +49,7 @@ def tasks_by_name(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def test_data_flows_from_shell_through_sql_and_http_to_python(stack: Stack, hook: str):
-    conn = await asyncpg.connect(stack.database_url)
+    conn = await asyncpg.connect(stack.datasource_url)
     await conn.execute("CREATE TABLE loads (day text, n int)")
     await stack.apply({"name": "flow", "params": {"bizdate": "$[yyyyMMdd-1]"}, "tasks": [
         {"name": "extract", "command": "echo extracting\necho '${setValue(rows=42)}'",

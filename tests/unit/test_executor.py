@@ -75,7 +75,7 @@ async def test_an_in_loop_attempt_logs_like_a_process_and_is_killed_by_cancellin
     async def on_lines(lines: list[tuple[str, str]]) -> None:
         shipped.extend(text for _, text in lines)
 
-    async def slow(say) -> Outcome:
+    async def slow(say, spec) -> Outcome:
         await say("step 1\nstep 2")
         await asyncio.sleep(60)
         return Outcome(exit_code=0)
@@ -91,7 +91,7 @@ async def test_an_in_loop_attempt_logs_like_a_process_and_is_killed_by_cancellin
 
 
 async def test_an_in_loop_attempt_that_raises_fails_with_the_error(tmp_path):
-    async def broken(say) -> Outcome:
+    async def broken(say, spec) -> Outcome:
         raise RuntimeError("boom")
 
     a = Attempt(dispatch("", task_type="http"), tmp_path, {}, in_loop=broken)

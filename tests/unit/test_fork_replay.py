@@ -95,10 +95,10 @@ def test_fork_before_the_failing_task_keeps_what_succeeded_and_overrides_params(
     assert [c["task"] for c in submitted.carried] == ["first"]
     assert [e.task for e in f.log if isinstance(e, TaskDispatched)] == ["middle"]
     middle = next(e for e in f.log if isinstance(e, TaskDispatched))
-    assert middle.command == "test 1 = 1"
+    assert middle.command == "test '1' = 1"  # values go in quoted as data
     f.report(TaskSucceeded, "middle", exit_code=0)
     last = [e for e in f.log if isinstance(e, TaskDispatched)][-1]
-    assert last.task == "last" and last.command == "echo t-42"
+    assert last.task == "last" and last.command == "echo 't-42'"
     f.report(TaskSucceeded, "last", exit_code=0)
     assert f.r.state.value == "succeeded"
     assert f.r.tasks["first"].outputs == {"token": "t-42"}

@@ -14,6 +14,7 @@ from shoal.core.definition import parse_definition
 from shoal.core.errors import DefinitionInvalid
 from shoal.core.model import TaskDispatched, TaskSucceeded
 from shoal.core.params import json_value, output_text
+from shoal.core.render import render_args
 from tests.unit.test_workflow import Driver
 
 
@@ -63,9 +64,15 @@ def test_args_expand_with_json_values_for_whole_references():
     events = d.report(TaskSucceeded, "extract", exit_code=0,
                       outputs={"rows": "42", "meta": '{"k": [1]}'})
     dispatch = next(e for e in events if isinstance(e, TaskDispatched))
-    assert dispatch.spec == {"function": "mypkg.tasks:add", "args": {
-        "rows": 42, "n": 10, "region": "eu", "label": "day 10",
-        "nested": {"items": [10, 3]}, "flag": True}}
+    args = {"rows": 42, "n": 10, "region": "eu", "label": "day 10",
+            "nested": {"items": [10, 3]}, "flag": True}
+    assert {k: dispatch.spec[k] for k in ("function", "args")} == {
+        "function": "mypkg.tasks:add", "args": args}
+    # The worker renders the same arguments from the template and the values.
+    assert dispatch.spec["args_template"]["label"] == "day ${n}"
+    values = dispatch.spec["values"]
+    assert render_args(dispatch.spec["args_template"], values.get,
+                       lambda n: json_value(values[n])) == args
     assert dispatch.command.startswith("mypkg.tasks:add(rows=42, n=10, region='eu'")
 
 

@@ -133,7 +133,7 @@ def test_sub_workflow_runs_in_the_orchestrator_and_finishes_with_the_child():
     d.command(ResumeWorkflow)
     events = d.report(TaskSucceeded, "child", exit_code=0, outputs={"total": "84"})
     use = next(e for e in events if isinstance(e, TaskDispatched))
-    assert use.command == "echo 84"
+    assert use.command == "echo '84'"
 
 
 def test_stopping_the_parent_stops_the_child_and_waits_for_it():
@@ -191,7 +191,7 @@ def test_parameter_precedence_startup_then_local_then_outputs_then_global():
     events = d.report(TaskSucceeded, "up", exit_code=0,
                       outputs={"o": "out", "l": "out", "s": "out"})
     t = next(e for e in events if isinstance(e, TaskDispatched))
-    assert t.command == "echo global out local startup global+2026"
+    assert t.command == "echo 'global' 'out' 'local' 'startup' 'global+2026'"
 
 
 def test_business_date_expressions_of_a_scheduled_run():

@@ -116,3 +116,21 @@ def test_tasks_need_a_workflow():
     wf = Workflow("explicit")
     shell("a", "echo", workflow=wf)
     assert [t["name"] for t in wf.to_dict()["tasks"]] == ["a"]
+
+
+def test_typed_params_are_written_like_yaml_and_checked():
+    from shoal.core.errors import DefinitionInvalid
+    from shoal.sdk import Workflow, param, shell
+
+    with Workflow("typed", params={"day": param("$[yyyyMMdd-1]", "date"),
+                                   "region": param("eu", "enum", values=["eu", "us"]),
+                                   "plain": "x"}) as wf:
+        shell("t", "echo ${day} ${region} ${plain}", params={"n": param(1, "int")})
+    d = wf.definition()
+    assert d.param_types["region"].values == ("eu", "us")
+    assert d.task("t").param_types["n"].type == "int"
+    assert wf.to_dict()["params"]["day"] == {"value": "$[yyyyMMdd-1]", "type": "date"}
+    with Workflow("bad", params={"n": param("x", "int")}) as bad:
+        shell("t", "echo ${n}")
+    with pytest.raises(DefinitionInvalid, match=r"params\.n\.value"):
+        bad.to_dict()

@@ -242,7 +242,7 @@ def test_diamond_runs_in_dependency_order_and_passes_outputs_down():
     after_a = d.report(TaskSucceeded, "a", exit_code=0, outputs={"rows": "42"})
     assert dispatched(after_a) == ["b", "c"]
     b = next(e for e in d.log if isinstance(e, TaskDispatched) and e.task == "b")
-    assert b.command == "echo 42"
+    assert b.command == "echo '42'"
     d.report(TaskSucceeded, "b", exit_code=0)
     assert dispatched(d.report(TaskSucceeded, "c", exit_code=0)) == ["d"]
     assert types(d.report(TaskSucceeded, "d", exit_code=0))[-1] == "WorkflowSucceeded"
@@ -390,7 +390,7 @@ def test_recover_reruns_only_what_did_not_succeed():
     assert events[0].type == "WorkflowRestarted" and list(events[0].kept) == ["a", "c"]
     assert dispatched(events) == ["b"] and d.r.tasks["b"].attempt == 2 and d.r.attempt == 2
     b = next(e for e in events if isinstance(e, TaskDispatched))
-    assert b.command == "echo 7"  # the kept output still feeds the var pool
+    assert b.command == "echo '7'"  # the kept output still feeds the var pool
     d.report(TaskSucceeded, "b", exit_code=0)
     assert types(d.report(TaskSucceeded, "d", exit_code=0))[-1] == "WorkflowSucceeded"
 

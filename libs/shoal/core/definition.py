@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from shoal.core import expr
 from shoal.core.errors import DefinitionInvalid, Problem
 from shoal.core.params import references
+from shoal.core.paramtypes import ParamType, parse_typed
+from shoal.core.render import SECRET_NAME, SECRET_PREFIX
 from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_params
 
 E = TypeVar("E", bound=StrEnum)
@@ -140,6 +142,7 @@ class TaskDefinition:
     delay: float = 0.0
     disabled: bool = False
     params: Mapping[str, str] = field(default_factory=dict)   # task-local
+    param_types: Mapping[str, ParamType] = field(default_factory=dict)  # of typed params
     # The type's own fields, normalized (sql, url, cases, workflow, ...).
     spec: Mapping[str, Any] = field(default_factory=dict)
 
@@ -179,6 +182,7 @@ class WorkflowDefinition:
     tasks: tuple[TaskDefinition, ...]
     description: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
+    param_types: Mapping[str, ParamType] = field(default_factory=dict)  # of typed params
     failure_strategy: FailureStrategy = FailureStrategy.END
     priority: Priority = Priority.MEDIUM
     worker_group: str = "default"
@@ -206,7 +210,7 @@ class WorkflowDefinition:
         return {
             "name": self.name,
             "description": self.description,
-            "params": dict(self.params),
+            "params": _typed_out(self.params, self.param_types),
             "failure_strategy": self.failure_strategy.value,
             "priority": self.priority.value,
             "worker_group": self.worker_group,
@@ -222,7 +226,7 @@ class WorkflowDefinition:
                     "depends_on": list(t.depends_on),
                     "outputs": (dict(t.spec["output_paths"]) if t.type == "http"
                                 else list(t.outputs)),
-                    "params": dict(t.params),
+                    "params": _typed_out(t.params, t.param_types),
                     "priority": t.priority.value,
                     "worker_group": t.worker_group,
                     "env": dict(t.env),
@@ -301,9 +305,13 @@ def _check_texts(params: Mapping[str, str], tasks: Sequence[TaskDefinition],
         if check_names:
             named.append((path, references(text)))
     for path, names in named:
+        secrets = {n for n in names if n.startswith(SECRET_PREFIX)}
+        problems += [Problem(path, f"${{{name}}}: a secret's name is letters, digits and '_'")
+                     for name in sorted(secrets)
+                     if not SECRET_NAME.fullmatch(name[len(SECRET_PREFIX):])]
         problems += [Problem(path, f"${{{name}}} is not a declared parameter (declare it in "
                                    "params, a task's params or a task's outputs)")
-                     for name in sorted(names - declared)]
+                     for name in sorted(names - declared - secrets)]
 
 
 def parse_definition(raw: object) -> WorkflowDefinition:
@@ -323,7 +331,8 @@ def parse_definition(raw: object) -> WorkflowDefinition:
         problems.append(Problem("name", "required; lowercase letters, digits, '_' or '-'"))
         name = ""
 
-    params = _params(raw.get("params", {}), "params", problems)
+    param_types: dict[str, ParamType] = {}
+    params = _params(raw.get("params", {}), "params", problems, types=param_types)
     failure = _enum(FailureStrategy, raw.get("failure_strategy", "end"), "failure_strategy",
                     problems, FailureStrategy.END)
     priority = _enum(Priority, raw.get("priority", "medium"), "priority", problems,
@@ -382,7 +391,7 @@ def parse_definition(raw: object) -> WorkflowDefinition:
         name=name,
         description=str(raw.get("description", "") or ""),
         tasks=tuple(tasks),
-        params=params,
+        params=params, param_types=param_types,
         failure_strategy=failure,
         priority=priority,
         worker_group=worker_group or "default",
@@ -507,7 +516,8 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         problems.append(Problem(f"{where}.worker_group", "must be a non-empty string"))
         group = None
     env = _params(raw.get("env", {}), f"{where}.env", problems)
-    local = _params(raw.get("params", {}), f"{where}.params", problems)
+    local_types: dict[str, ParamType] = {}
+    local = _params(raw.get("params", {}), f"{where}.params", problems, types=local_types)
     retries = raw.get("retries", 0)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
         problems.append(Problem(f"{where}.retries", "must be an integer from 0 to 100"))
@@ -545,7 +555,7 @@ def _task(raw: object, where: str, problems: list[Problem]) -> TaskDefinition | 
         timeout_strategy=timeout_strategy,
         delay=delay,
         disabled=disabled,
-        params=local,
+        params=local, param_types=local_types,
         spec=spec,
     )
 
@@ -837,8 +847,17 @@ def param_problems(raw: Mapping[str, Any], where: str = "params") -> list[Proble
     return problems
 
 
+def _typed_out(params: Mapping[str, str], types: Mapping[str, ParamType]) -> dict[str, Any]:
+    """Params in their written form: a typed one as ``{value, type, ...}``."""
+    return {k: ({"value": v, **types[k].to_dict()} if k in types else v)
+            for k, v in params.items()}
+
+
 def _params(raw: object, where: str, problems: list[Problem],
-            names: re.Pattern[str] = PARAM_NAME_RE) -> dict[str, str]:
+            names: re.Pattern[str] = PARAM_NAME_RE,
+            types: dict[str, ParamType] | None = None) -> dict[str, str]:
+    """A mapping of names to scalar values; with ``types``, a value may also be a typed
+    param ``{value, type, pattern?, values?}`` whose type goes into ``types``."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -853,6 +872,10 @@ def _params(raw: object, where: str, problems: list[Problem],
             problems.append(Problem(f"{where}.{k}", f"larger than {MAX_PARAM_BYTES} bytes"))
         elif not isinstance(k, str) or not names.match(k):
             problems.append(Problem(f"{where}.{k}", "invalid name"))
+        elif types is not None and isinstance(v, Mapping):
+            typed = parse_typed(v, f"{where}.{k}", problems)
+            if typed is not None:
+                out[k], types[k] = typed
         elif isinstance(v, Mapping | list):
             problems.append(Problem(f"{where}.{k}", "must be a scalar value"))
         else:

@@ -89,6 +89,15 @@ from shoal.core.model import (
     WorkflowTimedOut,
 )
 from shoal.core.params import expand, json_value, whole_reference
+from shoal.core.paramtypes import definition_param_problems
+from shoal.core.render import (
+    RenderError,
+    render_env,
+    render_python,
+    render_shell,
+    render_url,
+)
+from shoal.core.render import references as all_references
 from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_params
 
 __all__ = ["RUN_CONTROLS", "TASK_TABLE", "WORKFLOW_TABLE", "Context", "Decision",
@@ -211,6 +220,10 @@ def _start(inp: ResolvedStart, ctx: Context) -> Decision:
                                         f"{', '.join(unknown)} of '{definition.name}'")
         scope_tasks = sorted(_scope(definition.task_names, cmd.start_from, cmd.scope,
                                     {t.name: t.depends_on for t in definition.tasks}))
+    if cmd.parent is None:  # a sub-workflow's params are its parent task's, not a run's
+        problems = definition_param_problems(definition, cmd.params)
+        if problems:
+            return Decision(dead_letter=f"StartWorkflow: {'; '.join(map(str, problems))}")
     bad = [str(c.get("task")) for c in cmd.carried if c.get("task") not in
            definition.task_names or c.get("state") not in CARRIED_STATES]
     if bad:
@@ -780,7 +793,8 @@ def _start_ready(step: Step) -> bool:
             instant = True
         elif run.dry_run:
             step.emit(TaskDryRun(at=now, task=name, attempt=run.next_attempt(name),
-                                 command=_expand(d.command, _params_for(run, name), run)))
+                                 command=_dispatch_spec(run, d, _params_for(run, name),
+                                                        "")[1]))
             instant = True
         elif d.delay > 0:
             attempt = run.next_attempt(name)
@@ -842,10 +856,17 @@ def _dispatch(step: Step, name: str, attempt: int) -> None:
     params = _params_for(run, name)
     dispatch_id = step.new_id()
     spec, command = _dispatch_spec(run, d, params, dispatch_id)
+    base = business_time(run)
+    env_template = {k: _expand_time(v, base) for k, v in d.env.items()}
+    if spec is not None and d.type in WORKER_RENDERED:
+        # The worker renders from the templates (with secrets, which only it knows).
+        spec["env_template"] = env_template
+        spec["values"] = {**_values(params, list(env_template.values())),
+                          **spec.get("values", {})}
     step.emit(TaskDispatched(
         at=step.ctx.now, task=name, attempt=attempt, dispatch_id=dispatch_id,
         task_type=d.type, worker_group=run.definition.worker_group_of(d),
-        command=command, env={k: _expand(v, params, run) for k, v in d.env.items()},
+        command=command, env=render_env(env_template, params.get),
         outputs=tuple(d.outputs),
         priority=run.priority.rank * len(Priority) + d.priority.rank, spec=spec,
     ))
@@ -864,28 +885,58 @@ def _dispatch(step: Step, name: str, attempt: int) -> None:
         _maybe_retry(step, step.run.tasks[name])
 
 
+# Task types whose text the worker renders from the dispatched templates and values.
+WORKER_RENDERED = frozenset({"shell", "python", "sql", "http"})
+
+
+def _values(params: Mapping[str, str], texts: list[str]) -> dict[str, str]:
+    """The params ``texts`` refer to, with their values (what the worker renders with)."""
+    return {n: params[n] for t in texts for n in all_references(t) if n in params}
+
+
+def _shown(render: Callable[[str, Callable[[str], str | None]], str], text: str,
+           params: Mapping[str, str]) -> str:
+    """``text`` rendered for the events (secrets stay references); as written when a value
+    cannot be rendered (the worker then fails the attempt saying why)."""
+    try:
+        return render(text, params.get)
+    except RenderError:
+        return text
+
+
 def _dispatch_spec(run: Run, d: TaskDefinition, params: Mapping[str, str],
                    dispatch_id: str) -> tuple[dict[str, Any] | None, str]:
-    """The type's fields with parameters expanded, and the one-line ``command`` shown in
-    the events for it (the script itself for shell and python)."""
+    """The type's fields, and the one-line ``command`` shown in the events for it (the
+    script itself for shell and python). Task text carries parameter values as data: sql,
+    http, shell and python scripts go out as templates (``$[...]`` evaluated) with the
+    values they refer to, rendered on the worker (see :mod:`shoal.core.render`)."""
+    base = business_time(run)
+
     def x(text: str) -> str:
         return _expand(text, params, run)
+
+    def t(text: str) -> str:
+        return _expand_time(text, base)
 
     spec = d.spec
     match d.type:
         case "sql":
-            sql = x(spec["sql"])
-            return {"datasource": spec["datasource"], "sql": sql}, sql
+            sql = t(spec["sql"])
+            return {"datasource": spec["datasource"], "sql": sql,
+                    "values": _values(params, [sql])}, sql
         case "http":
-            out = {"method": spec["method"], "url": x(spec["url"]),
-                   "headers": {k: x(v) for k, v in spec["headers"].items()},
-                   "body": x(spec["body"]), "expected_status": list(spec["expected_status"]),
+            headers = {k: t(v) for k, v in spec["headers"].items()}
+            out = {"method": spec["method"], "url": t(spec["url"]), "headers": headers,
+                   "body": t(spec["body"]), "expected_status": list(spec["expected_status"]),
                    "output_paths": dict(spec["output_paths"])}
-            return out, f"{out['method']} {out['url']}"
+            out["values"] = _values(params, [out["url"], out["body"], *headers.values()])
+            return out, f"{out['method']} {_shown(render_url, out['url'], params)}"
         case "python" if "function" in spec:
             args = {k: _expand_arg(v, params, run) for k, v in spec["args"].items()}
-            return {"function": spec["function"], "args": args}, _call_text(spec["function"],
-                                                                           args)
+            arg_texts = {k: _time_arg(v, base) for k, v in spec["args"].items()}
+            return {"function": spec["function"], "args": args, "args_template": arg_texts,
+                    "values": _values(params, _arg_strings(arg_texts))}, \
+                _call_text(spec["function"], args)
         case "sub_workflow":
             local = {k: params[k] for k in d.params}
             return {"workflow": spec["workflow"], "params": local,
@@ -908,8 +959,33 @@ def _dispatch_spec(run: Run, d: TaskDefinition, params: Mapping[str, str],
                 if errors:
                     out["error"] = errors[0]
             return out, " or ".join(_waiting_for(w) for w in windows)
+        case "shell" | "python":
+            script = t(d.command)
+            render = render_shell if d.type == "shell" else render_python
+            return {"template": script, "values": _values(params, [script])}, \
+                _shown(render, script, params)
         case _:
             return None, x(d.command)
+
+
+def _time_arg(value: Any, base: datetime | None) -> Any:
+    if isinstance(value, str):
+        return _expand_time(value, base)
+    if isinstance(value, Mapping):
+        return {k: _time_arg(v, base) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_time_arg(v, base) for v in value]
+    return value
+
+
+def _arg_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _arg_strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _arg_strings(v)]
+    return []
 
 
 def _expand_arg(value: Any, params: Mapping[str, str], run: Run) -> Any:
@@ -947,15 +1023,21 @@ def _expand(text: str, params: Mapping[str, str], run: Run) -> str:
 
 def _params_for(run: Run, name: str) -> dict[str, str]:
     """What ``${name}`` means for task ``name``; DolphinScheduler's precedence, strongest
-    last: system params < global params < outputs of its ancestors (nearer producers
-    later) < the task's own params < the run's startup params. ``$[...]`` in any value is
-    evaluated; a task's own params may refer to the others (``day: ${bizdate}``)."""
+    last: system params < global params (a run's startup value replacing the declared one)
+    < outputs of its ancestors (nearer producers later) < the task's own params (again a
+    startup value replacing the declared one). ``$[...]`` in any value is evaluated; a
+    task's own params may refer to the others (``day: ${bizdate}``). A startup param sets
+    only a declared name (starts are checked), so it never replaces an upstream output of
+    a name the definition does not declare."""
     base = business_time(run)
     params = system_params(base) if base else {}
-    # DolphinScheduler resolves ${system.biz.date} & co. inside a global param's value too.
-    params.update({k: _expand_time(expand(v, params), base)
-                   for k, v in run.definition.params.items()})
     definition = run.definition
+    startup = {k: _expand_time(v, base) for k, v in run.startup.items()}
+    # DolphinScheduler resolves ${system.biz.date} & co. inside a global param's value too.
+    params.update({k: startup[k] if k in startup else _expand_time(expand(v, params), base)
+                   for k, v in definition.params.items()})
+    if run.parent is not None:  # a sub-workflow also sees what its parent task passes
+        params.update({k: v for k, v in startup.items() if k not in params})
     seen: set[str] = set()
     stack = list(definition.task(name).depends_on)
     while stack:
@@ -966,11 +1048,9 @@ def _params_for(run: Run, name: str) -> dict[str, str]:
     for t in definition.tasks:
         if t.name in seen and t.name in run.tasks:
             params.update(run.tasks[t.name].outputs)
-    startup = {k: _expand_time(v, base) for k, v in run.startup.items()}
-    visible = {**params, **startup}
-    params.update({k: _expand(v, visible, run)
+    visible = dict(params)
+    params.update({k: startup[k] if k in startup else _expand(v, visible, run)
                    for k, v in definition.task(name).params.items()})
-    params.update(startup)
     return params
 
 

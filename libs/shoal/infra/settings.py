@@ -125,14 +125,20 @@ class Settings(BaseSettings):
         return self.topic("dead-letters")
 
     def datasource_urls(self) -> dict[str, str]:
-        """The named connections sql tasks may use (a bad SHOAL_DATASOURCES fails start-up)."""
+        """The named connections sql tasks may use (a bad SHOAL_DATASOURCES fails start-up).
+        None when unset: Shoal's own database is never a datasource by default."""
         if not self.datasources:
-            return {"default": self.database_url}
+            return {}
         parsed = json.loads(self.datasources)
         if not isinstance(parsed, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
             raise ValueError("SHOAL_DATASOURCES must be a JSON object of name -> URL")
         return parsed
+
+    def datasource_names(self) -> list[str]:
+        """The names of the configured datasources (what the API checks sql tasks against;
+        it never connects to them)."""
+        return sorted(self.datasource_urls())
 
     def alert_channel_map(self) -> dict[str, dict[str, Any]]:
         """The configured alert channels (a malformed SHOAL_ALERT_CHANNELS fails start-up)."""

@@ -17,7 +17,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import HTTPException
 
-from shoal.core.definition import param_problems
+from shoal.core.definition import param_problems, parse_definition
+from shoal.core.errors import DefinitionInvalid
+from shoal.core.paramtypes import definition_param_problems
 from shoal.infra import codec
 from shoal.infra.kafka import send_reliably
 from shoal.infra.settings import Settings
@@ -37,6 +39,23 @@ def string_params(params: Mapping[str, str | int | float | bool | None]) -> dict
                                   "problems": [p.as_dict() for p in problems]})
     return {k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
             for k, v in params.items()}
+
+
+async def check_declared(res: Resources, workflow: str, params: Mapping[str, str],
+                         version: int | None = None, where: str = "params") -> None:
+    """422 naming each run param the workflow (its latest version, or ``version``) does
+    not declare, or whose value is not of its declared type."""
+    found = await res.store.definition(workflow, version)
+    if found is None:
+        return  # the caller reports the missing workflow
+    try:
+        definition = parse_definition(found[1])
+    except DefinitionInvalid:
+        return
+    problems = definition_param_problems(definition, params, where)
+    if problems:
+        raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
+                                  "problems": [p.as_dict() for p in problems]})
 
 
 async def publish(res: Resources, key: str, record: dict[str, Any]) -> None:

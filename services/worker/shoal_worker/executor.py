@@ -16,11 +16,21 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.core.params import OutputParser
+from shoal.core.render import RenderError
 from shoal.infra import metrics
+from shoal_worker.prepare import (
+    Prepared,
+    SecretMissing,
+    Secrets,
+    prepare,
+    task_env,
+)
 from shoal_worker.warm import Child, WarmPython, ZygoteGone
 
 LineSink = Callable[[list[tuple[str, str]]], Awaitable[None]]
 Say = Callable[[str], Awaitable[None]]
+# An sql or http attempt run in the worker's loop: given ``say`` and the rendered spec.
+InLoop = Callable[[Say, dict[str, Any]], Awaitable["Outcome"]]
 
 
 @dataclass(slots=True)
@@ -54,7 +64,7 @@ class Attempt:
     def __init__(self, dispatch: dict[str, Any], data_dir: Path, base_env: dict[str, str],
                  on_lines: LineSink | None = None, keep_workdir: str = "failed",
                  run_as: str | None = None,
-                 in_loop: Callable[[Say], Awaitable[Outcome]] | None = None,
+                 in_loop: InLoop | None = None,
                  warm: WarmPython | None = None, code_path: tuple[str, ...] = (),
                  received_at: float | None = None) -> None:
         self.dispatch = dispatch
@@ -72,10 +82,34 @@ class Attempt:
         self.code_path = code_path
         self.received_at = time.monotonic() if received_at is None else received_at
         self.pid: int | None = None  # leader of the attempt's process group once started
+        self.prepared = Prepared(dispatch)  # rendered at run time, with its secrets
 
     async def run(self) -> Outcome:
-        d = self.dispatch
+        """Render the dispatch (secrets resolved), run it, and keep its secrets out of what
+        leaves the attempt: log lines, outputs and error read ``***`` in their place."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.prepared = prepare(self.dispatch, Secrets(self.base_env))
+        except (SecretMissing, RenderError) as exc:
+            error = f"could not start: {exc}"
+            if self.on_lines is not None:
+                await self.on_lines([(datetime.now(UTC).isoformat(), f"ERROR: {error}")])
+            return self._finish(Outcome(exit_code=None, error=error))
+        prepared = self.prepared
+        if prepared.secrets and self.on_lines is not None:
+            ship = self.on_lines
+
+            async def masked(lines: list[tuple[str, str]]) -> None:
+                await ship([(stamp, prepared.mask(ln)) for stamp, ln in lines])
+            self.on_lines = masked
+        outcome = await self._run()
+        if prepared.secrets:
+            outcome.error = prepared.mask(outcome.error)
+            outcome.outputs = {k: prepared.mask(v) for k, v in outcome.outputs.items()}
+        return outcome
+
+    async def _run(self) -> Outcome:
+        d = self.prepared.dispatch
         if self.in_loop is not None:
             return await self._run_in_loop(self.in_loop)
         env = self._env()
@@ -102,22 +136,26 @@ class Attempt:
         parser = OutputParser(d.get("outputs", []))
         with log_path.open("wb") as log:
             reader = asyncio.create_task(_copy_output(self.proc.stdout, log, self.on_lines,
-                                                      parser))
+                                                      parser, self._mask()))
             code = exit_code_of(await self.proc.wait())
             await _settle(reader)
         return await self._conclude(code, parser)
 
+    def _mask(self) -> Callable[[str], str] | None:
+        return self.prepared.mask if self.prepared.secrets else None
+
     def _env(self) -> dict[str, str]:
-        d = self.dispatch
-        return {**self.base_env, **d.get("env", {}),
-               "SHOAL_INSTANCE_ID": d["instance_id"], "SHOAL_WORKFLOW": d.get("workflow", ""),
-               "SHOAL_TASK": d["task"], "SHOAL_ATTEMPT": str(d["attempt"]),
-               "SHOAL_DISPATCH_ID": d["dispatch_id"],
-               "SHOAL_SCHEDULE_TIME": d.get("schedule_time") or ""}
+        """The task's environment: an allow-list of the worker's (see prepare.task_env)."""
+        d = self.prepared.dispatch
+        return task_env(self.base_env, d.get("env", {}), {
+            "SHOAL_INSTANCE_ID": d["instance_id"], "SHOAL_WORKFLOW": d.get("workflow", ""),
+            "SHOAL_TASK": d["task"], "SHOAL_ATTEMPT": str(d["attempt"]),
+            "SHOAL_DISPATCH_ID": d["dispatch_id"],
+            "SHOAL_SCHEDULE_TIME": d.get("schedule_time") or ""})
 
     async def _run_warm(self, env: dict[str, str]) -> Outcome:
         """A Python attempt forked from the warm runner: a script, or a function call."""
-        d = self.dispatch
+        d = self.prepared.dispatch
         spec = d.get("spec") or {}
         if self.warm is None:
             return Outcome(exit_code=None, error="could not start: function tasks need the "
@@ -154,7 +192,8 @@ class Attempt:
         parser = OutputParser(d.get("outputs", []))
         try:
             with (self.workdir / "task.log").open("wb") as log:
-                reader = asyncio.create_task(_copy_output(stream, log, self.on_lines, parser))
+                reader = asyncio.create_task(_copy_output(stream, log, self.on_lines, parser,
+                                                          self._mask()))
                 await child.wait()
                 self._record_start(child)
                 await _settle(reader)
@@ -194,18 +233,21 @@ class Attempt:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return outcome
 
-    async def _run_in_loop(self, runner: Callable[[Say], Awaitable[Outcome]]) -> Outcome:
+    async def _run_in_loop(self, runner: InLoop) -> Outcome:
         """An sql/http attempt: a coroutine in this process, logged like a process's output
         (into task.log and shipped), killed by cancelling it."""
         with (self.workdir / "task.log").open("wb") as log:
+            mask = self._mask()
+
             async def say(text: str) -> None:
-                lines = text.split("\n")
+                lines = (mask(text) if mask else text).split("\n")
                 log.write(("\n".join(lines) + "\n").encode())
                 if self.on_lines is not None:
                     stamp = datetime.now(UTC).isoformat()
                     await self.on_lines([(stamp, ln) for ln in lines])
 
-            self._inner = asyncio.ensure_future(runner(say))
+            spec = dict(self.prepared.dispatch.get("spec") or {})
+            self._inner = asyncio.ensure_future(runner(say, spec))
             try:
                 outcome = await asyncio.shield(self._inner)
             except asyncio.CancelledError:
@@ -262,15 +304,19 @@ _MAX_LINE = 1024 * 1024  # a longer "line" is cut; setValue markers are short
 
 
 async def _copy_output(stream: asyncio.StreamReader, log: BinaryIO,
-                       on_lines: LineSink | None, parser: OutputParser) -> None:
+                       on_lines: LineSink | None, parser: OutputParser,
+                       mask: Callable[[str], str] | None = None) -> None:
     """Copy the process output to ``log`` and ``on_lines``, feeding ``parser`` each line.
 
     Reads chunks rather than lines so a line of any length cannot break the reader; every
-    line is stamped with the time its chunk was read.
+    line is stamped with the time its chunk was read. With ``mask`` (an attempt with
+    secrets), the log file gets whole masked lines instead of raw chunks, so a secret
+    split across two reads is still found.
     """
     pending = b""
     while chunk := await stream.read(_CHUNK):
-        log.write(chunk)
+        if mask is None:
+            log.write(chunk)
         pending += chunk
         *lines, pending = pending.split(b"\n")
         if len(pending) > _MAX_LINE:
@@ -279,11 +325,17 @@ async def _copy_output(stream: asyncio.StreamReader, log: BinaryIO,
         text = [ln.decode("utf-8", "replace") for ln in lines]
         for ln in text:
             parser.feed(ln)
+        if mask is not None:
+            text = [mask(ln) for ln in text]
+            log.write("".join(ln + "\n" for ln in text).encode())
         if on_lines is not None and text:
             stamp = datetime.now(UTC).isoformat()
             await on_lines([(stamp, ln) for ln in text])
     if pending:
         last = pending.decode("utf-8", "replace")
         parser.feed(last)
+        if mask is not None:
+            last = mask(last)
+            log.write(last.encode())
         if on_lines is not None:
             await on_lines([(datetime.now(UTC).isoformat(), last)])

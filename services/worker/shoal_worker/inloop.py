@@ -9,7 +9,10 @@ unexpected status, the JSON path that matched nothing.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +24,7 @@ from jsonpath_ng.ext.parser import parse as jsonpath
 
 from shoal.core.sqlsplit import split_sql
 from shoal_worker.executor import Outcome, Say
+from shoal_worker.prepare import shown_name
 
 _SHOWN_ROWS = 20
 _SHOWN_BODY = 64 * 1024
@@ -32,6 +36,47 @@ def _text(v: Any) -> str:
     if isinstance(v, str):
         return v
     return json.dumps(v, default=str) if isinstance(v, dict | list) else str(v)
+
+
+_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "char", "name", "unknown", "json",
+                         "jsonb", "xml", "citext"})
+_TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
+
+
+def to_pg(value: str, type_name: str) -> Any:
+    """A param's text as the Python value asyncpg sends for a placeholder of PostgreSQL
+    type ``type_name`` (as the server inferred it for the prepared statement)."""
+    v = value.strip()
+    try:
+        match type_name:
+            case t if t in _TEXT_TYPES:
+                return value
+            case "int2" | "int4" | "int8" | "oid":
+                return int(v)
+            case "float4" | "float8":
+                return float(v)
+            case "numeric":
+                return decimal.Decimal(v)
+            case "bool":
+                if v.lower() in _TRUE | _FALSE:
+                    return v.lower() in _TRUE
+                raise ValueError("not a boolean")
+            case "date":
+                return datetime.date.fromisoformat(v)
+            case "timestamp":
+                return datetime.datetime.fromisoformat(v)
+            case "timestamptz":
+                stamp = datetime.datetime.fromisoformat(v)
+                return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.UTC)
+            case "time":
+                return datetime.time.fromisoformat(v)
+            case "uuid":
+                return uuid.UUID(v)
+    except (ValueError, decimal.InvalidOperation) as exc:
+        raise ValueError(f"{value!r} is not a valid {type_name} ({exc})") from None
+    raise ValueError(f"a placeholder of type {type_name} takes no text value (cast it in the "
+                     f"SQL, e.g. ${{name}}::text::{type_name})")
 
 
 async def run_sql(spec: Mapping[str, Any], outputs: Sequence[str], say: Say,
@@ -47,7 +92,11 @@ async def run_sql(spec: Mapping[str, Any], outputs: Sequence[str], say: Say,
     if kind not in ("postgres", "postgresql"):
         return await _fail(say, f"unsupported datasource kind '{kind}' for '{name}' "
                                 "(supported: postgresql)")
-    statements = split_sql(spec["sql"])
+    # Split on the author's text, then each statement's params bound (prepare.py): a value
+    # can neither add a statement nor become SQL.
+    bound: list[Mapping[str, Any]] = spec.get("statements") or [
+        {"sql": s, "names": [], "args": []} for s in split_sql(spec["sql"])]
+    statements = [b["sql"] for b in bound]
     if not statements:
         return await _fail(say, "no SQL statement to run")
     try:
@@ -60,9 +109,21 @@ async def run_sql(spec: Mapping[str, Any], outputs: Sequence[str], say: Say,
         async with conn.transaction():
             for i, sql in enumerate(statements, 1):
                 await say(f"[{i}/{len(statements)}] {sql}")
+                names = list(bound[i - 1]["names"])
+                if names:
+                    await say("  bound: " + ", ".join(
+                        f"${j} = {shown_name(n)}" for j, n in enumerate(names, 1)))
                 try:
                     stmt = await conn.prepare(sql)
-                    rows = await stmt.fetch()
+                    args = []
+                    for name, value, ptype in zip(names, bound[i - 1]["args"],
+                                                  stmt.get_parameters(), strict=True):
+                        try:
+                            args.append(to_pg(str(value), ptype.name))
+                        except ValueError as exc:
+                            return await _fail(say, f"statement {i}: {shown_name(name)} "
+                                                    f"cannot be bound: {exc}")
+                    rows = await stmt.fetch(*args)
                 except asyncpg.PostgresError as exc:
                     detail = f" ({exc.detail})" if getattr(exc, "detail", None) else ""
                     return await _fail(say, f"statement {i} failed: {type(exc).__name__}: "

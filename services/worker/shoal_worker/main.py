@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +36,10 @@ from shoal.core.model import TaskFailed, TaskKilled, TaskStarted, TaskSucceeded
 from shoal.infra import codec, kafka, metrics
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
-from shoal_worker.executor import Attempt, Outcome, Say
+from shoal_worker.executor import Attempt, InLoop, Outcome
 from shoal_worker.inloop import run_http, run_sql
 from shoal_worker.logship import LogShipper
+from shoal_worker.prepare import hide_environment
 from shoal_worker.warm import WarmPython
 
 log = logging.getLogger("shoal.worker")
@@ -81,7 +82,7 @@ class Worker:
         self.code_path = settings.code_paths()
         if self.code_path:  # absolute, for the warm runner's preloads as for children
             self.base_env["SHOAL_CODE_PATH"] = ":".join(self.code_path)
-        self.warm = WarmPython(self.base_env, run_as=settings.worker_run_as)
+        self.warm = WarmPython.for_worker(self.base_env, run_as=settings.worker_run_as)
         # Reports sent lately, to send again if the broker loses them; dispatch ids queued
         # or finished lately, so a dispatch re-issued after such a loss runs once.
         self.sent: collections.deque[tuple[float, bytes, bytes]] = collections.deque(
@@ -217,13 +218,13 @@ class Worker:
         """The attempt's start is on the broker: its dispatch's offset may be committed."""
         self.unstarted.get(tp, set()).discard(offset)
 
-    def _in_loop(self, d: dict[str, Any]) -> Callable[[Say], Awaitable[Outcome]] | None:
-        """sql and http attempts run in this event loop (still one slot each)."""
-        spec = d.get("spec") or {}
+    def _in_loop(self, d: dict[str, Any]) -> InLoop | None:
+        """sql and http attempts run in this event loop (still one slot each), given
+        their spec as rendered at the attempt's start."""
         if d["task_type"] == "sql":
-            return lambda say: run_sql(spec, d.get("outputs", []), say, self.datasources)
+            return lambda say, spec: run_sql(spec, d.get("outputs", []), say, self.datasources)
         if d["task_type"] == "http":
-            return lambda say: run_http(spec, say, self.settings.worker_http_timeout)
+            return lambda say, spec: run_http(spec, say, self.settings.worker_http_timeout)
         return None
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
@@ -464,4 +465,5 @@ async def main(settings: Settings) -> None:
 
 
 def run() -> None:
+    hide_environment()
     asyncio.run(main(Settings()))

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.infra import metrics
+from shoal_worker.prepare import task_env
+from shoal_worker.zygote import DROP_VAR, START_ONLY
 
 log = logging.getLogger("shoal.worker.warm")
 
@@ -71,13 +73,28 @@ class Child:
 class WarmPython:
     """Starts, feeds and restarts the zygote of one worker."""
 
-    def __init__(self, env: Mapping[str, str], run_as: str | None = None) -> None:
-        self.env = dict(env)
+    def __init__(self, env: Mapping[str, str], run_as: str | None = None,
+                 start_env: Mapping[str, str] | None = None) -> None:
+        self.env = dict(env)  # what the zygote's os.environ is once started
+        self.start_env = dict(start_env or {})  # read at its start, then dropped
         self.run_as = run_as
         self.proc: asyncio.subprocess.Process | None = None
         self.control: socket.socket | None = None
         self._lock = asyncio.Lock()
         self.started = 0  # how many zygotes this worker started (restarts + 1)
+
+    @classmethod
+    def for_worker(cls, worker_env: Mapping[str, str], run_as: str | None = None
+                   ) -> WarmPython:
+        """The runner of a worker whose environment is ``worker_env``: it starts from a
+        task's environment (no credential of the worker, so neither its ``os.environ`` nor
+        ``/proc/PID/environ`` shows one), plus what it reads at start and then drops
+        (:data:`zygote.START_ONLY`)."""
+        clean = task_env(worker_env, {}, {})
+        start_only = {k: worker_env[k] for k in START_ONLY
+                      if k in worker_env and k not in clean}
+        start_only[DROP_VAR] = ",".join(start_only)
+        return cls(clean, run_as=run_as, start_env=start_only)
 
     @property
     def pid(self) -> int | None:
@@ -101,7 +118,8 @@ class WarmPython:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "shoal_worker.zygote", str(theirs.fileno()),
-                    pass_fds=(theirs.fileno(),), env=self.env, user=self.run_as,
+                    pass_fds=(theirs.fileno(),), env={**self.env, **self.start_env},
+                    user=self.run_as,
                     stdin=asyncio.subprocess.DEVNULL)
             finally:
                 theirs.close()

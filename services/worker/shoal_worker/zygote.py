@@ -43,6 +43,10 @@ from collections.abc import Mapping
 from typing import Any
 
 MAX_MESSAGE = 1024 * 1024
+# Read from the environment at start (preloads, code path, the interpreter's own path),
+# then removed, so the forked children start from a task's environment only.
+START_ONLY = ("SHOAL_CODE_PATH", "SHOAL_PYTHON_PRELOAD", "PYTHONPATH", "PYTHONHOME")
+DROP_VAR = "SHOAL_ZYGOTE_DROP"  # the names of START_ONLY to remove after the start
 MAX_ERROR = 8 * 1024  # of a traceback kept in the failure event; the log has it whole
 
 
@@ -370,6 +374,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=fd)
     _preload()
+    for name in os.environ.pop(DROP_VAR, "").split(","):
+        os.environ.pop(name, None)
     # What is imported now is shared by every child: keep the collector from walking
     # (and so copying) those pages in each child.
     gc.collect()

@@ -28,7 +28,7 @@ from shoal_api.models import (
     BackfillState,
 )
 from shoal_api.problems import ERRORS
-from shoal_api.records import Scalar, publish, string_params
+from shoal_api.records import Scalar, check_declared, publish, string_params
 
 router = APIRouter(prefix="/api/v1", tags=["backfills"], dependencies=[VIEWER],
                    responses=ERRORS)
@@ -102,6 +102,7 @@ async def create_backfill(name: str, body: BackfillCreate, res: Res,
         raise _problem(exc.path, exc.message) from None
     times, cron_expr, tz_name = list(plan.times), plan.cron, plan.timezone
     params = string_params(body.params)
+    await check_declared(res, name, params)
     bid = str(body.backfill_id or uuid.uuid5(BACKFILL_NAMESPACE, codec.dumps(
         {"workflow": name, "times": sorted(t.isoformat() for t in times),
          "params": params}).decode()))

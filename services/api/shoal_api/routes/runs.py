@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from shoal.core.definition import Priority
+from shoal.core.definition import Priority, WorkflowDefinition, parse_definition
 from shoal.core.model import (
     Command,
     ForceTaskSuccess,
@@ -26,6 +26,7 @@ from shoal.core.model import (
     StopWorkflow,
     event_from_data,
 )
+from shoal.core.paramtypes import definition_param_problems
 from shoal.core.replay import carried_tasks, steps, view
 from shoal.core.workflow import allowed_controls, rejection, resolved_params
 from shoal.infra import codec
@@ -93,10 +94,12 @@ async def start_run(name: str, res: Res, actor: Actor,
         raise HTTPException(409, {"message": f"run {body.instance_id} was imported from a "
                                              "bundle; choose another instance_id"})
     instance_id = str(body.instance_id or uuid.uuid4())
+    params = string_params(body.params)
+    _declared(parse_definition(found[1]), params)
     cmd = StartWorkflow(
         message_id=str(uuid.uuid4()), instance_id=instance_id, sent_at=utcnow_iso(),
         workflow=name, version=body.version,
-        params=string_params(body.params),
+        params=params,
         priority=Priority(body.priority) if body.priority else None,
         schedule_time=body.schedule_time.isoformat() if body.schedule_time else None,
         start_from=tuple(body.start_from) if body.start_from else None,
@@ -104,6 +107,15 @@ async def start_run(name: str, res: Res, actor: Actor,
     )
     await _send(res, cmd)
     return {"instance_id": instance_id}
+
+
+def _declared(definition: WorkflowDefinition, params: dict[str, str]) -> None:
+    """422 naming each param the definition does not declare or whose value is not of
+    its declared type (the orchestrator refuses such a start from Kafka too)."""
+    problems = definition_param_problems(definition, params)
+    if problems:
+        raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
+                                  "problems": [p.as_dict() for p in problems]})
 
 
 def _iso(v: datetime | None) -> str | None:
@@ -304,6 +316,7 @@ async def fork_run(instance_id: uuid.UUID, body: ForkBody, res: Res,
         raise HTTPException(409, {"message": f"run {body.instance_id} was imported from a "
                                              "bundle; choose another instance_id"})
     new_id = str(body.instance_id or uuid.uuid4())
+    _declared(source.definition, string_params(body.params))
     submitted = events[0].data
     cmd = StartWorkflow(
         message_id=str(uuid.uuid4()), instance_id=new_id, sent_at=utcnow_iso(),

@@ -23,7 +23,7 @@ from shoal.infra.catalog import workflow_status
 from shoal_api.deps import ADMIN, VIEWER, Actor, Res
 from shoal_api.models import ScheduleOut
 from shoal_api.problems import ERRORS
-from shoal_api.records import Scalar, publish, string_params
+from shoal_api.records import Scalar, check_declared, publish, string_params
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=[VIEWER],
                    responses=ERRORS)
@@ -111,6 +111,7 @@ async def create_schedule(body: ScheduleCreate, res: Res, actor: Actor) -> dict[
         raise HTTPException(422, {"message": f"workflow: no workflow named '{body.workflow}'",
                                   "problems": [{"path": "workflow", "message":
                                                 f"no workflow named '{body.workflow}'"}]})
+    await check_declared(res, body.workflow, string_params(body.params))
     sid = str(uuid.uuid4())
     now = datetime.now(UTC)
     record = {**_build(sid, fields, epoch=now, enabled_at=now).to_dict(), "revision": 1,
@@ -166,6 +167,8 @@ async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
                 None, "deleted"):
             raise HTTPException(422, {"message": f"workflow: no workflow named "
                                                  f"'{fields['workflow']}'"})
+        if "workflow" in changes or "params" in changes:
+            await check_declared(res, fields["workflow"], string_params(fields["params"] or {}))
         now = datetime.now(UTC)
         # A new timetable never fires the old one's past; switching on starts the count of
         # fires missed while off (they follow catchup).

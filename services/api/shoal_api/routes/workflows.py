@@ -74,7 +74,8 @@ _DEFINITION_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"},
         "description": {"type": "string"},
         "params": {"type": "object", "additionalProperties": {
-            "type": ["string", "number", "boolean", "null"]}},
+            "type": ["string", "number", "boolean", "null", "object"],
+            "description": "a value, or a typed param {value, type, pattern?, values?}"}},
         "tasks": {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": {
             "type": "object", "required": ["name"], "properties": {
                 "name": {"type": "string"}, "type": {"type": "string"},
@@ -103,6 +104,12 @@ async def create(request: Request, response: Response, res: Res) -> dict[str, An
         if channel not in known:
             problems.append(Problem(f"alerts.channels[{i}]", f"unknown channel '{channel}' "
                                     f"(SHOAL_ALERT_CHANNELS has: {', '.join(known) or 'none'})"))
+    sources = res.settings.datasource_names()
+    for i, task in enumerate(definition.tasks):
+        if task.type == "sql" and task.spec["datasource"] not in sources:
+            problems.append(Problem(
+                f"tasks[{i}].datasource", f"unknown datasource '{task.spec['datasource']}' "
+                f"(SHOAL_DATASOURCES has: {', '.join(sources) or 'none'})"))
     if problems:
         raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
                                   "type": "invalid-definition",
