@@ -214,7 +214,8 @@ def test_resolved_params_are_what_a_task_sees():
                schedule_time="2026-03-01T01:00:00+08:00")
     events = d.start()
     sent = next(e for e in events if isinstance(e, TaskDispatched))
-    assert sent.command == "echo 20260228 eu"  # the day before 03-01 local (02-28 in UTC)
+    # the day before 03-01 local (02-28 in UTC); values are quoted as data
+    assert sent.command == "echo '20260228' 'eu'"
     assert resolved_params(d.r.params, d.r.schedule_time) == {"day": "20260228",
                                                               "region": "eu"}
     assert resolved_params({"day": "$[yyyyMMdd]"}, None) == {"day": "$[yyyyMMdd]"}

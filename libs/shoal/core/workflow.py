@@ -1060,7 +1060,8 @@ def resolved_params(params: Mapping[str, str], business: str | None) -> dict[str
     was submitted, as :func:`business_time`), as :func:`_params_for` does. What
     ``${name}`` meant in a task that neither sets ``name`` nor receives it from upstream."""
     base = datetime.fromisoformat(business) if business else None
-    return {k: _expand_time(v, base) for k, v in params.items()}
+    system = system_params(base) if base else {}
+    return {k: _expand_time(expand(v, system), base) for k, v in params.items()}
 
 
 def business_time(run: Run) -> datetime | None:
