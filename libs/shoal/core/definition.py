@@ -29,14 +29,14 @@ MAX_PARAMS = 256                  # names in one params mapping
 MAX_PARAM_BYTES = 64 * 1024       # one parameter value, as UTF-8
 ALERT_EVENTS = ("failure", "success", "timeout", "failover")
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*\Z")
 # A python function task's callable: "package.module:callable" (the callable may be an
 # attribute path, "module:Class.method").
 FUNCTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-                         r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+                         r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class FailureStrategy(StrEnum):
@@ -618,7 +618,7 @@ def _spec(ttype: str, raw: Mapping[str, Any], where: str,
                                         f"must be one of {' | '.join(HTTP_METHODS)}"))
             url = _text(raw, "url", where, problems)
             headers = _params(raw.get("headers", {}), f"{where}.headers", problems,
-                              names=re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))
+                              names=re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z"))
             body = _text(raw, "body", where, problems, default="")
             status = raw.get("expected_status", [200])
             if isinstance(status, int):

@@ -26,14 +26,31 @@ def all_of(parts: Clauses) -> Clauses:
 
 def combine(relation: str, parts: list[Clauses]) -> Clauses:
     """``and``/``or`` of conjunctive forms, in conjunctive form (an ``or`` distributes:
-    one clause per choice of a clause from each part, duplicates dropped)."""
+    one clause per choice of a clause from each part, duplicates dropped). Clauses implied
+    by another (a superset of its windows) are dropped too, which keeps the form small.
+    When the form grows past :data:`MAX_CLAUSES` it is returned unfinished: the caller
+    refuses a tree that long."""
     if relation == "and":
-        return [c for part in parts for c in part]
+        return _reduced([c for part in parts for c in part])
     out: Clauses = [[]]
     for part in parts:
-        out = [[*a, *(w for w in b if w not in a)] for a in out for b in part]
+        out = _reduced([[*a, *(w for w in b if w not in a)] for a in out for b in part])
         if len(out) > MAX_CLAUSES:
             return out
+    return out
+
+
+def _reduced(clauses: Clauses) -> Clauses:
+    """Without repeated windows in a clause, repeated clauses, and clauses that hold
+    whenever a smaller one does (absorption); order kept."""
+    sets = [frozenset(c) for c in clauses]
+    out: Clauses = []
+    kept: list[frozenset[Window]] = []
+    for c, s in zip(clauses, sets, strict=True):
+        if s in kept or any(o < s for o in sets):
+            continue
+        kept.append(s)
+        out.append(list(dict.fromkeys(c)))
     return out
 
 

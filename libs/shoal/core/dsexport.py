@@ -25,8 +25,15 @@ def _minutes(seconds: Any) -> int:
     return round(float(seconds) / 60) if seconds else 0
 
 
+# A declared param's type → DolphinScheduler's DataType (enum and pattern have none: text).
+_DATA_TYPES = {"int": "LONG", "float": "DOUBLE", "bool": "BOOLEAN", "date": "DATE"}
+
+
 def _props(params: Mapping[str, Any], outputs: list[str] | None = None) -> list[dict[str, Any]]:
-    out = [{"prop": k, "direct": "IN", "type": "VARCHAR", "value": str(v)}
+    out = [{"prop": k, "direct": "IN",
+            "type": _DATA_TYPES.get(v.get("type", ""), "VARCHAR") if isinstance(v, Mapping)
+            else "VARCHAR",
+            "value": str(v.get("value", "")) if isinstance(v, Mapping) else str(v)}
            for k, v in params.items()]
     out += [{"prop": k, "direct": "OUT", "type": "VARCHAR", "value": ""}
             for k in outputs or ()]

@@ -36,6 +36,7 @@ from shoal.core.dsdependent import (
     combine,
     date_expressions,
 )
+from shoal.core.paramtypes import ParamType, value_error
 
 SUPPORTED = {"SHELL": "shell", "PYTHON": "python", "SQL": "sql", "HTTP": "http",
              "CONDITIONS": "conditions", "SWITCH": "switch", "SUB_PROCESS": "sub_workflow",
@@ -345,9 +346,12 @@ class _Workflow:
 
     # -- params ----------------------------------------------------------------------
     def properties(self, raw: Any, where: str, *,
-                   is_global: bool = False) -> tuple[dict[str, str], list[str]]:
-        """``[{prop, direct, type, value}]`` → IN params (values as text) and OUT names."""
-        ins: dict[str, str] = {}
+                   is_global: bool = False) -> tuple[dict[str, Any], list[str]]:
+        """``[{prop, direct, type, value}]`` → IN params and OUT names. An IN param of a
+        type other than text becomes a typed param (``{value, type}``) when its value is of
+        that type or refers to other params or time expressions; otherwise it stays text,
+        with a warning (DolphinScheduler does not check a default against its type)."""
+        ins: dict[str, Any] = {}
         outs: list[str] = []
         for i, p in enumerate(_json_list(raw, where, self.problems)):
             if not isinstance(p, Mapping) or not isinstance(p.get("prop"), str):
@@ -370,8 +374,17 @@ class _Workflow:
                     outs.append(prop)
                 continue
             value = p.get("value")
-            ins[prop] = ("" if value is None else
-                         str(value).lower() if isinstance(value, bool) else str(value))
+            text = ("" if value is None else
+                    str(value).lower() if isinstance(value, bool) else str(value))
+            ptype = PARAM_TYPES.get(dtype, "string")
+            if ptype == "string":
+                ins[prop] = text
+            elif "${" in text or "$[" in text or value_error(ParamType(type=ptype), text) is None:
+                ins[prop] = {"value": text, "type": ptype}
+            else:
+                self.warn(f"{where}[{i}]", f"param '{prop}' of type {dtype} has the value "
+                                           f"{text!r}, not a {ptype}: taken as text")
+                ins[prop] = text
         return ins, outs
 
     # -- one task ----------------------------------------------------------------------

@@ -107,9 +107,9 @@ def bearer(authorization: str | None) -> str | None:
 # --------------------------------------------------------------------------- minted tokens
 
 TOKEN_PREFIX = "shoal_"  # noqa: S105 - a public prefix, not a secret
-_TOKEN = re.compile(r"^shoal_[A-Za-z0-9_-]{43}$")  # 32 random bytes, urlsafe base64
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_BOOTSTRAP_NAME = re.compile(r"^(viewer|operator|admin)-[0-9a-f]{8}$")
+_TOKEN = re.compile(r"^shoal_[A-Za-z0-9_-]{43}\Z")  # 32 random bytes, urlsafe base64
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
+_BOOTSTRAP_NAME = re.compile(r"^(viewer|operator|admin)-[0-9a-f]{8}\Z")
 # expires_in bounds (seconds): at least a second, at most 366 days; tokens that never
 # expire exist only in SHOAL_API_TOKENS (rotated by redeploying).
 MIN_EXPIRES_IN = 1
