@@ -448,8 +448,7 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 async def main(settings: Settings) -> None:
     setup_logging(settings.log_level, "worker", settings.log_format)
-    producer = kafka.producer(settings)
-    await producer.start()
+    producer = await kafka.start_producer(settings)
     worker = Worker(settings, producer)
     try:
         topics = [settings.tasks_topic(settings.worker_group), settings.commands_topic,
