@@ -163,7 +163,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                                 "and de-duplicated", exc)
     finally:
         lag.cancel()
-        await consumer.stop()
+        await kafka.stop_consumer(consumer)  # leaves the group: a hand-over at once
 
 
 async def _reissue(handler: BatchHandler, relay: OutboxRelay, lock: asyncio.Lock) -> None:

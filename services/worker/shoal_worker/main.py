@@ -132,7 +132,7 @@ class Worker:
             lag.cancel()
             warm_up.cancel()
             await self._commit(consumer)
-            await consumer.stop()
+            await kafka.stop_consumer(consumer)
             await self._drain()
             await self.warm.close()
 
