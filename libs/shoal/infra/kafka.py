@@ -108,24 +108,36 @@ async def cluster_facts(settings: Settings) -> ClusterFacts:
     await client.bootstrap()
     try:
         brokers = max(len(client.cluster.brokers()), 1)
-        idempotence = False
-        try:
-            node = client.get_random_node()
-            resp = await asyncio.wait_for(
-                client.send(node, InitProducerIdRequest(transactional_id=None,
-                                                        transaction_timeout_ms=60_000)), 10)
-            error = for_code(resp.error_code)
-            idempotence = resp.error_code == 0
-            if not idempotence:
-                log.info("the broker refuses producer ids (%s): producers run without "
-                         "idempotence", error.__name__)
-        except (KafkaError, TimeoutError, OSError) as exc:
-            log.info("the broker does not grant producer ids (%r): producers run without "
-                     "idempotence", exc)
+        idempotence = await _grants_producer_ids(client)
     finally:
         await client.close()
     _facts[key] = ClusterFacts(brokers, idempotence)
     return _facts[key]
+
+
+async def _grants_producer_ids(client: AIOKafkaClient, within: float = 10.0) -> bool:
+    """Ask for a producer id; a retriable refusal (a broker that just started and has no
+    producer id block yet) is asked again for up to ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            resp = await asyncio.wait_for(client.send(
+                client.get_random_node(),
+                InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)),
+                10)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.info("the broker does not grant producer ids (%r): producers run without "
+                     "idempotence", exc)
+            return False
+        if resp.error_code == 0:
+            return True
+        error = for_code(resp.error_code)
+        if not error.retriable or loop.time() > deadline:
+            log.info("the broker refuses producer ids (%s): producers run without "
+                     "idempotence", error.__name__)
+            return False
+        await asyncio.sleep(0.5)
 
 
 def producer(settings: Settings, *, idempotent: bool = False) -> AIOKafkaProducer:
