@@ -32,10 +32,12 @@ from typing import Any
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.procfs import group_ticks, rss_mb
 from bench.python_bench import summary
 from shoal.infra import codec
+from shoal.infra.kafka import partitions_of
 
 Wait = Callable[..., Awaitable[Any]]
 
@@ -169,14 +171,20 @@ class _Lag:
     this consumer never subscribes, so it never joins the group)."""
 
     def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+        self.bootstrap = bootstrap
         self.topic = topic
         self.reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                        enable_auto_commit=False)
 
     async def start(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:  # a request naming the topic: the reader's own metadata has no topics yet
+            parts = await partitions_of(admin, self.topic)
+        finally:
+            await admin.close()
         await self.reader.start()
-        self.parts = [TopicPartition(self.topic, p)
-                      for p in sorted(self.reader.partitions_for_topic(self.topic) or ())]
+        self.parts = [TopicPartition(self.topic, p) for p in sorted(parts)]
 
     async def __call__(self) -> int:
         end = await self.reader.end_offsets(self.parts)

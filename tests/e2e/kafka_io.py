@@ -6,7 +6,10 @@ import json
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from confluent_kafka import Producer
+
+from shoal.infra.kafka import partitions_of
 
 
 def publish_with_librdkafka(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
@@ -28,12 +31,16 @@ def start_json(cmd: dict[str, Any]) -> tuple[str, bytes]:
 
 async def read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every message currently on ``topic`` (assign, no consumer group)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        parts = await partitions_of(admin, topic)
+    finally:
+        await admin.close()
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await c.start()
     try:
-        await c.topics()  # refreshes metadata
-        parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
             return []
         c.assign(tps)

@@ -5,6 +5,7 @@ the orchestrators reconcile from Postgres."""
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,6 +26,10 @@ CHAIN = {"name": "sleepy", "tasks": [
 @pytest.fixture
 async def own_broker() -> AsyncIterator[tuple[int, list[OwnedProcess]]]:
     """A broker only this test uses (it is killed); every incarnation is stopped after."""
+    if os.environ.get("SHOAL_TEST_KAFKA_BOOTSTRAP"):
+        pytest.skip("needs a memory-only broker it can SIGKILL and restart empty; with "
+                    "SHOAL_TEST_KAFKA_BOOTSTRAP the suite runs against an external broker, "
+                    "which keeps its data (README, Running on Apache Kafka)")
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"shoal-test-broker-{port}.log"
     procs = [start_broker(port, log)]

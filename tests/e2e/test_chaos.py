@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from shoal.infra.settings import Settings
 from tests.support import Stack, eventually
 
 pytestmark = pytest.mark.e2e
@@ -88,8 +89,9 @@ async def _affected(conn: asyncpg.Connection, stack: Stack, victim) -> list[uuid
 
 # The production defaults (the suite's other tests use a longer session timeout), so the
 # kill-to-progress figures are what an operator gets.
-DEFAULTS = {"SHOAL_KAFKA_SESSION_TIMEOUT_MS": "3000", "SHOAL_LEASE_TIMEOUT": "6",
-            "SHOAL_WORKER_HEARTBEAT_INTERVAL": "2"}
+DEFAULTS = {"SHOAL_KAFKA_SESSION_TIMEOUT_MS": str(Settings().kafka_session_timeout_ms),
+            "SHOAL_LEASE_TIMEOUT": str(Settings().lease_timeout),
+            "SHOAL_WORKER_HEARTBEAT_INTERVAL": str(Settings().worker_heartbeat_interval)}
 
 
 @pytest.mark.timeout(1500)

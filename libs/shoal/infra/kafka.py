@@ -1,16 +1,30 @@
-"""aiokafka wiring: producers, consumers, topic creation. Standard Kafka protocol only."""
+"""aiokafka wiring: producers, consumers, topic creation. Standard Kafka protocol only.
+
+Every client (producer, consumer, admin, and faust's through ``ssl_context``) is built from
+``client_kwargs``: the bootstrap servers plus the connection security settings."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import ssl
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import (
+    InvalidSessionTimeoutError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
+from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from shoal.infra.settings import Settings
 
@@ -21,33 +35,181 @@ INSTANCE_TOPICS = ("commands", "events", "task-logs", "dead-letters", "worker-co
 # Tables rather than streams: only the latest record per key matters.
 COMPACTED_TOPICS = ("schedules",)
 
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+# How long each topic keeps its records (retention.ms, set when Shoal creates the topic).
+# Postgres holds the event log; Kafka only carries records until their readers took them,
+# so each topic keeps what its readers could still need after an outage of that length.
+RETENTION_MS = {
+    "commands": 7 * DAY_MS,           # the orchestrators' input, until consumed
+    "events": DAY_MS,                 # the API's live feed only; the log is in Postgres
+    "task-logs": 7 * DAY_MS,          # until the projector stored them
+    "dead-letters": 30 * DAY_MS,      # kept for inspection
+    "worker-control": HOUR_MS,        # kills: read from the end, only "from now on" counts
+    "worker-heartbeats": HOUR_MS,     # read from the end
+    "tasks": 7 * DAY_MS,              # dispatches (tasks.<group>), until a worker took them
+}
 
-def producer(settings: Settings) -> AIOKafkaProducer:
-    """acks=all; idempotence only where the broker supports it (real Kafka)."""
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of SSL and SASL_SSL connections (None for plaintext ones): trusts
+    SHOAL_KAFKA_SSL_CAFILE (else the system's CAs), presents the client certificate when
+    one is configured, and checks the broker's host name."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    if (settings.kafka_ssl_certfile is None) != (settings.kafka_ssl_keyfile is None):
+        raise ValueError("SHOAL_KAFKA_SSL_CERTFILE and SHOAL_KAFKA_SSL_KEYFILE go together")
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    return context
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Where and how every aiokafka client connects (the one place that reads the
+    connection settings). A SASL protocol without a user name or password is refused
+    here, at start, rather than by the broker later."""
+    kw: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap,
+                          "security_protocol": settings.kafka_security_protocol}
+    context = ssl_context(settings)
+    if context is not None:
+        kw["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+            raise ValueError(f"SHOAL_KAFKA_SECURITY_PROTOCOL="
+                             f"{settings.kafka_security_protocol} needs "
+                             "SHOAL_KAFKA_SASL_USERNAME and SHOAL_KAFKA_SASL_PASSWORD")
+        kw.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                  sasl_plain_username=settings.kafka_sasl_username,
+                  sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
+    return kw
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What Shoal adapts to: the number of brokers and whether they grant producer ids."""
+
+    brokers: int
+    idempotence: bool
+
+
+_facts: dict[str, ClusterFacts] = {}
+
+
+async def cluster_facts(settings: Settings) -> ClusterFacts:
+    """Asked of the cluster once per process (and bootstrap servers). Idempotence is
+    probed with the request an idempotent producer starts with (InitProducerId): a broker
+    may list that request among its APIs and still refuse it (the embedded one does)."""
+    key = settings.kafka_bootstrap
+    if key in _facts:
+        return _facts[key]
+    client = AIOKafkaClient(**client_kwargs(settings))
+    await client.bootstrap()
+    try:
+        brokers = max(len(client.cluster.brokers()), 1)
+        idempotence = await _grants_producer_ids(client)
+    finally:
+        await client.close()
+    _facts[key] = ClusterFacts(brokers, idempotence)
+    return _facts[key]
+
+
+async def _grants_producer_ids(client: AIOKafkaClient, within: float = 10.0) -> bool:
+    """Ask for a producer id; a retriable refusal (a broker that just started and has no
+    producer id block yet) is asked again for up to ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            resp = await asyncio.wait_for(client.send(
+                client.get_random_node(),
+                InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)),
+                10)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.info("the broker does not grant producer ids (%r): producers run without "
+                     "idempotence", exc)
+            return False
+        if resp.error_code == 0:
+            return True
+        error = for_code(resp.error_code)
+        if not error.retriable or loop.time() > deadline:
+            log.info("the broker refuses producer ids (%s): producers run without "
+                     "idempotence", error.__name__)
+            return False
+        await asyncio.sleep(0.5)
+
+
+def producer(settings: Settings, *, idempotent: bool = False) -> AIOKafkaProducer:
+    """acks=all (a record counts once every in-sync replica has it); idempotent when the
+    broker supports it (``start_producer`` finds out)."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_kwargs(settings),
         acks="all",
-        enable_idempotence=settings.kafka_idempotence,
+        enable_idempotence=idempotent,
         linger_ms=settings.kafka_linger_ms,
         max_request_size=4 * 1024 * 1024,
     )
 
 
+async def start_producer(settings: Settings) -> AIOKafkaProducer:
+    """A started producer, idempotent unless SHOAL_KAFKA_IDEMPOTENCE=false or the broker
+    cannot grant producer ids."""
+    idempotent = settings.kafka_idempotence
+    if idempotent is None:
+        idempotent = (await cluster_facts(settings)).idempotence
+    p = producer(settings, idempotent=idempotent)
+    await p.start()
+    return p
+
+
 def consumer(settings: Settings, *topics: str, group_id: str | None,
-             **kwargs: object) -> AIOKafkaConsumer:
+             auto_offset_reset: str = "earliest", **kwargs: object) -> AIOKafkaConsumer:
+    """A consumer with Shoal's group timing. ``auto_offset_reset`` applies where the group
+    has no committed offset (a new group, or offsets the broker expired)."""
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_kwargs(settings),
         group_id=group_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset=auto_offset_reset,
         # The broker may hold a fetch for this long when no data is waiting; consumers on
         # the path of a hop shorten it while busy (FetchPacer).
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 100),
+        heartbeat_interval_ms=min(settings.kafka_heartbeat_interval_ms,
+                                  max(settings.kafka_session_timeout_ms // 3, 100)),
+        rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
+        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         **kwargs,
     )
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop a group member so that it leaves its group: the others take its partitions at
+    once instead of after its session timeout. aiokafka sends LeaveGroup only from a
+    generation above 0 (it reads 0 as "never joined"); Apache Kafka numbers generations
+    from 1, but the embedded broker gives a new group's first generation the number 0,
+    so a member that joined with the group would hold its partitions for a whole session
+    after a clean stop. Such a member is marked as joined (a private attribute of
+    aiokafka's coordinator; without it the stop is aiokafka's own)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if (coordinator is not None and getattr(coordinator, "generation", None) == 0
+            and getattr(coordinator, "member_id", "")):
+        coordinator.generation = 1
+    await consumer.stop()
+
+
+def explain(exc: BaseException) -> str | None:
+    """What an operator should change when a service stops on ``exc`` (None: no advice)."""
+    if isinstance(exc, InvalidSessionTimeoutError):
+        now = os.environ.get("SHOAL_KAFKA_SESSION_TIMEOUT_MS",
+                             str(Settings.model_fields["kafka_session_timeout_ms"].default))
+        return ("the broker refused the consumer group session timeout "
+                f"SHOAL_KAFKA_SESSION_TIMEOUT_MS={now}: set SHOAL_KAFKA_SESSION_TIMEOUT_MS "
+                "between the broker's group.min.session.timeout.ms and "
+                "group.max.session.timeout.ms (Apache Kafka's defaults: 6000 and 1800000)")
+    return None
 
 
 def paced_wait(quiet_s: float, hot_ms: int, max_ms: int) -> int:
@@ -98,7 +260,7 @@ class FetchPacer:
 
 async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
     """Create the topics that do not exist yet (same partition count for all)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         await _create_missing(admin, settings, names)
@@ -106,20 +268,66 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
         await admin.close()
 
 
+def retention_ms(settings: Settings, name: str) -> int | None:
+    """The retention Shoal sets on topic ``name`` (None: compacted, kept by key)."""
+    short = name.removeprefix(f"{settings.topic_prefix}.")
+    if short in COMPACTED_TOPICS:
+        return None
+    return RETENTION_MS.get(short.split(".")[0], RETENTION_MS["commands"])
+
+
+async def topic_spec(settings: Settings, name: str) -> NewTopic:
+    """How Shoal creates ``name``: replication factor min(3, brokers) unless set,
+    min.insync.replicas min(2, rf) unless set, and the topic's retention."""
+    rf = settings.kafka_replication_factor or min(3, (await cluster_facts(settings)).brokers)
+    isr = settings.kafka_min_insync_replicas or min(2, rf)
+    keep = retention_ms(settings, name)
+    configs = {"min.insync.replicas": str(isr)}
+    configs.update({"cleanup.policy": "compact"} if keep is None
+                   else {"cleanup.policy": "delete", "retention.ms": str(keep)})
+    return NewTopic(name, settings.partitions, rf, topic_configs=configs)
+
+
 async def _create_missing(admin: AIOKafkaAdminClient, settings: Settings,
                           names: Iterable[str]) -> None:
     existing = set(await admin.list_topics())
     missing = [n for n in dict.fromkeys(names) if n not in existing]
     if missing:
+        specs = [await topic_spec(settings, n) for n in missing]
         # Created concurrently by another service: what we wanted.
-        compacted = {settings.topic(t) for t in COMPACTED_TOPICS}
         with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([
-                NewTopic(n, settings.partitions, settings.kafka_replication_factor,
-                         topic_configs={"cleanup.policy": "compact"} if n in compacted
-                         else {})
-                for n in missing])
-        log.info("created topics %s", missing)
+            await admin.create_topics(specs)
+        log.info("created topics %s (replication factor %d)", missing,
+                 specs[0].replication_factor)
+
+
+async def partitions_of(admin: AIOKafkaAdminClient, topic: str) -> set[int]:
+    """The partitions of ``topic`` as the cluster reports them now: a metadata request
+    that names the topic. (A consumer's own metadata is no source: aiokafka bootstraps it
+    with a request for no topics, which Apache Kafka answers with none.)"""
+    for t in await admin.describe_topics([topic]):
+        if t["topic"] == topic and t["error_code"] == 0:
+            return {p["partition"] for p in t["partitions"]}
+    return set()
+
+
+async def wait_partitions(settings: Settings, topic: str, within: float = 10.0) -> set[int]:
+    """Create ``topic`` if needed and wait until the cluster reports its partitions."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        await _create_missing(admin, settings, [topic])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            parts = await partitions_of(admin, topic)
+            if parts:
+                return parts
+            if loop.time() > deadline:
+                raise KafkaError(f"topic {topic} has no partitions after {within:.0f} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 async def keep_topics(settings: Settings, names: Iterable[str], stop: asyncio.Event,
@@ -137,7 +345,7 @@ async def keep_topics(settings: Settings, names: Iterable[str], stop: asyncio.Ev
                 return
             try:
                 if admin is None:
-                    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+                    admin = AIOKafkaAdminClient(**client_kwargs(settings))
                     await admin.start()
                 await asyncio.wait_for(_create_missing(admin, settings, wanted), 10)
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -208,22 +416,13 @@ async def tail(settings: Settings, topic: str) -> AIOKafkaConsumer:
     For broadcast topics where only what happens from now on matters (kills, heartbeats):
     no consumer group, so every reader sees every message and nothing waits for a join.
     Services start in any order, so the topic is created here if needed, and its
-    partitions are waited for until the broker's metadata shows them.
+    partitions are asked of the cluster until it reports them.
     """
-    await ensure_topics(settings, [topic])
+    parts = await wait_partitions(settings, topic)
     c = consumer(settings, group_id=None)
     await c.start()
     try:
-        parts: set[int] = set()
-        for _ in range(100):
-            await c.topics()  # refreshes metadata
-            parts = c.partitions_for_topic(topic) or set()
-            if parts:
-                break
-            await asyncio.sleep(0.1)
-        if not parts:
-            raise KafkaError(f"topic {topic} has no partitions after 10 s")
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         c.assign(tps)
         await c.seek_to_end(*tps)
     except BaseException:

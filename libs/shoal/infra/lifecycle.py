@@ -10,6 +10,8 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
+from shoal.infra.kafka import explain
+
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +80,9 @@ async def run_service(
         if t is not stopper and not t.cancelled() and t.exception() is not None:
             failure = t.exception()
             log.error("%s component failed: %r", name, failure, exc_info=failure)
+            hint = explain(failure) if failure is not None else None
+            if hint:
+                log.error("%s: %s", name, hint)
     stop.set()
     _, pending = await asyncio.wait(tasks, timeout=grace)
     for t in pending:

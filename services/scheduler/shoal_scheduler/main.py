@@ -49,12 +49,27 @@ def _log_handler(settings: Settings) -> logging.Handler:
     return handler
 
 
-def build_app(settings: Settings) -> faust.App:
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """faust's form of the connection settings every other client takes from
+    ``kafka.client_kwargs`` (the same checks, the same TLS context)."""
+    kw = kafka.client_kwargs(settings)
+    context = kw.get("ssl_context")
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        return faust.SASLCredentials(username=kw["sasl_plain_username"],
+                                     password=kw["sasl_plain_password"],
+                                     ssl_context=context, mechanism=kw["sasl_mechanism"])
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def build_app(settings: Settings, replication_factor: int = 1) -> faust.App:
     # faust's rebalances need more slack than a bare consumer's: at least 6 s.
     session = max(settings.kafka_session_timeout_ms, 6_000) / 1000
     app = faust.App(
         f"{settings.topic_prefix}.scheduler",
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         key_serializer="raw",
@@ -68,7 +83,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=max(session * 2, 10.0),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        topic_replication_factor=settings.kafka_replication_factor,
+        topic_replication_factor=replication_factor,
         loghandlers=[_log_handler(settings)],
         # faust's own files (none with the memory store, but it creates the folder) under
         # SHOAL_DATA_DIR, not as "<app>-data" in whatever directory the service started in.
@@ -143,8 +158,7 @@ async def _fire_loop(app: faust.App, settings: Settings, topic_name: str,
                      records: Any, cursors: Any, changed: asyncio.Event) -> None:
     await migrate(settings.database_url)
     pool = await connect_pool(settings.database_url, max_size=3)
-    producer = kafka.producer(settings)
-    await producer.start()
+    producer = await kafka.start_producer(settings)
     firer = Firer(settings, pool, producer)
     owned_since: dict[int, datetime] = {}
     try:
@@ -223,9 +237,10 @@ def run() -> None:
     settings = Settings()
     # The API creates the topic (compacted); here too in case the scheduler starts first.
     asyncio.run(kafka.ensure_topics(settings, [settings.schedules_topic]))
+    spec = asyncio.run(kafka.topic_spec(settings, settings.schedules_topic))
     asyncio.set_event_loop(asyncio.new_event_loop())
     (settings.data_dir / "scheduler").mkdir(parents=True, exist_ok=True)  # faust's datadir's
-    app = build_app(settings)
+    app = build_app(settings, spec.replication_factor)
     # One log format: the root logger gets only our handler (the app's loghandlers), not
     # faust's coloured default handler as well, which printed every line twice.
     only_ours = {"version": 1, "disable_existing_loggers": False,

@@ -133,7 +133,7 @@ class Worker:
             lag.cancel()
             warm_up.cancel()
             await self._commit(consumer)
-            await consumer.stop()
+            await kafka.stop_consumer(consumer)
             await self._drain()
             await self.warm.close()
 
@@ -449,8 +449,7 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 async def main(settings: Settings) -> None:
     setup_logging(settings.log_level, "worker", settings.log_format)
-    producer = kafka.producer(settings)
-    await producer.start()
+    producer = await kafka.start_producer(settings)
     worker = Worker(settings, producer)
     try:
         topics = [settings.tasks_topic(settings.worker_group), settings.commands_topic,
