@@ -31,9 +31,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from shoal.core.errors import MessageInvalid
 from shoal.core.model import TaskFailed, TaskKilled, TaskStarted, TaskSucceeded
-from shoal.infra import codec, kafka, metrics
+from shoal.infra import codec, kafka, metrics, policy
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
 from shoal_worker.executor import Attempt, Outcome, Say
@@ -88,6 +87,7 @@ class Worker:
             maxlen=20_000)
         self.queued: set[str] = set()
         self.loss = kafka.LossWatch()
+        self.dead = policy.DeadLetters(producer, settings.dead_letters_topic, "worker")
         self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ dispatches
@@ -167,16 +167,11 @@ class Worker:
                       key: bytes | None) -> None:
         self.fetched[tp] = offset + 1
         try:
-            d = codec.loads(value or b"")
-            if not isinstance(d, dict):
-                raise MessageInvalid("a dispatch must be a JSON object")
+            d = codec.decode_object(value, "a dispatch")
             codec.validate("tasks", "DispatchTask", d)
-        except (MessageInvalid, ValueError) as exc:
-            await kafka.send_reliably(self.producer, self.settings.dead_letters_topic, codec.dumps({
-                "reason": f"invalid dispatch: {exc}", "topic": tp.topic,
-                "partition": tp.partition, "offset": offset,
-                "key": key.decode("utf-8", "replace") if key else None,
-                "value": (value or b"").decode("utf-8", "replace"), "dead_at": utcnow_iso()}))
+        except Exception as exc:  # noqa: BLE001 - the error policy decides
+            await self.dead.send(f"invalid dispatch: {policy.reason_of(exc)}", topic=tp.topic,
+                                 partition=tp.partition, offset=offset, key=key, value=value)
             return
         if d["dispatch_id"] in self.queued or d["dispatch_id"] in self.finished:
             return  # re-issued after a broker loss: already here
@@ -299,16 +294,21 @@ class Worker:
                 pacer.saw(len(batch))
                 for msgs in batch.values():
                     for m in msgs:
-                        await self._on_control(m.value)
+                        await self._on_control(m.value, (m.topic, m.partition, m.offset),
+                                               m.key)
         finally:
             await consumer.stop()
 
-    async def _on_control(self, value: bytes | None) -> None:
+    async def _on_control(self, value: bytes | None, where: tuple[str, int, int] = ("", 0, 0),
+                          key: bytes | None = None) -> None:
         try:
-            msg = codec.loads(value or b"")
+            msg = codec.decode_object(value, "a control message")
             codec.validate("topics", "KillTask", msg)
-        except (MessageInvalid, ValueError) as exc:
-            log.warning("ignoring invalid control message: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - the error policy decides
+            topic, partition, offset = where
+            await self.dead.send(f"invalid control message: {policy.reason_of(exc)}",
+                                 topic=topic, partition=partition, offset=offset, key=key,
+                                 value=value)
             return
         target = msg.get("worker_id")
         if target not in (None, self.worker_id):
