@@ -103,3 +103,23 @@ async def test_an_output_over_the_cap_fails_the_attempt(tmp_path):
     cmd = "echo '${setValue(rows='; seq 1 2000; echo ')}'"
     out = await Attempt(dispatch(cmd), tmp_path, dict(os.environ)).run()
     assert out.exit_code == 1 and "output 'rows' is larger than the cap" in out.error
+
+
+async def test_a_kill_that_arrives_before_the_process_starts_is_honoured(tmp_path):
+    a = Attempt(dispatch("sleep 30; echo never"), tmp_path, dict(os.environ))
+    await a.kill("stopped before start", 1.0)   # nothing runs yet
+    out = await asyncio.wait_for(a.run(), 10)
+    assert out.killed and "stopped before start" in out.error
+
+
+async def test_an_in_loop_attempt_killed_before_it_starts_never_runs(tmp_path):
+    ran: list[bool] = []
+
+    async def runner(say):
+        ran.append(True)
+        return Outcome(exit_code=0)
+
+    a = Attempt(dispatch("", task_type="sql"), tmp_path, dict(os.environ), in_loop=runner)
+    await a.kill("stopped before start", 1.0)
+    out = await a.run()
+    assert out.killed and ran == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from typing import Any, BinaryIO
 
 from shoal.core.params import OutputParser
 from shoal.infra import metrics
+from shoal_worker.orphans import TaskGroups, die_with_parent
 from shoal_worker.warm import Child, WarmPython, ZygoteGone
 
 LineSink = Callable[[list[tuple[str, str]]], Awaitable[None]]
@@ -56,7 +58,7 @@ class Attempt:
                  run_as: str | None = None,
                  in_loop: Callable[[Say], Awaitable[Outcome]] | None = None,
                  warm: WarmPython | None = None, code_path: tuple[str, ...] = (),
-                 received_at: float | None = None) -> None:
+                 received_at: float | None = None, groups: TaskGroups | None = None) -> None:
         self.dispatch = dispatch
         self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
                         / str(dispatch["attempt"]))
@@ -72,6 +74,7 @@ class Attempt:
         self.code_path = code_path
         self.received_at = time.monotonic() if received_at is None else received_at
         self.pid: int | None = None  # leader of the attempt's process group once started
+        self.groups = groups  # the worker's task groups, killed if the worker dies
 
     async def run(self) -> Outcome:
         d = self.dispatch
@@ -94,10 +97,14 @@ class Attempt:
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # own process group: kill reaches every child
                 user=self.run_as,
+                # Never outlive the worker (see shoal_worker.orphans).
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         except (OSError, ValueError, KeyError) as exc:  # KeyError/ValueError: unknown user
             return Outcome(exit_code=None, error=f"could not start: {exc}")
-        self.pid = self.proc.pid
+        self._started(self.proc.pid)
+        if self.killed_for:  # a kill that came while the process was being started
+            self.signal(signal.SIGKILL)
         assert self.proc.stdout is not None
         parser = OutputParser(d.get("outputs", []))
         with log_path.open("wb") as log:
@@ -106,6 +113,11 @@ class Attempt:
             code = exit_code_of(await self.proc.wait())
             await _settle(reader)
         return await self._conclude(code, parser)
+
+    def _started(self, pid: int) -> None:
+        self.pid = pid
+        if self.groups is not None:
+            self.groups.add(pid, self.dispatch["dispatch_id"])
 
     def _env(self) -> dict[str, str]:
         d = self.dispatch
@@ -144,7 +156,7 @@ class Attempt:
             return Outcome(exit_code=None, error=f"could not start: {exc}")
         finally:
             os.close(write_fd)
-        self.pid = child.pid
+        self._started(child.pid)
         if self.killed_for:  # a kill that came while the child was being forked
             self.signal(signal.SIGKILL)
         loop = asyncio.get_running_loop()
@@ -205,6 +217,10 @@ class Attempt:
                     stamp = datetime.now(UTC).isoformat()
                     await self.on_lines([(stamp, ln) for ln in lines])
 
+            if self.killed_for is not None:  # killed before it began: never run it
+                await say(f"killed ({self.killed_for})")
+                return self._finish(Outcome(exit_code=None, error=f"killed ({self.killed_for})",
+                                            killed=True))
             self._inner = asyncio.ensure_future(runner(say))
             try:
                 outcome = await asyncio.shield(self._inner)

@@ -38,6 +38,7 @@ from shoal.infra.settings import Settings
 from shoal_worker.executor import Attempt, Outcome, Say
 from shoal_worker.inloop import run_http, run_sql
 from shoal_worker.logship import LogShipper
+from shoal_worker.orphans import TaskGroups
 from shoal_worker.warm import WarmPython
 
 log = logging.getLogger("shoal.worker")
@@ -88,12 +89,17 @@ class Worker:
         self.queued: set[str] = set()
         self.loss = kafka.LossWatch()
         self.dead = policy.DeadLetters(producer, settings.dead_letters_topic, "worker")
+        self.groups = TaskGroups(settings.data_dir, self.worker_id)
         self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ dispatches
     async def consume(self, stop: asyncio.Event) -> None:
         s = self.settings
         topic = s.tasks_topic(s.worker_group)
+        killed = self.groups.start()
+        if killed:
+            log.warning("killed %d task process groups left by a worker that died here",
+                        killed)
         await kafka.ensure_topics(s, [topic, s.commands_topic, s.dead_letters_topic,
                                       s.topic("worker-control")])
         consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
@@ -135,6 +141,7 @@ class Worker:
             await consumer.stop()
             await self._drain()
             await self.warm.close()
+            self.groups.close()
 
     async def _after_loss(self, lost: list[TopicPartition]) -> None:
         """The broker lost data (its topics were recreated): offsets of the lost
@@ -194,7 +201,8 @@ class Worker:
                               run_as=self.settings.worker_run_as, in_loop=self._in_loop(d),
                               warm=self.warm if self.settings.worker_warm_python or
                               "function" in (d.get("spec") or {}) else None,
-                              code_path=self.code_path, received_at=p.received_at)
+                              code_path=self.code_path, received_at=p.received_at,
+                              groups=self.groups)
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
@@ -275,6 +283,7 @@ class Worker:
                 end = TaskFailed(**fields, exit_code=outcome.exit_code, error=outcome.error)
             await started.then(end)
         finally:
+            self.groups.remove(attempt.pid)
             self.running.pop(d["dispatch_id"], None)
             self.finished[d["dispatch_id"]] = None
             while len(self.finished) > 10_000:
