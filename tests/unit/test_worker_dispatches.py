@@ -7,10 +7,12 @@ from __future__ import annotations
 import uuid
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
+from shoal.core.model import TaskStarted, TaskSucceeded
 from shoal.infra import codec
 from shoal.infra.settings import Settings
-from shoal_worker.main import Worker
+from shoal_worker.main import Worker, _StartReport
 
 TP = TopicPartition("t.tasks.default", 0)
 
@@ -35,3 +37,34 @@ async def test_a_dispatch_id_is_queued_once_and_not_again_once_finished(tmp_path
     assert [p.dispatch["dispatch_id"] for p in w.queue] == [d1]
     assert w.fetched[TP] == 3
 
+
+
+class _BrokerDown(Worker):
+    """A worker whose reports fail as with the broker away, until ``up``."""
+
+    up = False
+    sent_types: list[str]
+
+    async def _report(self, cmd):  # type: ignore[no-untyped-def]
+        if not self.up:
+            raise KafkaConnectionError("broker away")
+        self.sent_types.append(cmd.type)
+
+    async def _report_both(self, first, second):  # type: ignore[no-untyped-def]
+        await self._report(first)
+        await self._report(second)
+
+
+async def test_a_failed_start_report_keeps_the_dispatchs_offset(tmp_path):
+    w = _BrokerDown(Settings(topic_prefix="t", data_dir=str(tmp_path)), producer=None)  # type: ignore[arg-type]
+    w.sent_types = []
+    d1 = str(uuid.uuid4())
+    await w._buffer(TP, 0, dispatch(d1), None)
+    d = w.queue[0].dispatch
+    started = _StartReport(w, TaskStarted(**w._fields(d, "started")), 0.0,
+                           on_sent=lambda: w._started(TP, 0))
+    assert await started.task is False
+    assert w.unstarted[TP] == {0}, "the offset of a dispatch whose start was lost moved on"
+    w.up = True
+    await started.then(TaskSucceeded(**w._fields(d, "finished"), exit_code=0))
+    assert w.sent_types == ["TaskStarted", "TaskSucceeded"] and w.unstarted[TP] == set()

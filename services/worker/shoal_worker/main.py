@@ -45,9 +45,12 @@ log = logging.getLogger("shoal.worker")
 _REPORT_NS = uuid.UUID("1b6c7e0a-53a2-4c55-8f4e-2f1d8c3e9b21")
 
 
-def report_id(dispatch_id: str, kind: str) -> str:
-    """Deterministic: a re-run of the same dispatch produces the same report ids."""
-    return str(uuid.uuid5(_REPORT_NS, f"{dispatch_id}/{kind}"))
+def report_id(dispatch_id: str, kind: str, worker_id: str) -> str:
+    """Deterministic: a re-run of the same dispatch on this worker produces the same report
+    ids. Another worker's reports of the same dispatch (a redelivery) have other ids, so the
+    orchestrator sees them (and kills that worker's process) instead of taking them for
+    duplicates of the holder's."""
+    return str(uuid.uuid5(_REPORT_NS, f"{dispatch_id}/{worker_id}/{kind}"))
 
 
 @dataclass(order=True)
@@ -77,6 +80,7 @@ class Worker:
         self.partitions: set[int] = set()  # of the group's tasks topic, owned now
         self.lag: dict[int, int] = {}
         self.slot_freed = asyncio.Event()
+        self.polls = 0  # getmany calls (a busy worker keeps polling)
         self.datasources = settings.datasource_urls()
         self.code_path = settings.code_paths()
         if self.code_path:  # absolute, for the warm runner's preloads as for children
@@ -115,23 +119,22 @@ class Worker:
         try:
             while not stop.is_set():
                 room = s.worker_slots + s.worker_prefetch - len(self.running) - len(self.queue)
+                # A busy worker keeps polling, with its partitions paused: a consumer that
+                # stops calling getmany leaves the group after max_poll_interval, and its
+                # queued dispatches would go to another worker while still held here.
                 if room <= 0:
                     consumer.pause(*consumer.assignment())
                 else:
                     consumer.resume(*consumer.paused())
-                if room > 0:
-                    batch = await consumer.getmany(timeout_ms=100, max_records=room)
-                    pacer.saw(len(batch))
-                    lost = self.loss.lost(batch)
-                    if lost:
-                        await self._after_loss(lost)
-                    for tp, msgs in batch.items():
-                        for m in msgs:
-                            await self._buffer(tp, m.offset, m.value, m.key)
-                else:
-                    self.slot_freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.slot_freed.wait(), 0.2)
+                batch = await consumer.getmany(timeout_ms=100, max_records=max(room, 1))
+                self.polls += 1
+                pacer.saw(len(batch))
+                lost = self.loss.lost(batch)
+                if lost:
+                    await self._after_loss(lost)
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        await self._buffer(tp, m.offset, m.value, m.key)
                 await self._start_ready()
                 await self._commit(consumer)
         finally:
@@ -372,7 +375,7 @@ class Worker:
 
     # ------------------------------------------------------------------ reports
     def _fields(self, d: dict[str, Any], kind: str) -> dict[str, Any]:
-        return {"message_id": report_id(d["dispatch_id"], kind),
+        return {"message_id": report_id(d["dispatch_id"], kind, self.worker_id),
                 "instance_id": d["instance_id"], "sent_at": utcnow_iso(), "task": d["task"],
                 "attempt": d["attempt"], "dispatch_id": d["dispatch_id"],
                 "worker_id": self.worker_id}
@@ -429,8 +432,11 @@ class _StartReport:
             return False
         try:
             await self.worker._report(self.cmd)
-        except KafkaError as exc:  # the lease machinery recovers a start never heard of
+        except KafkaError as exc:
+            # Not on the broker: the dispatch's offset stays uncommitted (a worker dying
+            # now leaves it to be redelivered) and the start goes again with the end.
             log.warning("could not report the start of %s: %r", self.cmd.task, exc)
+            return False
         self.on_sent()
         return True
 
