@@ -14,6 +14,8 @@ import pytest
 
 from shoal.core.model import StartWorkflow
 from shoal.infra import codec
+from shoal.infra.db import connect_pool
+from shoal.infra.policy import is_transient
 from shoal.infra.settings import Settings
 from shoal.infra.store import EventStore
 from shoal_orchestrator.handler import BatchHandler, Cache
@@ -116,3 +118,31 @@ async def test_a_fenced_batch_rechecks_every_input_the_other_owner_applied(pool)
     types = [e.type for e in await plain.events_of(iid)]
     assert types.count("InputRejected") == 1, types
     assert result.appended == 0 and result.duplicates == 1
+
+
+async def test_the_append_lock_is_waited_for_only_up_to_the_lock_timeout(pool, database):
+    """A stuck holder of the append lock makes a commit fail fast with a transient error
+    (retried by the policy), not queue for ever."""
+    await _define(pool)
+    holder = await asyncpg.connect(database)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("LOCK TABLE shoal.events IN EXCLUSIVE MODE")
+    try:
+        h = BatchHandler(Settings(topic_prefix="t"), EventStore(pool, lock_timeout=0.5), Cache())
+        with pytest.raises(asyncpg.LockNotAvailableError) as exc:
+            await asyncio.wait_for(h.handle([rec(_start())]), 10)
+        assert is_transient(exc.value)
+    finally:
+        await tx.rollback()
+        await holder.close()
+
+
+async def test_a_pool_statement_gives_up_after_the_command_timeout(database):
+    pool = await connect_pool(database, max_size=1, command_timeout=0.5)
+    try:
+        with pytest.raises(TimeoutError) as exc:
+            await asyncio.wait_for(pool.execute("SELECT pg_sleep(30)"), 10)
+        assert is_transient(exc.value)
+    finally:
+        await pool.close()

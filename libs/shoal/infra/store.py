@@ -134,8 +134,11 @@ COMMITTED = "shoal_events"
 class EventStore:
     """The orchestrator's port onto Postgres."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, lock_timeout: float = 10.0) -> None:
         self.pool = pool
+        # Waiting longer for the append lock raises LockNotAvailableError (transient: the
+        # batch is retried) instead of queueing behind a stuck holder for ever.
+        self._lock_ms = max(1, int(lock_timeout * 1000))
 
     async def load_runs(self, instance_ids: Iterable[str]) -> dict[str, Run]:
         """Each instance's state: its latest snapshot plus the events after it (the whole
@@ -205,7 +208,8 @@ class EventStore:
             if event_rows:
                 # One round trip for the lock and the notification (delivered at commit;
                 # it wakes the projector and the leading outbox relay).
-                await conn.execute("LOCK TABLE shoal.events IN EXCLUSIVE MODE; "
+                await conn.execute(f"SET LOCAL lock_timeout = {self._lock_ms}; "
+                                   "LOCK TABLE shoal.events IN EXCLUSIVE MODE; "
                                    f"SELECT pg_notify('{COMMITTED}', '')")
             elif outbox:
                 await conn.execute(f"SELECT pg_notify('{COMMITTED}', '')")

@@ -178,10 +178,11 @@ async def main(settings: Settings) -> None:
     setup_logging(settings.log_level, "orchestrator", settings.log_format)
     await migrate(settings.database_url)
     await kafka.ensure_topics(settings, kafka.base_topics(settings))
-    pool = await connect_pool(settings.database_url, max_size=5)
+    pool = await connect_pool(settings.database_url, max_size=5,
+                              command_timeout=settings.db_statement_timeout)
     producer = kafka.producer(settings)
     await producer.start()
-    store = EventStore(pool)
+    store = EventStore(pool, lock_timeout=settings.db_lock_timeout)
     relay = OutboxRelay(settings, producer)
     cache = Cache()
     leases = LeaseMonitor(settings, cache, producer)
