@@ -4,8 +4,8 @@ Any orchestrator may fire any due row: firing only publishes a command to the in
 partition of ``<prefix>.commands``, where the partition's owner applies it in order (and
 ignores it if the timer was cancelled meanwhile). Rows are deleted after they were
 published (no lock held across the sends, see ``fire_due``); a crash in between
-re-publishes, and the deterministic message_id makes the repeat a no-op. Timers therefore survive any
-orchestrator's death, including SIGKILL.
+re-publishes, and the deterministic message_id makes the repeat a no-op. Timers
+therefore survive any orchestrator's death, including SIGKILL.
 """
 
 from __future__ import annotations
