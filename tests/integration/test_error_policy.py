@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shoal.core.model import StartWorkflow
+from shoal.core.model import StartWorkflow, TaskSucceeded
 from shoal.infra import codec
 from shoal.infra.db import connect_pool
 from shoal.infra.policy import is_transient
@@ -146,3 +146,23 @@ async def test_a_pool_statement_gives_up_after_the_command_timeout(database):
         assert is_transient(exc.value)
     finally:
         await pool.close()
+
+
+async def test_a_finished_run_leaves_the_cache_and_a_late_input_still_finds_it(pool):
+    await _define(pool)
+    store = EventStore(pool)
+    h = BatchHandler(Settings(topic_prefix="t"), store, Cache())
+    start = _start()
+    iid = start.instance_id
+    await h.handle([rec(start)])
+    assert iid in h.cache
+    for _ in range(2):
+        d = (await store.events_of(iid))[-1].data
+        await h.handle([rec(TaskSucceeded(
+            message_id=str(uuid.uuid4()), instance_id=iid, sent_at="t", task=d["task"],
+            attempt=1, dispatch_id=d["dispatch_id"], worker_id="w", exit_code=0))])
+    assert (await store.events_of(iid))[-1].type == "WorkflowSucceeded"
+    assert iid not in h.cache
+    late = await h.handle([rec(StartWorkflow(message_id=str(uuid.uuid4()), instance_id=iid,
+                                             sent_at="t", workflow="pair"))])
+    assert late.appended == 1 and iid not in h.cache   # its InputRejected, from the log

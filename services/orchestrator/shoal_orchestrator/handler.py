@@ -172,7 +172,11 @@ class BatchHandler:
                 self.cache.drop([c.instance_id for _, c in fresh])
                 continue
             for iid, (partition, run) in runs.items():
-                self.cache.put(iid, partition, run)
+                if run.state.finished:
+                    # A finished run leaves memory: a late input reloads it from the log.
+                    self.cache.drop([iid])
+                else:
+                    self.cache.put(iid, partition, run)
             result.appended = sum(len(a.events) for a in appends)
             result.dead_letters.extend(dead)
             return result

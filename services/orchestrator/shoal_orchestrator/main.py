@@ -17,7 +17,7 @@ from shoal.infra.health import Health
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.members import Membership, member_id
 from shoal.infra.settings import Settings
-from shoal.infra.store import EventStore
+from shoal.infra.store import EventStore, prune
 from shoal_orchestrator.handler import BatchHandler, BatchResult, Cache, Record
 from shoal_orchestrator.leases import LeaseMonitor
 from shoal_orchestrator.relay import OutboxRelay
@@ -200,10 +200,28 @@ async def main(settings: Settings) -> None:
             lambda stop: metrics.serve(settings, "orchestrator", stop, health),
             lambda stop: health.watch(pool, stop),
             lambda stop: outbox_gauge(pool, stop),
+            lambda stop: retention(pool, settings, stop),
         ])
     finally:
         await producer.stop()
         await pool.close()
+
+
+async def retention(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event,
+                    every: float = 300.0) -> None:
+    """Delete done-markers and successes older than SHOAL_RETENTION_DAYS, now and then
+    (every orchestrator may: the deletes are idempotent and in small batches)."""
+    while not stop.is_set():
+        if settings.retention_days > 0:
+            try:
+                markers, successes = await prune(pool, settings.retention_days)
+                if markers or successes:
+                    log.info("retention: deleted %d done-markers and %d successes older "
+                             "than %g days", markers, successes, settings.retention_days)
+            except DB_ERRORS as exc:
+                log.warning("retention pass failed (%r); next pass later", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
 
 
 async def outbox_gauge(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
