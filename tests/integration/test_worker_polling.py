@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,7 +22,7 @@ def _dispatch(prefix: str) -> bytes:
     d = str(uuid.uuid4())
     return codec.dumps({
         "type": "DispatchTask", "message_id": d, "instance_id": str(uuid.uuid4()),
-        "sent_at": "2026-01-01T00:00:00+00:00", "workflow": "w", "task": "a", "attempt": 1,
+        "sent_at": datetime.now(UTC).isoformat(), "workflow": "w", "task": "a", "attempt": 1,
         "dispatch_id": d, "task_type": "shell", "worker_group": "default",
         "command": "sleep 4", "env": {}, "outputs": [], "priority": 0})
 

@@ -5,6 +5,7 @@ is committed only after its start was sent is tested end to end in test_workers.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
@@ -20,7 +21,7 @@ TP = TopicPartition("t.tasks.default", 0)
 def dispatch(dispatch_id: str) -> bytes:
     return codec.dumps({
         "type": "DispatchTask", "message_id": dispatch_id, "instance_id": str(uuid.uuid4()),
-        "sent_at": "2026-01-01T00:00:00+00:00", "workflow": "w", "task": "a", "attempt": 1,
+        "sent_at": datetime.now(UTC).isoformat(), "workflow": "w", "task": "a", "attempt": 1,
         "dispatch_id": dispatch_id, "task_type": "shell", "worker_group": "default",
         "command": "true", "env": {}, "outputs": [], "priority": 0})
 
@@ -68,3 +69,24 @@ async def test_a_failed_start_report_keeps_the_dispatchs_offset(tmp_path):
     w.up = True
     await started.then(TaskSucceeded(**w._fields(d, "finished"), exit_code=0))
     assert w.sent_types == ["TaskStarted", "TaskSucceeded"] and w.unstarted[TP] == set()
+
+
+async def test_a_dispatch_older_than_the_horizon_is_refused_with_a_report(tmp_path):
+    w = _BrokerDown(Settings(topic_prefix="t", data_dir=str(tmp_path),
+                             dispatch_horizon_s=600), producer=None)  # type: ignore[arg-type]
+    w.up, w.sent_types = True, []
+    reports: list = []
+
+    async def keep(cmd):  # type: ignore[no-untyped-def]
+        reports.append(cmd)
+    w._report = keep  # type: ignore[method-assign]
+    stale, fresh = str(uuid.uuid4()), str(uuid.uuid4())
+    old = codec.loads(dispatch(stale))
+    old["sent_at"] = "2026-01-01T00:00:00+00:00"      # long before now
+    await w._buffer(TP, 0, codec.dumps(old), None)
+    await w._buffer(TP, 1, dispatch(fresh), None)
+    assert [p.dispatch["dispatch_id"] for p in w.queue] == [fresh]
+    assert [(r.type, r.dispatch_id) for r in reports] == [("TaskFailed", stale)]
+    assert "SHOAL_DISPATCH_HORIZON_S" in reports[0].error
+    assert w.unstarted[TP] == {1} and w.fetched[TP] == 2   # its offset moves on
+

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -185,10 +186,38 @@ class Worker:
             return
         if d["dispatch_id"] in self.queued or d["dispatch_id"] in self.finished:
             return  # re-issued after a broker loss: already here
+        too_old = self._too_old(d)
+        if too_old:
+            # Replayed (expired offsets) or held up past any retry interval: never run
+            # blind. The report fails the attempt if it is still current; else it is
+            # rejected as stale and changes nothing.
+            log.warning("refusing dispatch %s of %s: %s", d["dispatch_id"], d["task"], too_old,
+                        extra={"instance_id": d["instance_id"], "task": d["task"],
+                               "dispatch_id": d["dispatch_id"]})
+            self.finished[d["dispatch_id"]] = None
+            await self._report(TaskFailed(**self._fields(d, "refused"), error=too_old))
+            return
         self.queued.add(d["dispatch_id"])
         self.unstarted.setdefault(tp, set()).add(offset)
         heapq.heappush(self.queue, Pending(int(d.get("priority", 0)), next(self._seq), tp,
                                            offset, d, time.monotonic()))
+
+    def _too_old(self, d: dict[str, Any]) -> str | None:
+        """Why the dispatch is past SHOAL_DISPATCH_HORIZON_S, or None."""
+        horizon = self.settings.dispatch_horizon_s
+        if horizon <= 0:
+            return None
+        try:
+            sent = datetime.fromisoformat(d["sent_at"])
+        except ValueError:
+            return f"refused: dispatch sent_at {d['sent_at']!r} is not a timestamp"
+        if sent.tzinfo is None:
+            sent = sent.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - sent).total_seconds()
+        if age <= horizon:
+            return None
+        return (f"refused: dispatch sent at {d['sent_at']} is {age:.0f} s old, older than "
+                f"SHOAL_DISPATCH_HORIZON_S ({horizon:g} s)")
 
     async def _start_ready(self) -> None:
         while self.queue and len(self.running) < self.settings.worker_slots:
