@@ -9,8 +9,9 @@ and co-partitioned with the topic, hold everything a new owner needs after a reb
 
 Ownership change (faust's rebalance + table recovery): while faust rebalances or
 recovers tables nothing fires; afterwards a newly owned partition counts as owned from
-that moment, so fires between its stored cursor and then were missed and follow the
-schedule's ``catchup``. Nothing else is kept between passes.
+that moment, or from the previous owner's last "alive" record in the cursor when that is
+recent (a hand-over keeps on-time fires, see ``handed_over_at``); fires before that were
+missed and follow the schedule's ``catchup``. Nothing else is kept between passes.
 """
 
 from __future__ import annotations
@@ -223,10 +224,30 @@ async def _record_pass(firer: Firer, key: bytes, value: bytes, cursors: Any,
         return None
     schedule = Schedule.from_dict(record)
     last = datetime.fromisoformat(cursor["last"]) if cursor.get("last") else None
-    new_last, due = await firer.schedule_pass(schedule, last, owned_since, now)
-    if new_last is not None and new_last != last:
-        cursors[key] = codec.dumps({"last": new_last.isoformat()})
+    alive = datetime.fromisoformat(cursor["alive_at"]) if cursor.get("alive_at") else None
+    new_last, due = await firer.schedule_pass(
+        schedule, last, handed_over_at(owned_since, alive), now)
+    if (new_last is not None and new_last != last) or alive is None or \
+            now - alive >= ALIVE_EVERY:
+        kept = new_last or last
+        cursors[key] = codec.dumps({"last": kept.isoformat() if kept else None,
+                                    "alive_at": now.isoformat()})
     return due
+
+
+# The owner records in each schedule's cursor that it is alive, this often; a new owner
+# treats fires after the previous owner's last record as on time (a hand-over: failover,
+# rebalance, rolling deploy), as long as that record is at most HAND_OVER old when it
+# takes over. Longer than that, nobody owned the schedule: the gap follows ``catchup``.
+ALIVE_EVERY = timedelta(seconds=5)
+HAND_OVER = timedelta(seconds=120)
+
+
+def handed_over_at(owned_since: datetime, alive_at: datetime | None) -> datetime:
+    """Since when fires count as on time for the schedule's current owner."""
+    if alive_at is not None and owned_since - HAND_OVER <= alive_at < owned_since:
+        return alive_at
+    return owned_since
 
 
 async def _sleep(changed: asyncio.Event, seconds: float) -> None:
