@@ -108,7 +108,9 @@ class Worker:
         await kafka.ensure_topics(s, [topic, s.commands_topic, s.dead_letters_topic,
                                       s.topic("worker-control")])
         consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
-        consumer.subscribe([topic], listener=_Revoke(self))
+        revoke = _Revoke(self)
+        consumer.subscribe([topic], listener=revoke)
+        revoke.consumer = consumer
         await consumer.start()
         pacer = kafka.FetchPacer(consumer, s)
         log.info("worker %s serving group %s with %d slots", self.worker_id, s.worker_group,
@@ -287,6 +289,38 @@ class Worker:
             self.unstarted.pop(tp, None)
             self.fetched.pop(tp, None)
             self.committed.pop(tp, None)
+
+    async def hand_over(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                        wait: float = 2.0) -> None:
+        """Before revoked partitions go: attempts started here must not be redelivered to
+        the next owner (it would run them a second time). Queued dispatches are given
+        back; the starts of those already running are waited for (they are on the broker
+        within the start report delay), and the offsets up to the first dispatch not
+        started here are committed."""
+        gone = set(tps)
+        for p in self.queue:
+            if p.tp in gone:
+                self.unstarted.get(p.tp, set()).discard(p.offset)
+        self.forget_queued(gone)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        # A start report has no event to wait on: poll.
+        while any(self.unstarted.get(tp) for tp in gone) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        offsets = {tp: self.fetched[tp] for tp in gone
+                   if tp in self.fetched and not self.unstarted.get(tp)
+                   and self.committed.get(tp) != self.fetched[tp]}
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                log.warning("offset commit at hand-over failed: %r", exc)
+        self.forget(tps)
+
+    def forget_queued(self, gone: set[TopicPartition]) -> None:
+        self.queued -= {p.dispatch["dispatch_id"] for p in self.queue if p.tp in gone}
+        self.queue = [p for p in self.queue if p.tp not in gone]
+        heapq.heapify(self.queue)
 
     async def _run(self, attempt: Attempt, started: _StartReport) -> None:
         d = attempt.dispatch
@@ -481,10 +515,14 @@ class _StartReport:
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.consumer: AIOKafkaConsumer | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.worker.partitions -= {tp.partition for tp in revoked}
-        self.worker.forget(list(revoked))
+        if self.consumer is not None:
+            await self.worker.hand_over(self.consumer, list(revoked))
+        else:
+            self.worker.forget(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.worker.partitions |= {tp.partition for tp in assigned}
