@@ -46,6 +46,7 @@ async def test_a_worker_with_every_slot_busy_keeps_polling(broker: str, tmp_path
         await asyncio.sleep(1.0)
         assert len(w.running) == 1 and not w.queue  # busy: nothing more was taken
         assert w.polls - before >= 3, "a busy worker stopped polling"
+        assert w.polls - before <= 50, "a busy worker spins instead of waiting in getmany"
     finally:
         stop.set()
         await asyncio.wait_for(consuming, 30)
