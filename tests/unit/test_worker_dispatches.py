@@ -90,3 +90,24 @@ async def test_a_dispatch_older_than_the_horizon_is_refused_with_a_report(tmp_pa
     assert "SHOAL_DISPATCH_HORIZON_S" in reports[0].error
     assert w.unstarted[TP] == {1} and w.fetched[TP] == 2   # its offset moves on
 
+
+
+async def test_reports_are_kept_only_for_the_resend_window_and_killed_queued_ids_go(tmp_path,
+                                                                                 monkeypatch):
+    import shoal_worker.main as wm
+
+    w = Worker(Settings(topic_prefix="t", data_dir=str(tmp_path)), producer=None)  # type: ignore[arg-type]
+    d = codec.loads(dispatch(str(uuid.uuid4())))
+    clock = [1000.0]
+    monkeypatch.setattr(wm.time, "monotonic", lambda: clock[0])
+    w._remember(TaskStarted(**w._fields(d, "started")))
+    clock[0] += wm.RESEND_WINDOW + 1
+    w._remember(TaskSucceeded(**w._fields(d, "finished"), exit_code=0))
+    assert len(w.sent) == 1
+    queued = str(uuid.uuid4())
+    await w._buffer(TP, 5, dispatch(queued), None)
+    await w._on_control(codec.dumps({
+        "type": "KillTask", "message_id": str(uuid.uuid4()), "instance_id": str(uuid.uuid4()),
+        "task": "a", "attempt": 1, "dispatch_id": queued, "worker_id": w.worker_id,
+        "reason": "stopped", "sent_at": "t"}))
+    assert queued not in w.queued and not w.queue

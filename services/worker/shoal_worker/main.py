@@ -44,6 +44,7 @@ from shoal_worker.warm import WarmPython
 
 log = logging.getLogger("shoal.worker")
 _REPORT_NS = uuid.UUID("1b6c7e0a-53a2-4c55-8f4e-2f1d8c3e9b21")
+RESEND_WINDOW = 120.0  # seconds of reports sent again after the broker lost data
 
 
 def report_id(dispatch_id: str, kind: str, worker_id: str) -> str:
@@ -157,7 +158,7 @@ class Worker:
             self.unstarted.pop(tp, None)
             self.fetched.pop(tp, None)
             self.committed.pop(tp, None)
-        horizon = time.monotonic() - 120
+        horizon = time.monotonic() - RESEND_WINDOW
         again = [(v, k) for at, v, k in self.sent if at >= horizon]
         log.warning("the broker lost partitions %s of the tasks topic; sending %d recent "
                     "reports again", sorted(tp.partition for tp in lost), len(again))
@@ -166,7 +167,10 @@ class Worker:
 
     def _remember(self, cmd: TaskStarted | TaskSucceeded | TaskFailed | TaskKilled) -> bytes:
         value = codec.encode_command(cmd)
-        self.sent.append((time.monotonic(), value, cmd.instance_id.encode()))
+        now = time.monotonic()
+        while self.sent and self.sent[0][0] < now - RESEND_WINDOW:
+            self.sent.popleft()  # only the last RESEND_WINDOW seconds are ever sent again
+        self.sent.append((now, value, cmd.instance_id.encode()))
         return value
 
     async def _warm_up(self) -> None:
@@ -404,6 +408,8 @@ class Worker:
             heapq.heapify(self.queue)
             for p in queued:
                 self.unstarted.get(p.tp, set()).discard(p.offset)
+            self.queued.discard(dispatch_id)
+            self.finished[dispatch_id] = None  # a redelivery is not started either
             return
         if target == self.worker_id:  # addressed to us and we do not have it: say so
             d = {"instance_id": msg["instance_id"], "task": msg["task"],
