@@ -111,3 +111,26 @@ async def test_reports_are_kept_only_for_the_resend_window_and_killed_queued_ids
         "task": "a", "attempt": 1, "dispatch_id": queued, "worker_id": w.worker_id,
         "reason": "stopped", "sent_at": "t"}))
     assert queued not in w.queued and not w.queue
+
+
+async def test_a_hand_over_commits_up_to_the_first_dispatch_not_started_here(tmp_path):
+    """Revoked while one dispatch runs (its start reported) and two wait in the queue: the
+    offset committed is that of the first queued one, so the next owner gets both."""
+    import heapq
+
+    class Commits:
+        def __init__(self) -> None:
+            self.offsets: list[dict] = []
+
+        async def commit(self, offsets):  # type: ignore[no-untyped-def]
+            self.offsets.append(dict(offsets))
+
+    w = Worker(Settings(topic_prefix="t", data_dir=str(tmp_path)), producer=None)  # type: ignore[arg-type]
+    for offset in range(3):
+        await w._buffer(TP, offset, dispatch(str(uuid.uuid4())), None)
+    first = heapq.heappop(w.queue)             # started here ...
+    w._started(TP, first.offset)               # ... and its start is on the broker
+    consumer = Commits()
+    await w.hand_over(consumer, [TP], wait=0.1)  # type: ignore[arg-type]
+    assert consumer.offsets == [{TP: 1}]
+    assert not w.queue and TP not in w.unstarted

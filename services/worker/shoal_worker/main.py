@@ -302,18 +302,28 @@ class Worker:
         within the start report delay), and the offsets up to the first dispatch not
         started here are committed."""
         gone = set(tps)
+        queued: dict[TopicPartition, set[int]] = {}
         for p in self.queue:
             if p.tp in gone:
-                self.unstarted.get(p.tp, set()).discard(p.offset)
+                queued.setdefault(p.tp, set()).add(p.offset)
         self.forget_queued(gone)
+
+        def starting(tp: TopicPartition) -> set[int]:
+            return self.unstarted.get(tp, set()) - queued.get(tp, set())
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         # A start report has no event to wait on: poll.
-        while any(self.unstarted.get(tp) for tp in gone) and loop.time() < deadline:  # noqa: ASYNC110
+        while any(starting(tp) for tp in gone) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        offsets = {tp: self.fetched[tp] for tp in gone
-                   if tp in self.fetched and not self.unstarted.get(tp)
-                   and self.committed.get(tp) != self.fetched[tp]}
+        offsets = {}
+        for tp in gone:
+            if tp not in self.fetched:
+                continue
+            pending = self.unstarted.get(tp)  # queued ones stay pending: the next owner's
+            target = min(pending) if pending else self.fetched[tp]
+            if self.committed.get(tp) != target:
+                offsets[tp] = target
         if offsets:
             try:
                 await consumer.commit(offsets)
