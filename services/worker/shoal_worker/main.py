@@ -83,6 +83,8 @@ class Worker:
         self.lag: dict[int, int] = {}
         self.slot_freed = asyncio.Event()
         self.polls = 0  # getmany calls (a busy worker keeps polling)
+        self.consumer: AIOKafkaConsumer | None = None
+        self._committing: asyncio.Task[None] | None = None
         self.datasources = settings.datasource_urls()
         self.code_path = settings.code_paths()
         if self.code_path:  # absolute, for the warm runner's preloads as for children
@@ -111,7 +113,7 @@ class Worker:
         consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
         revoke = _Revoke(self)
         consumer.subscribe([topic], listener=revoke)
-        revoke.consumer = consumer
+        revoke.consumer = self.consumer = consumer
         await consumer.start()
         pacer = kafka.FetchPacer(consumer, s)
         log.info("worker %s serving group %s with %d slots", self.worker_id, s.worker_group,
@@ -255,8 +257,21 @@ class Worker:
             t.add_done_callback(self.tasks.discard)
 
     def _started(self, tp: TopicPartition, offset: int) -> None:
-        """The attempt's start is on the broker: its dispatch's offset may be committed."""
+        """The attempt's start is on the broker: its dispatch's offset may be committed,
+        at once (not at the loop's next turn): the shorter the time a reported dispatch's
+        offset stays uncommitted, the fewer finished attempts a worker's death hands to
+        another worker to run again."""
         self.unstarted.get(tp, set()).discard(offset)
+        if self.consumer is not None and self._committing is None:
+            self._committing = asyncio.create_task(self._commit_now(self.consumer))
+
+    async def _commit_now(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await self._commit(consumer)
+        except Exception as exc:  # noqa: BLE001 - the loop's next commit tries again
+            log.warning("offset commit failed: %r", exc)
+        finally:
+            self._committing = None
 
     def _in_loop(self, d: dict[str, Any]) -> Callable[[Say], Awaitable[Outcome]] | None:
         """sql and http attempts run in this event loop (still one slot each)."""
