@@ -1,9 +1,13 @@
-"""Chaos: many runs of mixed shapes while orchestrators and workers are SIGKILLed at random.
+"""Chaos: many runs of mixed shapes while orchestrators and workers are SIGKILLed at random,
+every database connection is cut now and then, and poison messages land on the commands
+topic.
 
 The short form runs in CI (`make test`); `make chaos` runs the long form (SHOAL_CHAOS=long:
 1,000 runs, a kill every 5-10 s for 3 minutes) and prints the same figures:
-runs finished / lost / stuck, duplicate succeeded attempts, and the time from each kill to
-progress on what the killed process held (p50 / p99).
+runs finished / lost / stuck, duplicate succeeded attempts, side effects (every task
+appends a line to a file outside the system) against succeeded tasks, poison messages
+dead-lettered, database cuts, and the time from each kill to progress on what the killed
+process held (p50 / p99).
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from shoal.infra.settings import Settings
+from tests.e2e.kafka_io import read_all
+from tests.e2e.test_poison import _commands as poison_commands
 from tests.support import Stack, eventually
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +59,16 @@ SHAPES = [
         {"name": "first", "command": '[ "$SHOAL_ATTEMPT" -ge 2 ]', **RETRIES},
         {"name": "then", "command": "true", "depends_on": ["first"], **RETRIES}]},
 ]
+
+
+def with_side_effects(shape: dict, effects: Path) -> dict:
+    """Each task that succeeds appends one line to ``effects``: a task run twice (say by
+    an orphan of a killed worker and by the retry) shows as two lines, whatever the log."""
+    mark = f'echo "$SHOAL_INSTANCE_ID $SHOAL_TASK $SHOAL_ATTEMPT" >> {effects}'
+    return {**shape, "tasks": [{**t, "command": f"{t['command']} && {mark}"}
+                               for t in shape["tasks"]]}
+
+
 WEIGHTS = [4, 1, 4, 3]
 
 
@@ -95,18 +114,26 @@ DEFAULTS = {"SHOAL_KAFKA_SESSION_TIMEOUT_MS": str(Settings().kafka_session_timeo
 
 
 @pytest.mark.timeout(1500)
-async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack: Stack):
+async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack: Stack,
+                                                                     tmp_path: Path):
     stack = bare_stack
+    effects = tmp_path / "side-effects.txt"
     rng = random.Random(7)
     stack.start("api", **DEFAULTS)
     await eventually(stack._healthy, timeout=60, what="API up")
     for name in ("orchestrator", "orchestrator", "projector", "worker", "worker"):
         stack.start(name, **DEFAULTS)
     for shape in SHAPES:
-        await stack.apply(shape)
+        await stack.apply(with_side_effects(shape, effects))
     conn = await asyncpg.connect(stack.database_url)
+    dbname = stack.database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(stack.database_url.rsplit("/", 1)[0] + "/postgres")
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
     ids: list[str] = []
     kills: list[Kill] = []
+    cuts: list[int] = []
+    poison: list[tuple[int, int]] = []  # (partition, offset)
     try:
         t_end = time.monotonic() + DURATION
 
@@ -116,8 +143,13 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
                 n = min(RUNS - len(ids), max(1, round(per_second)))
                 for _ in range(n):
                     shape = rng.choices(SHAPES, WEIGHTS)[0]["name"]
-                    r = await stack.request("POST", f"/api/v1/workflows/{shape}/runs",
-                                            json={})
+                    for _ in range(20):  # the API answers 5xx while the database is cut
+                        with contextlib.suppress(httpx.HTTPError):
+                            r = await stack.request("POST", f"/api/v1/workflows/{shape}/runs",
+                                                    json={})
+                            if r.status_code < 500:
+                                break
+                        await asyncio.sleep(0.5)
                     assert r.status_code == 202, r.text
                     ids.append(r.json()["instance_id"])
                 await asyncio.sleep(1.0)
@@ -135,7 +167,27 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
                 stack.start(kind, **DEFAULTS)  # a replacement, as a supervisor would
                 await asyncio.sleep(rng.uniform(5, 10))
 
-        await asyncio.gather(submit(), killer())
+        async def cutter() -> None:
+            """Every database connection of the services cut, every 6-12 s."""
+            await asyncio.sleep(3)
+            while time.monotonic() < t_end:
+                cuts.append(len(await admin.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                    "datname = $1 AND pid <> pg_backend_pid() AND pid <> $2", dbname,
+                    conn.get_server_pid())))
+                await asyncio.sleep(rng.uniform(6, 12))
+
+        async def poisoner() -> None:
+            """Poison on every partition of the commands topic, every 4-8 s."""
+            topic = f"{stack.prefix}.commands"
+            while time.monotonic() < t_end:
+                for p in sorted(await producer.partitions_for(topic)):
+                    key, value = rng.choice(poison_commands(p))
+                    md = await producer.send_and_wait(topic, value, key=key, partition=p)
+                    poison.append((p, md.offset))
+                await asyncio.sleep(rng.uniform(4, 8))
+
+        await asyncio.gather(submit(), killer(), cutter(), poisoner())
 
         async def settled() -> bool:
             n = await conn.fetchval(
@@ -157,6 +209,21 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
         twice = await conn.fetchval(
             "SELECT count(*) FROM (SELECT 1 FROM shoal.events WHERE type = 'TaskSucceeded' "
             "GROUP BY instance_id, data->>'task' HAVING count(*) > 1) d")
+        succeeded_tasks = {(str(r["instance_id"]), r["task"]) for r in await conn.fetch(
+            "SELECT DISTINCT instance_id, data->>'task' AS task FROM shoal.events WHERE "
+            "type = 'TaskSucceeded' AND instance_id = ANY($1)", [uuid.UUID(i) for i in ids])}
+        lines = [ln.split() for ln in effects.read_text().splitlines()] \
+            if effects.exists() else []
+        tracked = set(ids)  # a POST retried after a 5xx may have started an extra run
+        done = [(ln[0], ln[1]) for ln in lines if ln[0] in tracked]
+        side = {
+            "side_effects": len(done), "succeeded_tasks": len(succeeded_tasks),
+            "duplicate_side_effects": len(done) - len(set(done)),
+            "side_effects_of_no_success": len(set(done) - succeeded_tasks),
+            "successes_without_side_effect": len(succeeded_tasks - set(done))}
+        letters = {(d["partition"], d["offset"]) for d in await read_all(
+            stack.bootstrap, f"{stack.prefix}.dead-letters")
+            if d.get("topic") == f"{stack.prefix}.commands"}
         progress: dict[str, list[float]] = {"orchestrator": [], "worker": []}
         for k in kills:
             if k.affected:
@@ -169,6 +236,9 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
             "runs": len(ids), "succeeded": len(rows) - len(failed) - len(stuck),
             "failed": len(failed), "lost": len(lost), "stuck": len(stuck),
             "duplicate_succeeded_attempts": dup, "tasks_succeeded_twice": twice,
+            **side,
+            "poison": len(poison), "poison_dead_lettered": len(set(poison) & letters),
+            "db_cuts": len(cuts), "db_connections_cut": sum(cuts),
             "kills": {"orchestrator": sum(k.kind == "orchestrator" for k in kills),
                       "worker": sum(k.kind == "worker" for k in kills)},
             "kill_to_progress_s": {kind: _percentiles(v) for kind, v in progress.items()},
@@ -192,5 +262,17 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
         assert lost == [] and stuck == [], figures
         assert failed == [], figures
         assert dup == 0 and twice == 0, figures
+        # Not asserted (printed above, see README "Chaos"): a SIGKILL can still make a
+        # side effect happen twice — a task that finished in the moment before its worker
+        # died is run again, and an attempt whose success was not yet applied when its
+        # lease lapsed (an orchestrator stalled by a database cut) is retried. The double
+        # executions fixed with this test (orphans, strays, rebalances) were dozens per run.
+        assert side["successes_without_side_effect"] == 0, figures
+        assert side["side_effects_of_no_success"] == 0, figures
+        assert len(cuts) >= 2 and poison and set(poison) <= letters, figures
+        for p in stack.processes:
+            assert p.alive() or p.name in ("orchestrator", "worker"), f"{p.name} exited"
     finally:
+        await producer.stop()
+        await admin.close()
         await conn.close()

@@ -98,3 +98,42 @@ async def test_a_database_outage_of_several_seconds(stack: Stack):
         assert p.alive(), f"{p.name} exited during the outage"
     async with httpx.AsyncClient(timeout=5) as c:
         assert (await c.get(orchestrator)).status_code == 200
+
+
+async def test_a_database_cut_during_a_burst_of_starts_dead_letters_nothing(stack: Stack):
+    """Starts published straight to the commands topic (large batches, definition look-ups
+    in flight) while every connection of the database is cut again and again: every start
+    succeeds and none is dead-lettered (a lost connection is transient, never poison)."""
+    from tests.e2e.kafka_io import publish_with_librdkafka, read_all, start_json
+    from tests.support import start_command
+
+    await stack.apply(CHAIN)
+    dbname = stack.database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(stack.database_url.rsplit("/", 1)[0] + "/postgres")
+    starts = [start_command("chain4") for _ in range(60)]
+    cutting = True
+
+    async def cut() -> int:
+        n = 0
+        while cutting:  # every 20 ms: some cut lands inside a batch's definition look-up
+            n += await _terminate_all(admin, dbname)
+            await asyncio.sleep(0.02)
+        return n
+
+    try:
+        cutter = asyncio.create_task(cut())
+        for i in range(0, len(starts), 5):
+            publish_with_librdkafka(stack.bootstrap, f"{stack.prefix}.commands",
+                                    [start_json(c) for c in starts[i:i + 5]])
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(2)
+        cutting = False
+        assert await cutter > 0
+    finally:
+        cutting = False
+        await admin.close()
+    await _assert_all_once(stack, [c["instance_id"] for c in starts])
+    letters = await read_all(stack.bootstrap, f"{stack.prefix}.dead-letters")
+    assert letters == [], letters
+    for p in stack.processes:
+        assert p.alive(), f"{p.name} exited during the cuts"

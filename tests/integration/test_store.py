@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -136,3 +137,25 @@ async def test_a_snapshot_plus_its_tail_loads_the_same_state_as_the_whole_histor
     await pool.execute("UPDATE shoal.snapshots SET format = 999")
     assert (await store.load_runs([iid]))[iid] == whole
     assert await store.load_runs([str(uuid.uuid4())]) == {}
+
+
+async def test_retention_deletes_old_markers_and_successes_in_batches(pool):
+    from shoal.infra.store import prune
+
+    old_ids = [uuid.uuid4() for _ in range(7)]
+    await pool.executemany(
+        "INSERT INTO shoal.processed_messages (message_id, instance_id, processed_at) "
+        "VALUES ($1, $1, now() - interval '40 days')", [(i,) for i in old_ids])
+    fresh = uuid.uuid4()
+    await pool.execute("INSERT INTO shoal.processed_messages (message_id, instance_id) "
+                       "VALUES ($1, $1)", fresh)
+    await pool.executemany(
+        "INSERT INTO shoal.successes (workflow, task, business_time, instance_id) VALUES "
+        "('w', '', (now() - $1::interval)::timestamp, $2)",
+        [(timedelta(days=40), uuid.uuid4()), (timedelta(days=41), uuid.uuid4()),
+         (timedelta(days=1), uuid.uuid4())])
+    assert await prune(pool, 30, batch=3) == (7, 2)
+    assert [r[0] for r in await pool.fetch(
+        "SELECT message_id FROM shoal.processed_messages")] == [fresh]
+    assert await pool.fetchval("SELECT count(*) FROM shoal.successes") == 1
+    assert await prune(pool, 30) == (0, 0)

@@ -103,3 +103,46 @@ async def test_an_output_over_the_cap_fails_the_attempt(tmp_path):
     cmd = "echo '${setValue(rows='; seq 1 2000; echo ')}'"
     out = await Attempt(dispatch(cmd), tmp_path, dict(os.environ)).run()
     assert out.exit_code == 1 and "output 'rows' is larger than the cap" in out.error
+
+
+async def test_a_kill_that_arrives_before_the_process_starts_is_honoured(tmp_path):
+    a = Attempt(dispatch("sleep 30; echo never"), tmp_path, dict(os.environ))
+    await a.kill("stopped before start", 1.0)   # nothing runs yet
+    out = await asyncio.wait_for(a.run(), 10)
+    assert out.killed and "stopped before start" in out.error
+
+
+async def test_an_in_loop_attempt_killed_before_it_starts_never_runs(tmp_path):
+    ran: list[bool] = []
+
+    async def runner(say):
+        ran.append(True)
+        return Outcome(exit_code=0)
+
+    a = Attempt(dispatch("", task_type="sql"), tmp_path, dict(os.environ), in_loop=runner)
+    await a.kill("stopped before start", 1.0)
+    out = await a.run()
+    assert out.killed and ran == []
+
+
+class _NoBroker:
+    """A producer whose broker never answers (as during a long outage)."""
+
+    async def send_and_wait(self, *args, **kw):  # type: ignore[no-untyped-def]
+        from aiokafka.errors import KafkaConnectionError
+
+        await asyncio.sleep(0.01)
+        raise KafkaConnectionError("broker away")
+
+
+async def test_log_shipping_that_fails_for_long_never_blocks_the_task(tmp_path):
+    from shoal_worker.logship import LogShipper
+
+    d = dispatch("for i in $(seq 1 200000); do echo line $i; done; echo done")
+    shipper = LogShipper(_NoBroker(), "t.task-logs", d, give_up_after=0.2)  # type: ignore[arg-type]
+    a = Attempt(d, tmp_path, dict(os.environ), on_lines=shipper.add, keep_workdir="always")
+    out = await asyncio.wait_for(a.run(), 60)
+    assert out.exit_code == 0
+    await asyncio.wait_for(shipper.close(), 10)
+    assert shipper.dropped > 0
+    assert (a.workdir / "task.log").read_text().splitlines()[-1] == "done"

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from shoal.infra import codec
+from shoal.infra.settings import Settings
 from shoal_scheduler.main import check_record, partition_of
 
 GOOD: dict[str, Any] = {
@@ -45,3 +47,42 @@ def test_partition_matches_the_default_partitioner():
     parts = list(range(12))
     for key in (b"a", GOOD["id"].encode(), BACKFILL["id"].encode()):
         assert partition_of(key, 12) == DefaultPartitioner()(key, parts, parts)
+
+
+async def test_a_hand_over_keeps_fires_due_after_the_previous_owners_last_tick():
+    """The previous owner ticked at 10:00:01 and died; the new owner takes over at
+    10:00:09. The 10:00:05 fire was due while the schedule changed hands: it is on time
+    (fired even with catchup none), not missed."""
+    from datetime import UTC, datetime
+
+    from shoal.core.schedule import Schedule
+    from shoal_scheduler.main import _record_pass
+
+    class Recorder:
+        fired: tuple[datetime, ...] = ()
+
+        async def schedule_pass(self, schedule, cursor, owned_since, now):  # type: ignore[no-untyped-def]
+            from shoal.core.schedule import next_fires
+
+            plan = next_fires(schedule, after=cursor, until=now, owned_since=owned_since)
+            self.fired = plan.fire
+            return plan.cursor, None
+
+    t = lambda s: datetime(2026, 12, 3, 10, 0, s, tzinfo=UTC)  # noqa: E731
+    record = {**GOOD, "cron": "*/5 * * * * ?", "catchup": "none",
+              "epoch": "2026-12-03T09:00:00+00:00", "enabled_at": "2026-12-03T09:00:00+00:00"}
+    Schedule.from_dict(record)
+    key = record["id"].encode()
+    # The previous owner's cursor: last fire 10:00:00, alive at 10:00:01.
+    cursors = {key: codec.dumps({"last": t(0).isoformat(), "alive_at": t(1).isoformat()})}
+    firer = Recorder()
+    await _record_pass(firer, key, codec.dumps(record), cursors, owned_since=t(9), now=t(9),
+                       settings=Settings())  # type: ignore[arg-type]
+    assert firer.fired == (t(5),)
+    assert codec.loads(cursors[key])["alive_at"] == t(9).isoformat()
+    # A cursor whose owner was last alive long ago: nobody owned it; catchup applies.
+    cursors = {key: codec.dumps({"last": t(0).isoformat(),
+                                 "alive_at": "2026-12-03T09:00:00+00:00"})}
+    await _record_pass(firer, key, codec.dumps(record), cursors, owned_since=t(9), now=t(9),
+                       settings=Settings())  # type: ignore[arg-type]
+    assert firer.fired == ()

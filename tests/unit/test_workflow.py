@@ -98,7 +98,8 @@ class Driver:
         t = self.r.tasks.get(task)
         return self.feed(kind(**self.msg(), task=task, attempt=attempt or (t.attempt if t else 1),
                               dispatch_id=dispatch_id or (t.dispatch_id if t else None) or "none",
-                              worker_id="w1", **kw))
+                              # From the attempt's holder (the orchestrator for held tasks).
+                              worker_id=(t.worker_id if t and t.worker_id else "w1"), **kw))
 
     def fire(self, kind: str, task: str | None = None) -> list[AnyEvent]:
         timer = next(t for t in self.r.timers.values()

@@ -489,6 +489,13 @@ def _report(step: Step, inp: Input) -> None:
                          f"(current attempt {t.attempt}); ignored")
         _kill_if_stray(step, inp)
         return
+    if t.state.active and t.worker_id is not None and inp.worker_id != t.worker_id:
+        # One execution per attempt: another worker got the same dispatch (a redelivery
+        # after a rebalance). Its reports change nothing, and its process is killed.
+        step.reject(inp, f"attempt {t.attempt} of '{inp.task}' is held by worker "
+                         f"{t.worker_id}, not {inp.worker_id}; ignored")
+        _kill_if_stray(step, inp)
+        return
     entry = TASK_TABLE[t.state][inp.type]
     if isinstance(entry, str):
         step.reject(inp, entry)
@@ -499,13 +506,14 @@ def _report(step: Step, inp: Input) -> None:
 
 
 def _kill_if_stray(step: Step, inp: Input) -> None:
-    """A TaskStarted that is not the current running attempt: kill that process."""
+    """A TaskStarted that is not the current running attempt, or not by the worker that
+    holds it: kill that worker's process."""
     if not isinstance(inp, TaskStarted):
         return
     t = step.run.tasks.get(inp.task)
-    if (t is not None and t.state.active and
+    if (t is not None and t.state.active and t.worker_id in (None, inp.worker_id) and
             (t.attempt, t.dispatch_id) == (inp.attempt, inp.dispatch_id)):
-        return  # a duplicate of the current attempt's start: it is wanted
+        return  # a duplicate of the current attempt's start by its holder: it is wanted
     step.emit(TaskKillRequested(at=step.ctx.now, task=inp.task, attempt=inp.attempt,
                                 dispatch_id=inp.dispatch_id, worker_id=inp.worker_id,
                                 reason=KillReason.STRAY.value))

@@ -60,10 +60,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection); an open transaction is still rolled back by asyncpg before this."""
 
 
-async def connect_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def connect_pool(url: str, *, min_size: int = 1, max_size: int = 10,
+                       command_timeout: float | None = 60.0) -> asyncpg.Pool:
+    """A pool whose statements give up after ``command_timeout`` seconds (a TimeoutError:
+    transient under the error policy), so a stuck statement never holds a batch for ever."""
     async def create() -> asyncpg.Pool:
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                         reset=_keep_session)
+                                         reset=_keep_session, command_timeout=command_timeout)
         assert pool is not None
         return pool
 

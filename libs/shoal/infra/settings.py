@@ -119,6 +119,18 @@ class Settings(BaseSettings):
     # serves them on its own port). Unset: 9461-9464 by service.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    # Fault handling (README "Error policy"). A database statement gives up after
+    # db_statement_timeout seconds and the append lock is waited for at most
+    # db_lock_timeout: both are transient failures, retried with backoff.
+    db_statement_timeout: float = 60.0
+    db_lock_timeout: float = 10.0
+    # A worker refuses (reports failed) a dispatch sent longer ago than this (0 = never):
+    # a dispatch replayed from expired offsets, or one that waited through an outage
+    # longer than any retry interval, is not run blind.
+    dispatch_horizon_s: float = 3600.0
+    # processed_messages (redelivery de-duplication) and successes (dependent tasks'
+    # look-up) older than this many days are deleted, in small batches (0 = keep all).
+    retention_days: float = 30.0
 
     @field_validator("data_dir")
     @classmethod

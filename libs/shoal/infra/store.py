@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -135,8 +135,11 @@ COMMITTED = "shoal_events"
 class EventStore:
     """The orchestrator's port onto Postgres."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, lock_timeout: float = 10.0) -> None:
         self.pool = pool
+        # Waiting longer for the append lock raises LockNotAvailableError (transient: the
+        # batch is retried) instead of queueing behind a stuck holder for ever.
+        self._lock_ms = max(1, int(lock_timeout * 1000))
 
     async def load_runs(self, instance_ids: Iterable[str]) -> dict[str, Run]:
         """Each instance's state: its latest snapshot plus the events after it (the whole
@@ -206,7 +209,8 @@ class EventStore:
             if event_rows:
                 # One round trip for the lock and the notification (delivered at commit;
                 # it wakes the projector and the leading outbox relay).
-                await conn.execute("LOCK TABLE shoal.events IN EXCLUSIVE MODE; "
+                await conn.execute(f"SET LOCAL lock_timeout = {self._lock_ms}; "
+                                   "LOCK TABLE shoal.events IN EXCLUSIVE MODE; "
                                    f"SELECT pg_notify('{COMMITTED}', '')")
             elif outbox:
                 await conn.execute(f"SELECT pg_notify('{COMMITTED}', '')")
@@ -407,3 +411,28 @@ async def read_from(conn: asyncpg.Connection, after: int, limit: int) -> list[St
         f"SELECT {_EVENT_COLS} FROM shoal.events WHERE global_position > $1 "
         "ORDER BY global_position LIMIT $2", after, limit)
     return [_row_event(r) for r in rows]
+
+
+async def prune(pool: asyncpg.Pool, older_than_days: float, batch: int = 1000,
+                ) -> tuple[int, int]:
+    """Delete done-markers processed, and successes whose business time is, more than
+    ``older_than_days`` ago, ``batch`` rows per statement (short transactions that never
+    hold up commits); the rows deleted from each table."""
+    horizon = timedelta(days=older_than_days)
+    out = []
+    for sql in (
+            "DELETE FROM shoal.processed_messages WHERE message_id = ANY(ARRAY("
+            "SELECT message_id FROM shoal.processed_messages WHERE processed_at < "
+            "now() - $1::interval LIMIT $2))",
+            "DELETE FROM shoal.successes WHERE (workflow, task, business_time, instance_id) "
+            "IN (SELECT workflow, task, business_time, instance_id FROM shoal.successes "
+            "WHERE business_time < (now() - $1::interval)::timestamp LIMIT $2)"):
+        total = 0
+        while True:
+            status = await pool.execute(sql, horizon, batch)
+            n = int(status.split()[-1])
+            total += n
+            if n < batch:
+                break
+        out.append(total)
+    return out[0], out[1]

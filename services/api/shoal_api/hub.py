@@ -62,7 +62,9 @@ class EventHub:
             try:
                 while self.subs:
                     batch = await consumer.getmany(timeout_ms=1000)
-                    keys = {m.key.decode() for msgs in batch.values() for m in msgs if m.key}
+                    # A key that is not UTF-8 (poison) wakes nobody; it never ends the tail.
+                    keys = {m.key.decode("utf-8", "replace") for msgs in batch.values()
+                            for m in msgs if m.key}
                     if not keys:
                         continue
                     for sub in self.subs:

@@ -59,6 +59,7 @@ from shoal.core.snapshot import snapshot_due
 from shoal.core.workflow import Context, decide, evolve
 from shoal.infra import codec
 from shoal.infra.lifecycle import utcnow_iso
+from shoal.infra.policy import is_transient, reason_of
 from shoal.infra.settings import Settings
 from shoal.infra.store import (
     Append,
@@ -144,15 +145,11 @@ class BatchHandler:
                 parsed.append((rec, codec.decode_command(rec.value)))
             except MessageInvalid as exc:
                 result.dead_letters.append((rec, str(exc)))
-        done = await self.store.processed(c.message_id for _, c in parsed)
-        fresh: list[tuple[Record, Command]] = []
-        for rec, cmd in parsed:
-            if cmd.message_id in done:
-                result.duplicates += 1
-                continue
-            done.add(cmd.message_id)
-            fresh.append((rec, cmd))
         for attempt in range(self.MAX_FENCES):
+            # Every try asks again which inputs are done: after a fence, another owner may
+            # have applied some of them meanwhile, and applying one twice is wrong.
+            fresh = await self._fresh(parsed)
+            result.duplicates = len(parsed) - len(fresh)
             try:
                 dead: list[tuple[Record, str]] = []
                 timers: dict[tuple[str, str], TimerRow | None] = {}
@@ -175,11 +172,27 @@ class BatchHandler:
                 self.cache.drop([c.instance_id for _, c in fresh])
                 continue
             for iid, (partition, run) in runs.items():
-                self.cache.put(iid, partition, run)
+                if run.state.finished:
+                    # A finished run leaves memory: a late input reloads it from the log.
+                    self.cache.drop([iid])
+                else:
+                    self.cache.put(iid, partition, run)
             result.appended = sum(len(a.events) for a in appends)
             result.dead_letters.extend(dead)
             return result
         raise StreamConflict(f"gave up after {self.MAX_FENCES} conflicts in one batch")
+
+    async def _fresh(self, parsed: Sequence[tuple[Record, Command]],
+                     ) -> list[tuple[Record, Command]]:
+        """The inputs not applied yet (by anyone), each message id once."""
+        done = await self.store.processed(c.message_id for _, c in parsed)
+        fresh: list[tuple[Record, Command]] = []
+        for rec, cmd in parsed:
+            if cmd.message_id in done:
+                continue
+            done.add(cmd.message_id)
+            fresh.append((rec, cmd))
+        return fresh
 
     async def load_partitions(self, partitions: Sequence[int], page: int = 500) -> int:
         """Load the unfinished instances of newly assigned partitions, page by page.
@@ -238,10 +251,12 @@ class BatchHandler:
                 for e in decision.events:
                     new = evolve(new, e, instance_id=cmd.instance_id)
             except Exception as exc:
+                if is_transient(exc):
+                    raise  # the whole batch is retried: an accepted command is never lost
                 log.exception("could not apply %s %s", cmd.type, cmd.message_id,
                               extra={"instance_id": cmd.instance_id,
                                      "causation_id": cmd.message_id})
-                dead.append((rec, f"internal error applying {cmd.type}: {exc!r}"))
+                dead.append((rec, f"{reason_of(exc)} (applying {cmd.type})"))
                 continue
             if not decision.events or new is None:
                 continue

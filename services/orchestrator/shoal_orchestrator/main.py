@@ -11,14 +11,13 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from shoal.core.errors import StreamConflict
-from shoal.infra import codec, kafka, members, metrics
+from shoal.infra import codec, kafka, members, metrics, policy
 from shoal.infra.db import DB_ERRORS, connect_pool, migrate
 from shoal.infra.health import Health
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.members import Membership, member_id
 from shoal.infra.settings import Settings
-from shoal.infra.store import EventStore
+from shoal.infra.store import EventStore, prune
 from shoal_orchestrator.handler import BatchHandler, BatchResult, Cache, Record
 from shoal_orchestrator.leases import LeaseMonitor
 from shoal_orchestrator.relay import OutboxRelay
@@ -144,14 +143,11 @@ async def consume(settings: Settings, store: EventStore, relay: OutboxRelay, cac
                     log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition,
                                 rec.offset, reason, extra={"instance_id": rec.key.decode(
                                     "utf-8", "replace") if rec.key else None})
-                    await kafka.send_reliably(producer, settings.dead_letters_topic, codec.dumps({
-                        "reason": reason, "topic": rec.topic, "partition": rec.partition,
-                        "offset": rec.offset,
-                        "key": rec.key.decode("utf-8", "replace") if rec.key else None,
-                        # The first 64 KiB: an oversized command is not copied whole.
-                        "value": (rec.value or b"")[:65536].decode("utf-8", "replace"),
-                        "size": len(rec.value or b""),
-                        "dead_at": utcnow_iso()}), rec.key)
+                    await kafka.send_reliably(producer, settings.dead_letters_topic, codec.dumps(
+                        policy.dead_letter(reason=reason, service="orchestrator",
+                                           topic=rec.topic, partition=rec.partition,
+                                           offset=rec.offset, key=rec.key, value=rec.value,
+                                           dead_at=utcnow_iso())), rec.key)
                 relay.wake.set()
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
                 try:
@@ -181,26 +177,41 @@ async def _reissue(handler: BatchHandler, relay: OutboxRelay, lock: asyncio.Lock
 
 async def _handle_until_done(handler: BatchHandler, records: list[Record],
                              stop: asyncio.Event) -> BatchResult | None:
-    """Retry a batch through database outages; give up only when asked to stop."""
-    delay = 0.5
-    while True:
-        try:
-            return await handler.handle(records)
-        except (*DB_ERRORS, StreamConflict, KafkaError) as exc:
-            log.warning("batch failed (%r); retrying in %.1fs", exc, delay)
-        if stop.is_set():
+    """Apply a batch under the error policy (``shoal.infra.policy``): a transient failure
+    retries the batch with backoff (it is never dead-lettered); any other failure splits
+    the batch and applies its inputs one by one, so the input at fault goes to the dead
+    letters with the reason and the others are applied. None only when asked to stop."""
+    try:
+        return await policy.retry_transient(
+            f"batch of {len(records)}", lambda: handler.handle(records), stop)
+    except Exception as exc:
+        if policy.is_transient(exc):
+            return None  # stopping
+        if len(records) == 1:
+            rec = records[0]
+            log.exception("could not apply %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+            return BatchResult(dead_letters=[(rec, policy.reason_of(exc))])
+        log.warning("batch of %d failed (%s); applying its inputs one by one",
+                    len(records), policy.reason_of(exc))
+    total = BatchResult()
+    for rec in records:
+        one = await _handle_until_done(handler, [rec], stop)
+        if one is None:
             return None
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
+        total.appended += one.appended
+        total.duplicates += one.duplicates
+        total.dead_letters.extend(one.dead_letters)
+    return total
 
 
 async def main(settings: Settings) -> None:
     setup_logging(settings.log_level, "orchestrator", settings.log_format)
     await migrate(settings.database_url)
     await kafka.ensure_topics(settings, kafka.base_topics(settings))
-    pool = await connect_pool(settings.database_url, max_size=5)
+    pool = await connect_pool(settings.database_url, max_size=5,
+                              command_timeout=settings.db_statement_timeout)
     producer = await kafka.start_producer(settings)
-    store = EventStore(pool)
+    store = EventStore(pool, lock_timeout=settings.db_lock_timeout)
     relay = OutboxRelay(settings, producer)
     cache = Cache()
     leases = LeaseMonitor(settings, cache, producer)
@@ -218,10 +229,28 @@ async def main(settings: Settings) -> None:
             lambda stop: metrics.serve(settings, "orchestrator", stop, health),
             lambda stop: health.watch(pool, stop),
             lambda stop: outbox_gauge(pool, stop),
+            lambda stop: retention(pool, settings, stop),
         ])
     finally:
         await producer.stop()
         await pool.close()
+
+
+async def retention(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event,
+                    every: float = 300.0) -> None:
+    """Delete done-markers and successes older than SHOAL_RETENTION_DAYS, now and then
+    (every orchestrator may: the deletes are idempotent and in small batches)."""
+    while not stop.is_set():
+        if settings.retention_days > 0:
+            try:
+                markers, successes = await prune(pool, settings.retention_days)
+                if markers or successes:
+                    log.info("retention: deleted %d done-markers and %d successes older "
+                             "than %g days", markers, successes, settings.retention_days)
+            except DB_ERRORS as exc:
+                log.warning("retention pass failed (%r); next pass later", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
 
 
 async def outbox_gauge(pool: asyncpg.Pool, stop: asyncio.Event) -> None:

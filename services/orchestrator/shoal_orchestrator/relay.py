@@ -103,6 +103,9 @@ class OutboxRelay:
         futures = [await self.producer.send(r["topic"], r["value"], key=r["key"])
                    for r in rows]
         await asyncio.gather(*futures)
-        await conn.execute("DELETE FROM shoal.outbox WHERE id <= $1", rows[-1]["id"])
+        # Exactly the rows sent: a commit without events takes no table lock, so a row
+        # with a lower id than these may have become visible since the SELECT (unsent).
+        await conn.execute("DELETE FROM shoal.outbox WHERE id = ANY($1::bigint[])",
+                           [r["id"] for r in rows])
         self.published += len(rows)
         return len(rows)

@@ -2,10 +2,10 @@
 
 Any orchestrator may fire any due row: firing only publishes a command to the instance's
 partition of ``<prefix>.commands``, where the partition's owner applies it in order (and
-ignores it if the timer was cancelled meanwhile). Rows are locked with SKIP LOCKED and
-deleted in the transaction that published them; a crash before commit re-publishes, and
-the deterministic message_id makes the repeat a no-op. Timers therefore survive any
-orchestrator's death, including SIGKILL.
+ignores it if the timer was cancelled meanwhile). Rows are deleted after they were
+published (no lock held across the sends, see ``fire_due``); a crash in between
+re-publishes, and the deterministic message_id makes the repeat a no-op. Timers
+therefore survive any orchestrator's death, including SIGKILL.
 """
 
 from __future__ import annotations
@@ -31,25 +31,31 @@ BATCH = 500
 
 
 async def fire_due(pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings) -> int:
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            "SELECT instance_id, timer_id, fire_at FROM shoal.timers WHERE fire_at <= now() "
-            "ORDER BY fire_at LIMIT $1 FOR UPDATE SKIP LOCKED", BATCH)
-        if not rows:
-            return 0
-        futures = []
-        for r in rows:
-            iid = str(r["instance_id"])
-            cmd = FireTimer(
-                message_id=str(uuid.uuid5(_NS, f"{iid}/{r['timer_id']}/{r['fire_at']}")),
-                instance_id=iid, sent_at=utcnow_iso(), timer_id=r["timer_id"])
-            futures.append(await producer.send(settings.commands_topic,
-                                               codec.encode_command(cmd), key=iid.encode()))
-        await asyncio.gather(*futures)
-        await conn.executemany(
-            "DELETE FROM shoal.timers WHERE instance_id = $1 AND timer_id = $2",
-            [(r["instance_id"], r["timer_id"]) for r in rows])
-        return len(rows)
+    """Publish the due timers, then delete exactly the rows published (same fire time).
+
+    No row lock is held across the sends: a commit that cancels or re-arms one of these
+    timers (holding the append lock) never waits for the broker. A timer cancelled
+    meanwhile is ignored by its run; one re-armed meanwhile keeps its new row. Several
+    pollers may publish the same due timer: its message id is deterministic, so the
+    repeat is a no-op."""
+    rows = await pool.fetch(
+        "SELECT instance_id, timer_id, fire_at FROM shoal.timers WHERE fire_at <= now() "
+        "ORDER BY fire_at LIMIT $1", BATCH)
+    if not rows:
+        return 0
+    futures = []
+    for r in rows:
+        iid = str(r["instance_id"])
+        cmd = FireTimer(
+            message_id=str(uuid.uuid5(_NS, f"{iid}/{r['timer_id']}/{r['fire_at']}")),
+            instance_id=iid, sent_at=utcnow_iso(), timer_id=r["timer_id"])
+        futures.append(await producer.send(settings.commands_topic,
+                                           codec.encode_command(cmd), key=iid.encode()))
+    await asyncio.gather(*futures)
+    await pool.executemany(
+        "DELETE FROM shoal.timers WHERE instance_id = $1 AND timer_id = $2 AND fire_at = $3",
+        [(r["instance_id"], r["timer_id"], r["fire_at"]) for r in rows])
+    return len(rows)
 
 
 async def run_timers(pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings,

@@ -8,7 +8,7 @@ import logging
 
 import asyncpg
 
-from shoal.infra import checker, kafka, metrics
+from shoal.infra import checker, kafka, metrics, policy
 from shoal.infra.db import DB_ERRORS, connect_pool, migrate, until_available
 from shoal.infra.health import Health
 from shoal.infra.lifecycle import run_service, setup_logging
@@ -82,13 +82,16 @@ async def main(settings: Settings) -> None:
     recorder = Recorder()
     health = Health()
     deliverer = Deliverer(settings, pool, recorder.recorded)
+    producer = kafka.producer(settings)
+    await producer.start()
+    dead = policy.DeadLetters(producer, settings.dead_letters_topic, "projector")
     try:
         await kafka.ensure_topics(settings, kafka.base_topics(settings))
         await run_service("projector", [
             lambda stop: follow(settings, pool, recorder, stop),
             deliverer.run,
-            lambda stop: follow_logs(settings, pool, stop),
-            lambda stop: follow_heartbeats(settings, pool, stop),
+            lambda stop: follow_logs(settings, pool, dead, stop),
+            lambda stop: follow_heartbeats(settings, pool, dead, stop),
             lambda stop: gauges(pool, stop),
             lambda stop: check_continuously(settings, pool, stop),
             lambda stop: kafka.keep_topics(settings, kafka.base_topics(settings), stop),
@@ -96,6 +99,7 @@ async def main(settings: Settings) -> None:
             lambda stop: health.watch(pool, stop),
         ])
     finally:
+        await producer.stop()
         await pool.close()
 
 

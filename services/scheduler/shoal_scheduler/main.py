@@ -9,8 +9,9 @@ and co-partitioned with the topic, hold everything a new owner needs after a reb
 
 Ownership change (faust's rebalance + table recovery): while faust rebalances or
 recovers tables nothing fires; afterwards a newly owned partition counts as owned from
-that moment, so fires between its stored cursor and then were missed and follow the
-schedule's ``catchup``. Nothing else is kept between passes.
+that moment, or from the previous owner's last "alive" record in the cursor when that is
+recent (a hand-over keeps on-time fires, see ``handed_over_at``); fires before that were
+missed and follow the schedule's ``catchup``. Nothing else is kept between passes.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from shoal.core.schedule import BackfillMode, Schedule
-from shoal.infra import codec, kafka, metrics
+from shoal.infra import codec, kafka, metrics, policy
 from shoal.infra.db import DB_ERRORS, connect_pool, migrate
-from shoal.infra.lifecycle import JsonLines
+from shoal.infra.lifecycle import JsonLines, utcnow_iso
 from shoal.infra.settings import Settings
 from shoal_scheduler.firing import Firer
 
@@ -99,17 +100,27 @@ def build_app(settings: Settings, replication_factor: int = 1) -> faust.App:
                         value_type=bytes, use_partitioner=True)
     changed = asyncio.Event()
 
+    dead_letters = app.topic(settings.dead_letters_topic, key_type=bytes, value_type=bytes)
+
     @app.agent(topic)
     async def ingest(stream: Any) -> None:
-        async for key, value in stream.items():
+        async for event in stream.events():
+            key, value, msg = event.key, event.value, event.message
             if key is None or value is None:
                 continue
             try:
-                new = codec.loads(value)
+                new = codec.decode_object(value, "a schedules record")
                 revision = int(new["revision"])
                 check_record(new)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("ignored a malformed schedules record for %r: %r", key, exc)
+            except Exception as exc:  # noqa: BLE001 - the error policy decides
+                # Anything this record raises is about the record: never retried.
+                reason = policy.reason_of(exc)
+                log.warning("dead letter: schedules record for %r: %s", key, reason)
+                metrics.DEAD_LETTERS.labels("scheduler").inc()
+                await dead_letters.send(key=key, value=codec.dumps(policy.dead_letter(
+                    reason=f"invalid schedules record: {reason}", service="scheduler",
+                    topic=msg.topic, partition=msg.partition, offset=msg.offset, key=key,
+                    value=value, dead_at=utcnow_iso())))
                 continue
             old = records.get(key)
             if old is not None and int(codec.loads(old).get("revision", 0)) >= revision:
@@ -196,29 +207,64 @@ async def _pass(firer: Firer, records: Any, cursors: Any, owned_since: dict[int,
         part = partition_of(key, settings.partitions)
         if part not in owned_since:
             continue
-        record = codec.loads(value)
-        if record.get("deleted"):
+        try:
+            due = await _record_pass(firer, key, value, cursors, owned_since[part], now,
+                                     settings)
+        except Exception as exc:
+            if policy.is_transient(exc):
+                raise  # nothing moved: the next pass retries
+            # One record that cannot be served must not stop the others.
+            log.exception("schedules record %r failed; serving the others", key)
             continue
-        raw = cursors.get(key)
-        cursor = codec.loads(raw) if raw is not None else {}
-        if record.get("kind") == "backfill":
-            admitted = int(cursor.get("admitted", 0))
-            new = await firer.backfill_pass(record, admitted)
-            if new != admitted:
-                cursors[key] = codec.dumps({"admitted": new})
-            if record["state"] == "running" and new < int(record["total"]):
-                # Waiting for runs to finish: look again soon, not at the next tick.
-                poll = now + timedelta(seconds=settings.scheduler_backfill_poll)
-                earliest = poll if earliest is None else min(earliest, poll)
-            continue
-        schedule = Schedule.from_dict(record)
-        last = datetime.fromisoformat(cursor["last"]) if cursor.get("last") else None
-        new_last, due = await firer.schedule_pass(schedule, last, owned_since[part], now)
-        if new_last is not None and new_last != last:
-            cursors[key] = codec.dumps({"last": new_last.isoformat()})
         if due is not None and (earliest is None or due < earliest):
             earliest = due
     return earliest
+
+
+async def _record_pass(firer: Firer, key: bytes, value: bytes, cursors: Any,
+                       owned_since: datetime, now: datetime,
+                       settings: Settings) -> datetime | None:
+    """Fire one schedule or admit one backfill's runs; when to look again."""
+    record = codec.loads(value)
+    if record.get("deleted"):
+        return None
+    raw = cursors.get(key)
+    cursor = codec.loads(raw) if raw is not None else {}
+    if record.get("kind") == "backfill":
+        admitted = int(cursor.get("admitted", 0))
+        new = await firer.backfill_pass(record, admitted)
+        if new != admitted:
+            cursors[key] = codec.dumps({"admitted": new})
+        if record["state"] == "running" and new < int(record["total"]):
+            # Waiting for runs to finish: look again soon, not at the next tick.
+            return now + timedelta(seconds=settings.scheduler_backfill_poll)
+        return None
+    schedule = Schedule.from_dict(record)
+    last = datetime.fromisoformat(cursor["last"]) if cursor.get("last") else None
+    alive = datetime.fromisoformat(cursor["alive_at"]) if cursor.get("alive_at") else None
+    new_last, due = await firer.schedule_pass(
+        schedule, last, handed_over_at(owned_since, alive), now)
+    if (new_last is not None and new_last != last) or alive is None or \
+            now - alive >= ALIVE_EVERY:
+        kept = new_last or last
+        cursors[key] = codec.dumps({"last": kept.isoformat() if kept else None,
+                                    "alive_at": now.isoformat()})
+    return due
+
+
+# The owner records in each schedule's cursor that it is alive, this often; a new owner
+# treats fires after the previous owner's last record as on time (a hand-over: failover,
+# rebalance, rolling deploy), as long as that record is at most HAND_OVER old when it
+# takes over. Longer than that, nobody owned the schedule: the gap follows ``catchup``.
+ALIVE_EVERY = timedelta(seconds=5)
+HAND_OVER = timedelta(seconds=120)
+
+
+def handed_over_at(owned_since: datetime, alive_at: datetime | None) -> datetime:
+    """Since when fires count as on time for the schedule's current owner."""
+    if alive_at is not None and owned_since - HAND_OVER <= alive_at < owned_since:
+        return alive_at
+    return owned_since
 
 
 async def _sleep(changed: asyncio.Event, seconds: float) -> None:

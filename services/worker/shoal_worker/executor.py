@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from typing import Any, BinaryIO
 from shoal.core.params import OutputParser
 from shoal.core.render import RenderError
 from shoal.infra import metrics
+from shoal_worker.orphans import TaskGroups, die_with_parent
 from shoal_worker.prepare import (
     Prepared,
     SecretMissing,
@@ -66,7 +68,7 @@ class Attempt:
                  run_as: str | None = None,
                  in_loop: InLoop | None = None,
                  warm: WarmPython | None = None, code_path: tuple[str, ...] = (),
-                 received_at: float | None = None) -> None:
+                 received_at: float | None = None, groups: TaskGroups | None = None) -> None:
         self.dispatch = dispatch
         self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
                         / str(dispatch["attempt"]))
@@ -83,6 +85,7 @@ class Attempt:
         self.received_at = time.monotonic() if received_at is None else received_at
         self.pid: int | None = None  # leader of the attempt's process group once started
         self.prepared = Prepared(dispatch)  # rendered at run time, with its secrets
+        self.groups = groups  # the worker's task groups, killed if the worker dies
 
     async def run(self) -> Outcome:
         """Render the dispatch (secrets resolved), run it, and keep its secrets out of what
@@ -128,10 +131,14 @@ class Attempt:
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # own process group: kill reaches every child
                 user=self.run_as,
+                # Never outlive the worker (see shoal_worker.orphans).
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         except (OSError, ValueError, KeyError) as exc:  # KeyError/ValueError: unknown user
             return Outcome(exit_code=None, error=f"could not start: {exc}")
-        self.pid = self.proc.pid
+        self._started(self.proc.pid)
+        if self.killed_for:  # a kill that came while the process was being started
+            self.signal(signal.SIGKILL)
         assert self.proc.stdout is not None
         parser = OutputParser(d.get("outputs", []))
         with log_path.open("wb") as log:
@@ -143,6 +150,11 @@ class Attempt:
 
     def _mask(self) -> Callable[[str], str] | None:
         return self.prepared.mask if self.prepared.secrets else None
+
+    def _started(self, pid: int) -> None:
+        self.pid = pid
+        if self.groups is not None:
+            self.groups.add(pid, self.dispatch["dispatch_id"])
 
     def _env(self) -> dict[str, str]:
         """The task's environment: an allow-list of the worker's (see prepare.task_env)."""
@@ -182,7 +194,7 @@ class Attempt:
             return Outcome(exit_code=None, error=f"could not start: {exc}")
         finally:
             os.close(write_fd)
-        self.pid = child.pid
+        self._started(child.pid)
         if self.killed_for:  # a kill that came while the child was being forked
             self.signal(signal.SIGKILL)
         loop = asyncio.get_running_loop()
@@ -246,6 +258,10 @@ class Attempt:
                     stamp = datetime.now(UTC).isoformat()
                     await self.on_lines([(stamp, ln) for ln in lines])
 
+            if self.killed_for is not None:  # killed before it began: never run it
+                await say(f"killed ({self.killed_for})")
+                return self._finish(Outcome(exit_code=None, error=f"killed ({self.killed_for})",
+                                            killed=True))
             spec = dict(self.prepared.dispatch.get("spec") or {})
             self._inner = asyncio.ensure_future(runner(say, spec))
             try:

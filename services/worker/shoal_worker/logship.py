@@ -4,7 +4,10 @@ Lines are batched (up to ``MAX_LINES`` lines or ``MAX_BYTES`` of text, or ``FLUS
 seconds) and sent keyed by instance id, so one partition carries them in order; each chunk
 is numbered, and the last one says ``final`` so followers know the attempt's log ended.
 Sending waits for the broker when it is slower than the task: back-pressure reaches the
-pipe reader, and no line is dropped.
+pipe reader. But a task never hangs on its log: when the broker stays away longer than
+``give_up_after``, lines are dropped (counted; the whole output stays in the attempt's
+``task.log`` on the worker) and shipping is tried again at most every ``RETRY_S``; the
+next chunk that goes out says how many lines were dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from shoal.infra import codec
 from shoal.infra.kafka import send_reliably
@@ -21,11 +25,16 @@ from shoal.infra.kafka import send_reliably
 MAX_LINES = 2000
 MAX_BYTES = 256 * 1024
 FLUSH_S = 0.2
+RETRY_S = 5.0
 
 
 class LogShipper:
-    def __init__(self, producer: AIOKafkaProducer, topic: str, dispatch: dict[str, Any]) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, dispatch: dict[str, Any],
+                 give_up_after: float = 30.0) -> None:
         self.producer = producer
+        self.give_up_after = give_up_after
+        self.dropped = 0
+        self.down_until = 0.0  # while the broker is given up on: drop, do not wait
         self.topic = topic
         self.key = dispatch["instance_id"].encode()
         self.head = {"instance_id": dispatch["instance_id"], "task": dispatch["task"],
@@ -55,10 +64,26 @@ class LogShipper:
             if not self.lines and not final:
                 return
             lines, self.lines, self.size = self.lines, [], 0
+            loop = asyncio.get_running_loop()
+            if loop.time() < self.down_until:
+                self.dropped += len(lines)
+                return
+            if self.dropped:
+                stamp = lines[0][0] if lines else ""
+                lines.insert(0, (stamp, f"[shoal] {self.dropped} log lines were not shipped "
+                                        "while the broker was unavailable (the worker's "
+                                        "task.log of this attempt has them)"))
             value = codec.dumps({**self.head, "chunk": self.chunk, "lines": lines,
                                  "final": final})
+            try:
+                await send_reliably(self.producer, self.topic, value, self.key,
+                                    give_up_after=self.give_up_after)
+            except KafkaError:
+                self.dropped += len(lines) - (1 if self.dropped else 0)
+                self.down_until = loop.time() + RETRY_S
+                return
             self.chunk += 1
-            await send_reliably(self.producer, self.topic, value, self.key)
+            self.dropped = 0
 
     async def close(self) -> None:
         if self.flusher is not None:

@@ -26,29 +26,34 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from shoal.core.errors import MessageInvalid
 from shoal.core.model import TaskFailed, TaskKilled, TaskStarted, TaskSucceeded
-from shoal.infra import codec, kafka, metrics
+from shoal.infra import codec, kafka, metrics, policy
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
 from shoal_worker.executor import Attempt, InLoop, Outcome
 from shoal_worker.inloop import run_http, run_sql
 from shoal_worker.logship import LogShipper
+from shoal_worker.orphans import TaskGroups
 from shoal_worker.prepare import hide_environment
 from shoal_worker.warm import WarmPython
 
 log = logging.getLogger("shoal.worker")
 _REPORT_NS = uuid.UUID("1b6c7e0a-53a2-4c55-8f4e-2f1d8c3e9b21")
+RESEND_WINDOW = 120.0  # seconds of reports sent again after the broker lost data
 
 
-def report_id(dispatch_id: str, kind: str) -> str:
-    """Deterministic: a re-run of the same dispatch produces the same report ids."""
-    return str(uuid.uuid5(_REPORT_NS, f"{dispatch_id}/{kind}"))
+def report_id(dispatch_id: str, kind: str, worker_id: str) -> str:
+    """Deterministic: a re-run of the same dispatch on this worker produces the same report
+    ids. Another worker's reports of the same dispatch (a redelivery) have other ids, so the
+    orchestrator sees them (and kills that worker's process) instead of taking them for
+    duplicates of the holder's."""
+    return str(uuid.uuid5(_REPORT_NS, f"{dispatch_id}/{worker_id}/{kind}"))
 
 
 @dataclass(order=True)
@@ -78,6 +83,9 @@ class Worker:
         self.partitions: set[int] = set()  # of the group's tasks topic, owned now
         self.lag: dict[int, int] = {}
         self.slot_freed = asyncio.Event()
+        self.polls = 0  # getmany calls (a busy worker keeps polling)
+        self.consumer: AIOKafkaConsumer | None = None
+        self._committing: asyncio.Task[None] | None = None
         self.datasources = settings.datasource_urls()
         self.code_path = settings.code_paths()
         if self.code_path:  # absolute, for the warm runner's preloads as for children
@@ -89,16 +97,24 @@ class Worker:
             maxlen=20_000)
         self.queued: set[str] = set()
         self.loss = kafka.LossWatch()
+        self.dead = policy.DeadLetters(producer, settings.dead_letters_topic, "worker")
+        self.groups = TaskGroups(settings.data_dir, self.worker_id)
         self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ dispatches
     async def consume(self, stop: asyncio.Event) -> None:
         s = self.settings
         topic = s.tasks_topic(s.worker_group)
+        killed = self.groups.start()
+        if killed:
+            log.warning("killed %d task process groups left by a worker that died here",
+                        killed)
         await kafka.ensure_topics(s, [topic, s.commands_topic, s.dead_letters_topic,
                                       s.topic("worker-control")])
         consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
-        consumer.subscribe([topic], listener=_Revoke(self))
+        revoke = _Revoke(self)
+        consumer.subscribe([topic], listener=revoke)
+        revoke.consumer = self.consumer = consumer
         await consumer.start()
         pacer = kafka.FetchPacer(consumer, s)
         log.info("worker %s serving group %s with %d slots", self.worker_id, s.worker_group,
@@ -110,23 +126,22 @@ class Worker:
         try:
             while not stop.is_set():
                 room = s.worker_slots + s.worker_prefetch - len(self.running) - len(self.queue)
+                # A busy worker keeps polling, with its partitions paused: a consumer that
+                # stops calling getmany leaves the group after max_poll_interval, and its
+                # queued dispatches would go to another worker while still held here.
                 if room <= 0:
                     consumer.pause(*consumer.assignment())
                 else:
                     consumer.resume(*consumer.paused())
-                if room > 0:
-                    batch = await consumer.getmany(timeout_ms=100, max_records=room)
-                    pacer.saw(len(batch))
-                    lost = self.loss.lost(batch)
-                    if lost:
-                        await self._after_loss(lost)
-                    for tp, msgs in batch.items():
-                        for m in msgs:
-                            await self._buffer(tp, m.offset, m.value, m.key)
-                else:
-                    self.slot_freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.slot_freed.wait(), 0.2)
+                batch = await consumer.getmany(timeout_ms=100, max_records=max(room, 1))
+                self.polls += 1
+                pacer.saw(len(batch))
+                lost = self.loss.lost(batch)
+                if lost:
+                    await self._after_loss(lost)
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        await self._buffer(tp, m.offset, m.value, m.key)
                 await self._start_ready()
                 await self._commit(consumer)
         finally:
@@ -136,6 +151,7 @@ class Worker:
             await kafka.stop_consumer(consumer)
             await self._drain()
             await self.warm.close()
+            self.groups.close()
 
     async def _after_loss(self, lost: list[TopicPartition]) -> None:
         """The broker lost data (its topics were recreated): offsets of the lost
@@ -145,7 +161,7 @@ class Worker:
             self.unstarted.pop(tp, None)
             self.fetched.pop(tp, None)
             self.committed.pop(tp, None)
-        horizon = time.monotonic() - 120
+        horizon = time.monotonic() - RESEND_WINDOW
         again = [(v, k) for at, v, k in self.sent if at >= horizon]
         log.warning("the broker lost partitions %s of the tasks topic; sending %d recent "
                     "reports again", sorted(tp.partition for tp in lost), len(again))
@@ -154,7 +170,10 @@ class Worker:
 
     def _remember(self, cmd: TaskStarted | TaskSucceeded | TaskFailed | TaskKilled) -> bytes:
         value = codec.encode_command(cmd)
-        self.sent.append((time.monotonic(), value, cmd.instance_id.encode()))
+        now = time.monotonic()
+        while self.sent and self.sent[0][0] < now - RESEND_WINDOW:
+            self.sent.popleft()  # only the last RESEND_WINDOW seconds are ever sent again
+        self.sent.append((now, value, cmd.instance_id.encode()))
         return value
 
     async def _warm_up(self) -> None:
@@ -168,23 +187,46 @@ class Worker:
                       key: bytes | None) -> None:
         self.fetched[tp] = offset + 1
         try:
-            d = codec.loads(value or b"")
-            if not isinstance(d, dict):
-                raise MessageInvalid("a dispatch must be a JSON object")
+            d = codec.decode_object(value, "a dispatch")
             codec.validate("tasks", "DispatchTask", d)
-        except (MessageInvalid, ValueError) as exc:
-            await kafka.send_reliably(self.producer, self.settings.dead_letters_topic, codec.dumps({
-                "reason": f"invalid dispatch: {exc}", "topic": tp.topic,
-                "partition": tp.partition, "offset": offset,
-                "key": key.decode("utf-8", "replace") if key else None,
-                "value": (value or b"").decode("utf-8", "replace"), "dead_at": utcnow_iso()}))
+        except Exception as exc:  # noqa: BLE001 - the error policy decides
+            await self.dead.send(f"invalid dispatch: {policy.reason_of(exc)}", topic=tp.topic,
+                                 partition=tp.partition, offset=offset, key=key, value=value)
             return
         if d["dispatch_id"] in self.queued or d["dispatch_id"] in self.finished:
             return  # re-issued after a broker loss: already here
+        too_old = self._too_old(d)
+        if too_old:
+            # Replayed (expired offsets) or held up past any retry interval: never run
+            # blind. The report fails the attempt if it is still current; else it is
+            # rejected as stale and changes nothing.
+            log.warning("refusing dispatch %s of %s: %s", d["dispatch_id"], d["task"], too_old,
+                        extra={"instance_id": d["instance_id"], "task": d["task"],
+                               "dispatch_id": d["dispatch_id"]})
+            self.finished[d["dispatch_id"]] = None
+            await self._report(TaskFailed(**self._fields(d, "refused"), error=too_old))
+            return
         self.queued.add(d["dispatch_id"])
         self.unstarted.setdefault(tp, set()).add(offset)
         heapq.heappush(self.queue, Pending(int(d.get("priority", 0)), next(self._seq), tp,
                                            offset, d, time.monotonic()))
+
+    def _too_old(self, d: dict[str, Any]) -> str | None:
+        """Why the dispatch is past SHOAL_DISPATCH_HORIZON_S, or None."""
+        horizon = self.settings.dispatch_horizon_s
+        if horizon <= 0:
+            return None
+        try:
+            sent = datetime.fromisoformat(d["sent_at"])
+        except ValueError:
+            return f"refused: dispatch sent_at {d['sent_at']!r} is not a timestamp"
+        if sent.tzinfo is None:
+            sent = sent.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - sent).total_seconds()
+        if age <= horizon:
+            return None
+        return (f"refused: dispatch sent at {d['sent_at']} is {age:.0f} s old, older than "
+                f"SHOAL_DISPATCH_HORIZON_S ({horizon:g} s)")
 
     async def _start_ready(self) -> None:
         while self.queue and len(self.running) < self.settings.worker_slots:
@@ -200,7 +242,8 @@ class Worker:
                               run_as=self.settings.worker_run_as, in_loop=self._in_loop(d),
                               warm=self.warm if self.settings.worker_warm_python or
                               "function" in (d.get("spec") or {}) else None,
-                              code_path=self.code_path, received_at=p.received_at)
+                              code_path=self.code_path, received_at=p.received_at,
+                              groups=self.groups)
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
@@ -215,8 +258,21 @@ class Worker:
             t.add_done_callback(self.tasks.discard)
 
     def _started(self, tp: TopicPartition, offset: int) -> None:
-        """The attempt's start is on the broker: its dispatch's offset may be committed."""
+        """The attempt's start is on the broker: its dispatch's offset may be committed,
+        at once (not at the loop's next turn): the shorter the time a reported dispatch's
+        offset stays uncommitted, the fewer finished attempts a worker's death hands to
+        another worker to run again."""
         self.unstarted.get(tp, set()).discard(offset)
+        if self.consumer is not None and self._committing is None:
+            self._committing = asyncio.create_task(self._commit_now(self.consumer))
+
+    async def _commit_now(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await self._commit(consumer)
+        except Exception as exc:  # noqa: BLE001 - the loop's next commit tries again
+            log.warning("offset commit failed: %r", exc)
+        finally:
+            self._committing = None
 
     def _in_loop(self, d: dict[str, Any]) -> InLoop | None:
         """sql and http attempts run in this event loop (still one slot each), given
@@ -254,6 +310,48 @@ class Worker:
             self.fetched.pop(tp, None)
             self.committed.pop(tp, None)
 
+    async def hand_over(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                        wait: float = 2.0) -> None:
+        """Before revoked partitions go: attempts started here must not be redelivered to
+        the next owner (it would run them a second time). Queued dispatches are given
+        back; the starts of those already running are waited for (they are on the broker
+        within the start report delay), and the offsets up to the first dispatch not
+        started here are committed."""
+        gone = set(tps)
+        queued: dict[TopicPartition, set[int]] = {}
+        for p in self.queue:
+            if p.tp in gone:
+                queued.setdefault(p.tp, set()).add(p.offset)
+        self.forget_queued(gone)
+
+        def starting(tp: TopicPartition) -> set[int]:
+            return self.unstarted.get(tp, set()) - queued.get(tp, set())
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        # A start report has no event to wait on: poll.
+        while any(starting(tp) for tp in gone) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        offsets = {}
+        for tp in gone:
+            if tp not in self.fetched:
+                continue
+            pending = self.unstarted.get(tp)  # queued ones stay pending: the next owner's
+            target = min(pending) if pending else self.fetched[tp]
+            if self.committed.get(tp) != target:
+                offsets[tp] = target
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                log.warning("offset commit at hand-over failed: %r", exc)
+        self.forget(tps)
+
+    def forget_queued(self, gone: set[TopicPartition]) -> None:
+        self.queued -= {p.dispatch["dispatch_id"] for p in self.queue if p.tp in gone}
+        self.queue = [p for p in self.queue if p.tp not in gone]
+        heapq.heapify(self.queue)
+
     async def _run(self, attempt: Attempt, started: _StartReport) -> None:
         d = attempt.dispatch
         try:
@@ -281,6 +379,7 @@ class Worker:
                 end = TaskFailed(**fields, exit_code=outcome.exit_code, error=outcome.error)
             await started.then(end)
         finally:
+            self.groups.remove(attempt.pid)
             self.running.pop(d["dispatch_id"], None)
             self.finished[d["dispatch_id"]] = None
             while len(self.finished) > 10_000:
@@ -300,16 +399,21 @@ class Worker:
                 pacer.saw(len(batch))
                 for msgs in batch.values():
                     for m in msgs:
-                        await self._on_control(m.value)
+                        await self._on_control(m.value, (m.topic, m.partition, m.offset),
+                                               m.key)
         finally:
             await consumer.stop()
 
-    async def _on_control(self, value: bytes | None) -> None:
+    async def _on_control(self, value: bytes | None, where: tuple[str, int, int] = ("", 0, 0),
+                          key: bytes | None = None) -> None:
         try:
-            msg = codec.loads(value or b"")
+            msg = codec.decode_object(value, "a control message")
             codec.validate("topics", "KillTask", msg)
-        except (MessageInvalid, ValueError) as exc:
-            log.warning("ignoring invalid control message: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - the error policy decides
+            topic, partition, offset = where
+            await self.dead.send(f"invalid control message: {policy.reason_of(exc)}",
+                                 topic=topic, partition=partition, offset=offset, key=key,
+                                 value=value)
             return
         target = msg.get("worker_id")
         if target not in (None, self.worker_id):
@@ -330,6 +434,8 @@ class Worker:
             heapq.heapify(self.queue)
             for p in queued:
                 self.unstarted.get(p.tp, set()).discard(p.offset)
+            self.queued.discard(dispatch_id)
+            self.finished[dispatch_id] = None  # a redelivery is not started either
             return
         if target == self.worker_id:  # addressed to us and we do not have it: say so
             d = {"instance_id": msg["instance_id"], "task": msg["task"],
@@ -364,7 +470,7 @@ class Worker:
 
     # ------------------------------------------------------------------ reports
     def _fields(self, d: dict[str, Any], kind: str) -> dict[str, Any]:
-        return {"message_id": report_id(d["dispatch_id"], kind),
+        return {"message_id": report_id(d["dispatch_id"], kind, self.worker_id),
                 "instance_id": d["instance_id"], "sent_at": utcnow_iso(), "task": d["task"],
                 "attempt": d["attempt"], "dispatch_id": d["dispatch_id"],
                 "worker_id": self.worker_id}
@@ -421,8 +527,11 @@ class _StartReport:
             return False
         try:
             await self.worker._report(self.cmd)
-        except KafkaError as exc:  # the lease machinery recovers a start never heard of
+        except KafkaError as exc:
+            # Not on the broker: the dispatch's offset stays uncommitted (a worker dying
+            # now leaves it to be redelivered) and the start goes again with the end.
             log.warning("could not report the start of %s: %r", self.cmd.task, exc)
+            return False
         self.on_sent()
         return True
 
@@ -438,10 +547,14 @@ class _StartReport:
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.consumer: AIOKafkaConsumer | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.worker.partitions -= {tp.partition for tp in revoked}
-        self.worker.forget(list(revoked))
+        if self.consumer is not None:
+            await self.worker.hand_over(self.consumer, list(revoked))
+        else:
+            self.worker.forget(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.worker.partitions |= {tp.partition for tp in assigned}

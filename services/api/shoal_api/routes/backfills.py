@@ -131,7 +131,9 @@ async def create_backfill(name: str, body: BackfillCreate, res: Res,
             columns=["backfill_id", "idx", "schedule_time", "instance_id"],
             records=[(uuid.UUID(bid), i, t, uuid.UUID(iid))
                      for i, (t, iid) in enumerate(zip(times, ids, strict=True))])
-        await publish(res, bid, record)
+    # Published once its rows are committed: a scheduler never admits a backfill whose
+    # runs are not recorded. A crash in between is covered by the republish at start.
+    await publish(res, bid, record)
     return {"backfill_id": bid, "instance_ids": ids, "created": True}
 
 
@@ -214,5 +216,6 @@ async def control_backfill(backfill_id: uuid.UUID, action: Literal["pause", "res
                   "updated_by": actor}
         await conn.execute("UPDATE shoal.backfills SET record = $2::jsonb, updated_at = now() "
                            "WHERE id = $1", backfill_id, codec.dumps(record).decode())
-        await publish(res, str(backfill_id), record)
+    # After the commit (the scheduler keeps the highest revision, whatever the order).
+    await publish(res, str(backfill_id), record)
     return {"backfill_id": str(backfill_id), "state": record["state"]}

@@ -1,0 +1,150 @@
+"""Poison on every partition of every topic Shoal consumes, then valid commands: every
+valid run succeeds, no service exits, and each poison message is in the dead letters
+with its reason (the error policy, ``shoal.infra.policy``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.e2e.kafka_io import read_all
+from tests.support import Stack, eventually, start_command
+
+pytestmark = pytest.mark.e2e
+
+ONE = {"name": "one", "tasks": [{"name": "t", "command": "echo ok"}]}
+ZEROS = "0" * 36
+
+
+def _commands(p: int) -> list[tuple[bytes | None, bytes | None]]:
+    iid = str(uuid.uuid4())
+    start = start_command("one")
+    return [
+        # A pattern-valid id that is not a UUID (Postgres refuses it as data).
+        (ZEROS.encode(), json.dumps({**start, "message_id": ZEROS, "instance_id": ZEROS})
+         .encode()),
+        (iid.encode(), b"{not json " + str(p).encode()),
+        (iid.encode(), b"\xff\xfe\x00 not utf-8 " + str(p).encode()),
+        (iid.encode(), json.dumps({**start_command("one", instance_id=iid),
+                                   "params": ["wrong", "type"], "version": "x"}).encode()),
+        (iid.encode(), json.dumps({"type": "PauseWorkflow", "message_id": 7,
+                                   "instance_id": iid, "sent_at": p}).encode()),
+    ]
+
+
+def _task_logs(p: int) -> list[tuple[bytes | None, bytes | None]]:
+    iid = str(uuid.uuid4())
+    return [
+        (iid.encode(), b"[broken log chunk " + str(p).encode()),
+        (ZEROS.encode(), json.dumps({"instance_id": ZEROS, "task": "t", "attempt": 1,
+                                     "chunk": p, "lines": [], "final": True}).encode()),
+        (iid.encode(), json.dumps({"instance_id": iid, "task": "t", "attempt": "one",
+                                   "chunk": p, "lines": [], "final": True}).encode()),
+    ]
+
+
+def _heartbeats(p: int) -> list[tuple[bytes | None, bytes | None]]:
+    w = f"ghost-{p}"
+    beat = {"worker_id": w, "group": "default", "slots": 1, "running": [],
+            "sent_at": "2026-12-03T00:00:00+00:00"}
+    no_group = {k: v for k, v in beat.items() if k != "group"}
+    return [(w.encode(), json.dumps(no_group).encode()),
+            (w.encode(), json.dumps({**beat, "sent_at": f"yesterday {p}"}).encode()),
+            (w.encode(), b"\x80 heartbeat " + str(p).encode())]
+
+
+def _schedules(p: int) -> list[tuple[bytes | None, bytes | None]]:
+    sid = str(uuid.uuid4())
+    return [(sid.encode(), b"not a record " + str(p).encode()),
+            (sid.encode(), json.dumps({"id": sid, "revision": "many", "workflow": "one",
+                                       "cron": "* * * * *"}).encode()),
+            (str(uuid.uuid4()).encode(), json.dumps([p]).encode())]
+
+
+def _dispatches(p: int) -> list[tuple[bytes | None, bytes | None]]:
+    return [(ZEROS.encode(), json.dumps({
+                "type": "DispatchTask", "message_id": ZEROS, "instance_id": ZEROS,
+                "sent_at": "2026-12-03T00:00:00+00:00", "workflow": "one", "task": "t",
+                "attempt": 1, "dispatch_id": ZEROS, "task_type": "shell",
+                "worker_group": "default", "command": f"echo poison {p}"}).encode()),
+            (b"k", b"dispatch? " + str(p).encode())]
+
+
+def _control(p: int) -> list[tuple[bytes | None, bytes | None]]:
+    return [(b"k", b"kill? " + str(p).encode()),
+            (b"k", json.dumps({"type": "KillTask", "dispatch_id": ZEROS, "attempt": "x",
+                               "task": p}).encode())]
+
+
+CORPORA = {"commands": _commands, "task-logs": _task_logs,
+           "worker-heartbeats": _heartbeats, "schedules": _schedules,
+           "tasks.default": _dispatches, "worker-control": _control}
+
+
+async def test_poison_on_every_partition_of_every_topic(stack: Stack):
+    stack.start("scheduler")
+    await stack.apply(ONE)
+    # Everything is up and reading (tailing readers read from the end).
+    first = (await stack.request("POST", "/api/v1/workflows/one/runs", json={})).json()
+    assert (await stack.wait_run(first["instance_id"], timeout=90))["state"] == "succeeded"
+
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
+    sent: list[dict[str, Any]] = []
+    try:
+        for name, corpus in CORPORA.items():
+            topic = f"{stack.prefix}.{name}"
+            parts = sorted(await producer.partitions_for(topic))
+            assert len(parts) == 4, (topic, parts)
+            for p in parts:
+                for key, value in corpus(p):
+                    md = await producer.send_and_wait(topic, value, key=key, partition=p)
+                    sent.append({"topic": topic, "partition": p, "offset": md.offset,
+                                 "value": value})
+        # Valid commands after the poison, on every partition of the commands topic.
+        valid = [start_command("one") for _ in range(24)]
+        for cmd in valid:
+            await producer.send_and_wait(f"{stack.prefix}.commands",
+                                         json.dumps(cmd).encode(),
+                                         key=cmd["instance_id"].encode())
+    finally:
+        await producer.stop()
+
+    for cmd in valid:
+        assert (await stack.wait_run(cmd["instance_id"], timeout=120))["state"] == "succeeded"
+
+    def where(d: dict[str, Any]) -> tuple[str, int, int]:
+        return d["topic"], d["partition"], d["offset"]
+
+    async def all_dead() -> dict[tuple[str, int, int], dict[str, Any]] | None:
+        letters = {where(d): d for d in await read_all(stack.bootstrap,
+                                                       f"{stack.prefix}.dead-letters")}
+        missing = [s for s in sent if where(s) not in letters]
+        return None if missing else letters
+
+    try:
+        letters = await eventually(all_dead, timeout=60, interval=1.0,
+                                   what="every poison message in the dead letters")
+    except AssertionError:
+        letters = {where(d): d for d in await read_all(stack.bootstrap,
+                                                       f"{stack.prefix}.dead-letters")}
+        missing = [(s["topic"], s["partition"], s["offset"], s["value"][:60]) for s in sent
+                   if where(s) not in letters]
+        print(stack.logs())
+        raise AssertionError(f"{len(missing)} poison messages not dead-lettered: {missing}"
+                             ) from None
+    for s in sent:
+        d = letters[where(s)]
+        assert d["reason"], d
+        assert base64.b64decode(d["value_b64"]) == (s["value"] or b"")[:65536], d
+    reasons = " | ".join(letters[where(s)]["reason"] for s in sent)
+    assert "is not a 'uuid'" in reasons and "not JSON" in reasons
+    assert "'group' is a required property" in reasons
+    assert "sent_at" in reasons
+    for p in stack.processes:
+        assert p.alive(), f"{p.name} exited:\n{stack.logs()}"

@@ -1,0 +1,57 @@
+"""Task process groups of a dead worker are killed, and nothing else ever is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from shoal_worker.orphans import is_task_group, kill_group, reap_predecessors, start_time
+
+
+def _task(dispatch_id: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["bash", "-c", "sleep 30 & wait"], start_new_session=True,
+                            env={**os.environ, "SHOAL_DISPATCH_ID": dispatch_id})
+
+
+def _gone(p: subprocess.Popen[bytes]) -> bool:
+    for _ in range(50):
+        if p.poll() is not None:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_group_is_killed_only_while_it_is_verifiably_the_tasks():
+    p = _task("d-1")
+    try:
+        leader = start_time(p.pid)
+        assert leader is not None
+        assert not is_task_group(p.pid, leader + 1, "d-1")   # a reused pid: left alone
+        assert not kill_group(p.pid, leader + 1, "d-1")
+        assert p.poll() is None
+        assert kill_group(p.pid, leader, "d-1")
+        assert _gone(p)
+    finally:
+        p.kill()
+
+
+def test_a_dead_predecessors_groups_are_killed_and_a_live_ones_are_not(tmp_path: Path):
+    dead_worker = subprocess.Popen(["true"])
+    dead_worker.wait()
+    mine, theirs = _task("d-dead"), _task("d-live")
+    try:
+        (tmp_path / f"{dead_worker.pid}.json").write_text(json.dumps({
+            "pid": dead_worker.pid, "start": 1, "worker_id": "w0",
+            "groups": [[mine.pid, start_time(mine.pid), "d-dead"]]}))
+        (tmp_path / "live.json").write_text(json.dumps({
+            "pid": os.getpid(), "start": start_time(os.getpid()), "worker_id": "w1",
+            "groups": [[theirs.pid, start_time(theirs.pid), "d-live"]]}))
+        assert reap_predecessors(tmp_path) == 1
+        assert _gone(mine) and theirs.poll() is None
+        assert sorted(f.name for f in tmp_path.iterdir()) == ["live.json"]
+    finally:
+        mine.kill()
+        theirs.kill()
