@@ -103,6 +103,10 @@ class Stack:
         n = sum(1 for p in self.processes if p.name == name)
         if name == "worker":
             extra.setdefault("SHOAL_WORKER_ID", f"{self.prefix}-worker-{n}")
+            # Tasks see none of the worker's SHOAL_* variables; tests that need to know
+            # which worker ran a task read this one, passed through the allow-list.
+            extra.setdefault("TEST_WORKER_ID", extra["SHOAL_WORKER_ID"])
+            extra.setdefault("SHOAL_TASK_ENV_PASS", "TEST_WORKER_ID")
             # As docker-compose.yml: a worker holds no API token, only the metrics one.
             extra.setdefault("SHOAL_API_TOKENS", "")
             extra.setdefault("SHOAL_API_TOKEN", "")

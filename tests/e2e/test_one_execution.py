@@ -18,8 +18,8 @@ pytestmark = pytest.mark.e2e
 async def test_a_second_workers_start_of_a_held_attempt_is_killed(stack: Stack, tmp_path):
     effects = tmp_path / "effects.txt"
     await stack.apply({"name": "held", "tasks": [{
-        "name": "t", "command": f'echo "start $SHOAL_WORKER_ID" >> {effects}; sleep 8; '
-                                f'echo "end $SHOAL_WORKER_ID" >> {effects}'}]})
+        "name": "t", "command": f'echo "start $TEST_WORKER_ID" >> {effects}; sleep 8; '
+                                f'echo "end $TEST_WORKER_ID" >> {effects}'}]})
     holder = next(p for p in stack.processes if p.name == "worker")
     # The intruder reads another group's topic, where the test re-delivers the dispatch.
     intruder = stack.start("worker", SHOAL_WORKER_GROUP="intruder")

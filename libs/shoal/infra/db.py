@@ -30,9 +30,13 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 
 # Errors that mean "the database is not reachable now", as opposed to a wrong URL or
 # credentials: a service starting meanwhile waits for it instead of exiting.
+# InternalClientError: a connection terminated by the server in the middle of an
+# operation can leave asyncpg's protocol in a state that refuses the next one (seen when
+# every connection is cut while a service migrates at start).
 _UNAVAILABLE = (OSError, asyncpg.CannotConnectNowError,
                 asyncpg.ObjectNotInPrerequisiteStateError, asyncpg.TooManyConnectionsError,
-                asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError)
+                asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError,
+                asyncpg.exceptions._base.InternalClientError)
 
 
 async def until_available(what: str, attempt: Callable[[], Awaitable[T]],
