@@ -131,6 +131,34 @@ def test_python_injection_corpus_runs_nothing(tmp_path: Path):
     assert not target.exists()
 
 
+
+@settings(max_examples=200, deadline=None)
+@given(v=values, ptype=st.sampled_from(["int", "float", "bool"]))
+def test_a_typed_python_value_is_its_literal_or_a_string(v, ptype):
+    """A bare reference to a param declared int/float/bool is the number (or bool) when
+    the value is one, else the string; nothing else is ever evaluated."""
+    ns: dict[str, object] = {}
+    exec(render_python("out = ${v}", {"v": v}.get, {"v": ptype}), ns)
+    out = ns["out"]
+    if isinstance(out, str):
+        assert out == v
+    else:
+        assert ptype == {int: "int", float: "float", bool: "bool"}[type(out)]
+        if ptype == "bool":
+            assert out is (v.strip().lower() in {"true", "1", "yes", "t", "y", "on"})
+        else:
+            assert out == {"int": int, "float": float}[ptype](v.strip())
+
+
+def test_dolphinscheduler_arithmetic_on_a_declared_int_works():
+    ns: dict[str, object] = {}
+    script = 'n = ${n} + 1\nx = ${x} * 2\nok = ${ok}\ns = "${n}"'
+    exec(render_python(script, {"n": "41", "x": "1.5", "ok": "yes"}.get,
+                       {"n": "int", "x": "float", "ok": "bool"}), ns)
+    assert (ns["n"], ns["x"], ns["ok"], ns["s"]) == (42, 3.0, True, "41")
+    target_free = render_python("n = ${n}", {"n": "1; import os"}.get, {"n": "int"})
+    assert target_free == "n = '1; import os'"
+
 sql_pieces = st.sampled_from([
     "select ", "${a}", "'${a}'", "'x${a}y'", " -- ${a}\n", "/* ${a} */", " ; ", "1",
     " where t = ", "${b}", "'it''s'", "E'\\'${a}'", " and ", '"col"', "${nope}"])

@@ -757,3 +757,14 @@ def test_the_events_a_command_causes_carry_its_actor():
     rejected = d.command(ResumeWorkflow, actor="erin")[0]  # running: refused, still named
     assert rejected.type == "InputRejected" and rejected.actor == "erin"
     assert d.r.last_actor == "dave"  # a refused command controlled nothing
+
+
+def test_a_python_task_gets_declared_numbers_as_literals():
+    """DolphinScheduler pastes values as text, so `n = ${n} + 1` is arithmetic there; a
+    param declared int keeps that working while an undeclared one stays a string."""
+    d = Driver({"name": "py", "params": {"n": {"value": "41", "type": "int"}, "s": "x"},
+                "tasks": [{"name": "t", "type": "python",
+                           "script": "n = ${n} + 1\nprint(${s})"}]})
+    sent = next(e for e in d.start() if isinstance(e, TaskDispatched))
+    assert sent.command == "n = 41 + 1\nprint('x')"
+    assert sent.spec is not None and sent.spec["types"] == {"n": "int"}

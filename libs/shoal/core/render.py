@@ -27,8 +27,9 @@ Everything here is pure.
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from urllib.parse import quote, quote_plus
 
 REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
@@ -309,9 +310,13 @@ def _py_escape(value: str, quote_char: str, fstring: bool) -> str:
     return "".join(out)
 
 
-def render_python(script: str, lookup: Lookup) -> str:
+def render_python(script: str, lookup: Lookup,
+                  types: Mapping[str, str] | None = None) -> str:
     """The author's Python ``script`` with each known reference as data: a string literal
-    in code, escaped inside a string literal, ``repr`` in a comment."""
+    in code, escaped inside a string literal, ``repr`` in a comment. A bare reference to a
+    param declared ``int``, ``float`` or ``bool`` (``types``) whose value is of that type
+    becomes the number or ``True``/``False``, as DolphinScheduler's textual substitution
+    gives ``n = ${n} + 1`` a number; any other value stays a string literal."""
     out: list[str] = []
     i, n = 0, len(script)
 
@@ -364,12 +369,37 @@ def render_python(script: str, lookup: Lookup) -> str:
             mref = REF.match(script, i)
             if mref:
                 v = value(mref.group(1))
-                out.append(mref.group(0) if v is None else repr(v))
+                out.append(mref.group(0) if v is None else
+                           _py_literal(v, (types or {}).get(mref.group(1))))
                 i = mref.end()
                 continue
         out.append(c)
         i += 1
     return "".join(out)
+
+
+_PY_INT = re.compile(r"[+-]?[0-9]+")
+_TRUE = {"true", "1", "yes", "t", "y", "on"}
+_FALSE = {"false", "0", "no", "f", "n", "off"}
+
+
+def _py_literal(value: str, ptype: str | None) -> str:
+    """``value`` as Python code that evaluates to it: of its declared type when it is a
+    valid one (digits, a finite float's ``repr``, ``True``/``False``: nothing else can be
+    written), else a string literal."""
+    text = value.strip()
+    if ptype == "int" and _PY_INT.fullmatch(text):
+        return str(int(text))
+    if ptype == "float":
+        try:
+            f = float(text)
+        except ValueError:
+            return repr(value)
+        if math.isfinite(f):
+            return repr(f)
+    if ptype == "bool" and text.lower() in _TRUE | _FALSE:
+        return str(text.lower() in _TRUE)
+    return repr(value)
 
 
 # ---------------------------------------------------------------------------- SQL

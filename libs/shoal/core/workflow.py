@@ -967,11 +967,22 @@ def _dispatch_spec(run: Run, d: TaskDefinition, params: Mapping[str, str],
                 if errors:
                     out["error"] = errors[0]
             return out, " or ".join(_waiting_for(w) for w in windows)
-        case "shell" | "python":
+        case "shell":
             script = t(d.command)
-            render = render_shell if d.type == "shell" else render_python
             return {"template": script, "values": _values(params, [script])}, \
-                _shown(render, script, params)
+                _shown(render_shell, script, params)
+        case "python":
+            script = t(d.command)
+            values = _values(params, [script])
+            # Declared numbers and booleans are written as Python literals (render_python).
+            types = {n: pt.type for n, pt in {**run.definition.param_types,
+                                               **d.param_types}.items()
+                     if n in values and pt.type in ("int", "float", "bool")}
+            spec_out: dict[str, Any] = {"template": script, "values": values}
+            if types:
+                spec_out["types"] = types
+            return spec_out, _shown(lambda text, look: render_python(text, look, types),
+                               script, params)
         case _:
             return None, x(d.command)
 

@@ -177,8 +177,8 @@ def prepare(d: Mapping[str, Any], secrets: Secrets) -> Prepared:
 
     ttype = d["task_type"]
     if "template" in spec:
-        render = render_shell if ttype == "shell" else render_python
-        out["command"] = render(spec["template"], lookup)
+        out["command"] = (render_shell(spec["template"], lookup) if ttype == "shell" else
+                          render_python(spec["template"], lookup, spec.get("types")))
     elif ttype == "sql":
         statements = []
         for stmt in split_sql(spec["sql"]):
