@@ -201,17 +201,22 @@ async def list_runs(
 
 @router.get("/runs/{instance_id}", response_model=RunDetail)
 async def get_run(instance_id: uuid.UUID, res: Res) -> dict[str, Any]:
-    row = await res.pool.fetchrow(
-        f"SELECT {_RUN_COLS} FROM shoal_read.workflow_runs WHERE instance_id = $1", instance_id)
-    if row is None:
-        raise HTTPException(404, {"message": f"no run {instance_id} (yet: a run appears once "
-                                             "the orchestrator accepted it)"})
-    tasks = await res.pool.fetch(
-        "SELECT task, attempt, state, worker_id, worker_group, started_at, finished_at, "
-        "duration_ms, exit_code, outputs::text AS outputs, error, child_instance_id "
-        "FROM shoal_read.task_runs WHERE instance_id = $1 "
-        "ORDER BY coalesce(started_at, finished_at), task, attempt",
-        instance_id)
+    # The run row and its task rows from one snapshot: read apart, a projector batch
+    # committing in between showed tasks ahead of the run's last_seq.
+    async with res.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                            readonly=True):
+        row = await conn.fetchrow(
+            f"SELECT {_RUN_COLS} FROM shoal_read.workflow_runs WHERE instance_id = $1",
+            instance_id)
+        if row is None:
+            raise HTTPException(404, {"message": f"no run {instance_id} (yet: a run appears "
+                                                 "once the orchestrator accepted it)"})
+        tasks = await conn.fetch(
+            "SELECT task, attempt, state, worker_id, worker_group, started_at, finished_at, "
+            "duration_ms, exit_code, outputs::text AS outputs, error, child_instance_id "
+            "FROM shoal_read.task_runs WHERE instance_id = $1 "
+            "ORDER BY coalesce(started_at, finished_at), task, attempt",
+            instance_id)
     live_groups = {r["worker_group"] for r in await res.pool.fetch(
         "SELECT DISTINCT worker_group FROM shoal_read.workers WHERE NOT stopping AND "
         "last_heartbeat > now() - make_interval(secs => $1)", res.settings.lease_timeout)}
