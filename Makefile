@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser dev test test-unit test-integration lint typecheck bench chaos docs clean
+.PHONY: install browser dev test test-unit test-integration lint typecheck bench chaos docs golden clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,13 @@ bench: install
 ## every 5-10 s for 3 minutes; prints lost / stuck / duplicates / kill-to-progress.
 chaos: install
 	SHOAL_CHAOS=long $(PY) -m pytest -q -p no:cacheprovider -s tests/e2e/test_chaos.py
+
+## Record this release's golden corpus (tests/golden/<version in pyproject.toml>/): every
+## later build replays it in CI. Refuses to overwrite a release's corpus once recorded.
+RELEASE := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+golden: install
+	@test ! -e tests/golden/$(RELEASE) || { echo "tests/golden/$(RELEASE) exists: a recorded corpus is never re-recorded (bump the version first)"; exit 1; }
+	$(PY) -m tests.golden.record tests/golden/$(RELEASE)
 
 ## Regenerate the README's state tables from libs/shoal/core/workflow.py.
 docs: install

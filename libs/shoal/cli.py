@@ -548,6 +548,83 @@ def cmd_check(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_shadow_replay(args: argparse.Namespace) -> None:
+    """This build's decisions over recorded history; exit 1 when any would differ."""
+    import asyncio
+
+    import asyncpg
+
+    from shoal.infra.settings import Settings
+    from shoal.infra.shadow import (
+        Filter,
+        Summary,
+        bundle_histories,
+        database_histories,
+        instant,
+        shadow_histories,
+    )
+
+    def usage(msg: str) -> None:
+        print(f"shoal shadow-replay: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+    since = None
+    if args.since:
+        try:
+            since = instant(args.since)
+        except ValueError:
+            usage(f"--since {args.since!r} is not an RFC 3339 time or a date")
+    if args.instance:
+        try:
+            import uuid
+
+            args.instance = str(uuid.UUID(args.instance))
+        except ValueError:
+            usage(f"--instance {args.instance!r} is not a run id")
+    flt = Filter(since=since, workflow=args.workflow, instance=args.instance)
+    if args.bundle:
+        summary = Summary()
+        for name in args.bundle:
+            try:
+                raw = sys.stdin.read() if name == "-" else Path(name).read_text()
+                histories = bundle_histories(json.loads(raw))
+            except (OSError, ValueError) as exc:
+                usage(f"cannot read a bundle from {name}: {exc}")
+            summary.runs.extend(shadow_histories(histories, flt))
+    else:
+        # Reads the log directly, read-only: SHOAL_DATABASE_URL, else what `shoal dev`
+        # wrote, else the default.
+        url = os.environ.get("SHOAL_DATABASE_URL") or _config().get("database_url") \
+            or Settings().database_url
+        try:
+            summary = asyncio.run(database_histories(url, flt))
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"shoal shadow-replay: cannot read the log: {exc!r}", file=sys.stderr)
+            sys.exit(3)
+    if args.json:
+        _print(summary.as_dict())
+    else:
+        _shadow_text(summary)
+    sys.exit(1 if summary.differences else 0)
+
+
+def _shadow_text(summary: Any) -> None:
+    out = summary.as_dict()
+    for d in out["differences"]:
+        print(f"DIFFERENT  run {d['instance_id']} ({d['workflow']}) seq {d['seq']} "
+              f"{d['event_type']}  [input {d['input_type']}, causation {d['causation_id']}]")
+        print(f"  {d['diff']}")
+        print(f"  recorded:   {', '.join(e['type'] for e in d['expected'])}")
+        print(f"  this build: {', '.join(e['type'] for e in d['got']) or '(nothing)'}")
+    for u in out["unreconstructed"]:
+        print(f"NOT REBUILT  run {u['instance_id']} ({u['workflow']}) seq {u['seq']} "
+              f"{u['event_type']}: {u['reason']}")
+    skipped = f", {out['skipped']} before --since" if out["skipped"] else ""
+    print(f"shadow replay: {out['runs']} run(s), {out['compared']} decision(s) compared"
+          f"{skipped}: {len(out['differences'])} differ, {len(out['unreconstructed'])} "
+          "input(s) could not be rebuilt from the log")
+
+
 def cmd_fork(args: argparse.Namespace) -> None:
     """A new run from the state after event --at of this one, with params overridden."""
     _started(_request("POST", f"/api/v1/runs/{args.id}/fork",
@@ -740,6 +817,24 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--grace", type=float, default=60.0,
                    help="seconds a running run may sit idle before it counts as stuck")
     s.set_defaults(fn=cmd_check)
+    s = sub.add_parser(
+        "shadow-replay",
+        help="this build's decisions over recorded history (the log, read-only, or bundles): "
+             "exit 1 if any differs from what was recorded",
+        description="Runs this build's decide over every recorded decision of the log at "
+                    "SHOAL_DATABASE_URL (one read-only snapshot; nothing is written) or of "
+                    "--bundle files, and names every decision that would differ (run, event "
+                    "seq and type, recorded vs this build's events). Inputs the log cannot "
+                    "rebuild are listed too. Exit 0: identical; 1: a difference; 2: usage "
+                    "error; 3: the log could not be read.")
+    s.add_argument("--since", metavar="T", help="compare decisions recorded at or after T "
+                                                "(RFC 3339 or a date; earlier ones are folded)")
+    s.add_argument("--workflow", metavar="W", help="only runs of this workflow")
+    s.add_argument("--instance", metavar="ID", help="only this run")
+    s.add_argument("--bundle", action="append", metavar="FILE",
+                   help="a bundle from shoal export-run instead of the log (repeatable, "
+                        "'-' = stdin)")
+    s.set_defaults(fn=cmd_shadow_replay)
     s = sub.add_parser("fork", help="a new run from the state after event SEQ of a run "
                                     "(what had succeeded is kept), with params overridden")
     s.add_argument("id")
