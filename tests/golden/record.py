@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,7 @@ DEFINITIONS: list[dict[str, Any]] = [
         {"name": "slow", "command": "sleep 30", "timeout": 1, "timeout_strategy": "fail"},
         {"name": "after", "command": "echo after", "depends_on": ["slow"]}]},
     {"name": "g-slow", "tasks": [
-        {"name": "first", "command": "sleep 2"},
+        {"name": "first", "command": "sleep 4"},
         {"name": "second", "command": "echo second", "depends_on": ["first"]}]},
     {"name": "g-long", "tasks": [{"name": "long", "command": "sleep 60"}]},
     # Fails on its first run (a marker file per key): recover or force success finish it.
@@ -93,6 +94,10 @@ DEFINITIONS: list[dict[str, Any]] = [
         {"name": "after", "command": "echo '${setValue(seen=${total})}'",
          "outputs": ["seen"], "depends_on": ["sub"]}]},
     {"name": "g-upstream", "tasks": [{"name": "u", "command": "true"}]},
+    {"name": "g-held", "tasks": [
+        {"name": "held", "command": "sleep 4", "retries": 1, "retry_interval": 1}]},
+    {"name": "g-serial", "execution": "serial_wait", "tasks": [
+        {"name": "turn", "command": "sleep 2"}]},
     {"name": "g-downstream", "tasks": [
         {"name": "wait", "type": "dependent", "timeout": 120,
          "depends_on_workflow": {"workflow": "g-upstream", "task": None,
@@ -233,9 +238,34 @@ async def fork(rec: Recorder) -> None:
     assert (await rec.done(iid))["state"] == "succeeded"
 
 
+async def lost(rec: Recorder) -> None:
+    """Its worker SIGKILLed mid-task: the lease lapses (TaskLost), another worker retries."""
+    iid = await rec.start("lost", "g-held")
+    await rec.stack.wait_task_state(iid, "running", task="held", timeout=60)
+    run = await rec.stack.run_state(iid) or {}
+    holder = next(t["worker_id"] for t in run["tasks"] if t["task"] == "held")
+    proc = next(p for p in rec.stack.processes if p.name == "worker"
+                and p.env.get("SHOAL_WORKER_ID") == holder and p.alive())
+    proc.signal(signal.SIGKILL)
+    assert (await rec.done(iid))["state"] == "succeeded"
+    rec.stack.start("worker", SHOAL_WORKER_ID=f"{holder}-again")
+
+
+async def serial(rec: Recorder) -> None:
+    """serial_wait: the second run queues until the first ends, then is woken."""
+    first = await rec.start("serial", "g-serial", 0)
+    await rec.stack.wait_state(first, "running", timeout=60)
+    second = await rec.start("serial", "g-serial", 1)
+    await rec.stack.wait_state(second, "serial_wait", timeout=60)
+    for iid in (first, second):
+        assert (await rec.done(iid))["state"] == "succeeded"
+
+
+# Run together; then, one at a time, those that kill a worker or share a serial slot.
 SCENARIOS: list[Callable[[Recorder], Awaitable[None]]] = [
     chain, fanout, retries, timeout, pause_resume, stop_rerun, recover_force, branches,
     sub_workflow, dependent, dry_run, fork]
+ALONE: list[Callable[[Recorder], Awaitable[None]]] = [serial, lost]
 
 
 @contextlib.asynccontextmanager
@@ -323,6 +353,11 @@ async def record(out: Path, bootstrap: str, admin_url: str, work: Path) -> None:
                                            return_exceptions=True)
             failed = [(s.__name__, r) for s, r in zip(SCENARIOS, results, strict=True)
                       if isinstance(r, BaseException)]
+            for alone in ALONE:
+                try:
+                    await alone(rec)
+                except Exception as exc:
+                    failed.append((alone.__name__, exc))
             if failed:
                 print(stack.logs(), file=sys.stderr)
                 raise SystemExit(f"scenarios failed: {failed!r}")

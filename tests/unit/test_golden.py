@@ -39,7 +39,7 @@ def test_there_is_a_corpus_of_every_kind():
     scenarios = {r.body["scenario"] for r in RUNS}
     for kind in ("chain", "fanout", "retry", "timeout", "pause-resume", "stop-rerun", "rerun",
                  "recover", "force-success", "conditions", "switch", "sub-workflow", "child",
-                 "dependent", "dry-run", "fork", "imported-bundle"):
+                 "dependent", "dry-run", "fork", "imported-bundle", "lost", "serial"):
         assert kind in scenarios, kind
 
 
