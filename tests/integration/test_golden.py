@@ -41,7 +41,8 @@ async def _load(pool: asyncpg.Pool, release: str, *, imported: bool = False,
     cols = "instance_id, seq, type, data, causation_id, recorded_at"
     vals = "$1, $2, $3, $4::jsonb, $5, $6"
     if has_version:
-        cols, vals = cols + ", schema_version", vals + ", $7"
+        # Releases before schema versions wrote none: their shape is version 1.
+        cols, vals = cols + ", schema_version", vals + ", COALESCE($7::int, 1)"
     await pool.executemany(
         f"INSERT INTO shoal.events ({cols}) VALUES ({vals})",
         [(uuid.UUID(g.instance_id), e["seq"], e["type"], json.dumps(e["data"]),

@@ -203,3 +203,15 @@ def test_a_reversed_dispatch_order_is_found_only_where_tasks_start_together(raw,
         assert report.differences == []
     for x in report.differences:
         assert x.instance_id == IID and x.seq >= 1
+
+
+def test_an_event_this_build_cannot_read_is_a_difference():
+    d = Recording(chain("a"))
+    d.start()
+    d.report(TaskSucceeded, "a", exit_code=0)
+    future = Recorded(seq=len(d.recorded) + 1, type="TaskTeleported", data={"at": "x"},
+                      causation_id="m99")
+    report = shadow_run(IID, [*d.recorded, future])
+    assert [(x.seq, x.event_type) for x in report.differences] == [(future.seq,
+                                                                    "TaskTeleported")]
+    assert "cannot read" in report.differences[0].diff and report.identical == 2

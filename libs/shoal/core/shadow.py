@@ -82,6 +82,7 @@ class Recorded:
     schema_version: int | None = None
 
     def event(self) -> AnyEvent:
+        """The typed event in this build's shape (the one place the stored form is read)."""
         return event_from_data(self.type, self.data)
 
 
@@ -344,14 +345,24 @@ def shadow_run(instance_id: str, events: Iterable[Recorded], *,
     run: Run | None = None
     for batch in batches(recorded):
         first = batch[0]
+        try:
+            parsed = [e.event() for e in batch]
+        except Exception as exc:  # noqa: BLE001 - an event this build cannot read at all
+            bad = next(e for e in batch if not _readable(e))
+            report.differences.append(Difference(
+                instance_id=instance_id, workflow=workflow, seq=bad.seq, event_type=bad.type,
+                input_type="?", causation_id=str(first.causation_id),
+                expected=[{"type": e.type, "data": dict(e.data)} for e in batch], got=[],
+                diff=f"this build cannot read the recorded {bad.type}: {exc!r}"))
+            break
         if since is not None and first.recorded_at is not None and \
                 _before(first.recorded_at, since):
             report.skipped += 1
         else:
-            _compare(report, run, batch, instance_id)
+            _compare(report, run, batch, parsed, instance_id)
         try:
-            for e in batch:
-                run = evolve(run, e.event(), instance_id=instance_id)
+            for event in parsed:
+                run = evolve(run, event, instance_id=instance_id)
         except Exception as exc:  # noqa: BLE001 - a history that does not fold ends here
             report.unreconstructed.append(Unreconstructed(
                 instance_id=instance_id, workflow=workflow, seq=first.seq,
@@ -359,6 +370,14 @@ def shadow_run(instance_id: str, events: Iterable[Recorded], *,
                 reason=f"the log does not fold from here: {exc!r}"))
             break
     return report
+
+
+def _readable(e: Recorded) -> bool:
+    try:
+        e.event()
+    except Exception:  # noqa: BLE001 - only asking whether it reads
+        return False
+    return True
 
 
 def _instant(v: str) -> datetime:
@@ -371,7 +390,7 @@ def _before(recorded_at: str, since: str) -> bool:
 
 
 def _compare(report: RunReport, run: Run | None, batch: list[Recorded],
-             instance_id: str) -> None:
+             parsed: list[AnyEvent], instance_id: str) -> None:
     first = batch[0]
     found = reconstruct(run, batch, instance_id)
     if isinstance(found, str):
@@ -380,7 +399,7 @@ def _compare(report: RunReport, run: Run | None, batch: list[Recorded],
             event_type=first.type, causation_id=first.causation_id, reason=found))
         return
     inp, ctx = found
-    expected = [_shape(e.event()) for e in batch]
+    expected = [_shape(e) for e in parsed]
     report.compared += 1
     try:
         decision = decide(run, inp, ctx)
