@@ -616,9 +616,17 @@ def _shadow_text(summary: Any) -> None:
         print(f"  {d['diff']}")
         print(f"  recorded:   {', '.join(e['type'] for e in d['expected'])}")
         print(f"  this build: {', '.join(e['type'] for e in d['got']) or '(nothing)'}")
-    for u in out["unreconstructed"]:
+    shown = 20  # the rest by reason: a busy log has many refused duplicate reports
+    for u in out["unreconstructed"][:shown]:
         print(f"NOT REBUILT  run {u['instance_id']} ({u['workflow']}) seq {u['seq']} "
               f"{u['event_type']}: {u['reason']}")
+    if len(out["unreconstructed"]) > shown:
+        from collections import Counter
+
+        rest = Counter(u["reason"] for u in out["unreconstructed"][shown:])
+        print(f"NOT REBUILT  {len(out['unreconstructed']) - shown} more (--json lists each):")
+        for reason, n in rest.most_common():
+            print(f"  {n} x {reason}")
     skipped = f", {out['skipped']} before --since" if out["skipped"] else ""
     print(f"shadow replay: {out['runs']} run(s), {out['compared']} decision(s) compared"
           f"{skipped}: {len(out['differences'])} differ, {len(out['unreconstructed'])} "

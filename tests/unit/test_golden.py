@@ -8,7 +8,9 @@ of a release is recorded once (``make golden``) and never removed.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,6 +43,16 @@ def test_there_is_a_corpus_of_every_kind():
                  "recover", "force-success", "conditions", "switch", "sub-workflow", "child",
                  "dependent", "dry-run", "fork", "imported-bundle", "lost", "serial"):
         assert kind in scenarios, kind
+
+
+@pytest.mark.parametrize("release", corpus.releases(), ids=lambda p: p.name)
+def test_a_release_corpus_is_whole(release: Path):
+    """Every run its manifest lists is there (none is ever removed), and no other."""
+    manifest = json.loads((release / "MANIFEST.json").read_text())
+    assert manifest["release"] == release.name
+    assert sorted(p.name for p in (release / "runs").glob("*.json")) == manifest["runs"]
+    for scenario, ids in manifest["scenarios"].items():
+        assert ids, scenario
 
 
 @pytest.mark.parametrize("golden", RUNS, ids=str)
@@ -87,8 +99,6 @@ def test_shadow_replay_finds_no_difference(golden: corpus.GoldenRun):
 
 @pytest.mark.parametrize(("release", "path"), list(corpus.bundles()), ids=lambda v: str(v))
 def test_shadow_replay_of_the_corpus_bundles(release: str, path: Any):
-    import json
-
     found = list(shadow_histories(bundle_histories(json.loads(path.read_text())), Filter()))
     assert len(found) == 1 and found[0].differences == [] and found[0].compared > 0
 

@@ -215,3 +215,29 @@ def test_an_event_this_build_cannot_read_is_a_difference():
     assert [(x.seq, x.event_type) for x in report.differences] == [(future.seq,
                                                                     "TaskTeleported")]
     assert "cannot read" in report.differences[0].diff and report.identical == 2
+
+
+def test_the_cli_text_names_each_difference_and_counts_many_unrebuilt_by_reason(capsys):
+    from shoal.cli import _shadow_text
+    from shoal.infra.shadow import Summary
+
+    d = Recording(chain("a"))
+    d.start()
+    d.report(TaskSucceeded, "a", exit_code=0)
+    for _ in range(25):
+        d.report(TaskSucceeded, "a", exit_code=0)  # late duplicates: refused
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(workflow, "ready_tasks", lambda run: [])
+        report = shadow_run(IID, d.recorded)
+    assert len(report.unreconstructed) == 25
+    summary = Summary(runs=[report])
+    _shadow_text(summary)
+    out = capsys.readouterr().out.splitlines()
+    # Nothing ever ready: this build cannot even decide the start.
+    assert out[0] == (f"DIFFERENT  run {IID} (chain) seq 1 WorkflowSubmitted  "
+                      "[input StartWorkflow, causation m1]")
+    assert out[1].startswith("  this build raises deciding it: ")
+    assert sum(ln.startswith("NOT REBUILT  run ") for ln in out) == 20
+    assert f"  5 x a refused TaskSucceeded {REFUSED_REPORT} (only its reason)" in out
+    assert out[-1] == ("shadow replay: 1 run(s), 2 decision(s) compared: 1 differ, "
+                       "25 input(s) could not be rebuilt from the log")

@@ -174,6 +174,7 @@ def _actor(batch: Sequence[Recorded]) -> str | None:
 _REJECTED_TASK = re.compile(r"^task '(.+?)' is ")
 _REJECTED_TIMER = re.compile(r"^timer (.+) is no longer armed$")
 _SLOT_TAKEN = "another run of "
+_RAISED, _DEAD = "(decide raised)", "(dead letter)"  # what "got" holds when not events
 
 
 def reconstruct(run: Run | None, batch: Sequence[Recorded], instance_id: str,
@@ -312,6 +313,10 @@ def _rejected(run: Run, batch: Sequence[Recorded], common: dict[str, Any],
 def _diff(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> tuple[int, str]:
     """Index of the first differing event, and a one-line account of the difference."""
     for i in range(max(len(expected), len(got))):
+        if i < len(got) and got[i]["type"] == _RAISED:
+            return i, f"this build raises deciding it: {got[i]['data']['error']}"
+        if i < len(got) and got[i]["type"] == _DEAD:
+            return i, f"this build dead-letters it: {got[i]['data']['reason']}"
         if i >= len(expected):
             return i, f"this build also decides {got[i]['type']} (and {len(got) - i - 1} more)"
         if i >= len(got):
@@ -405,9 +410,9 @@ def _compare(report: RunReport, run: Run | None, batch: list[Recorded],
         decision = decide(run, inp, ctx)
         got = [_shape(e) for e in decision.events]
         if decision.dead_letter:
-            got.append({"type": "(dead letter)", "data": {"reason": decision.dead_letter}})
+            got.append({"type": _DEAD, "data": {"reason": decision.dead_letter}})
     except Exception as exc:  # noqa: BLE001 - this build failing to decide is a difference
-        got = [{"type": "(decide raised)", "data": {"error": repr(exc)}}]
+        got = [{"type": _RAISED, "data": {"error": repr(exc)}}]
     index, text = _diff(expected, got)
     if index < 0:
         report.identical += 1
