@@ -19,6 +19,7 @@ import random
 import statistics
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from shoal.infra.settings import Settings
+from shoal.infra.shadow import Filter, database_histories
 from tests.e2e.kafka_io import read_all
 from tests.e2e.test_poison import _commands as poison_commands
 from tests.support import Stack, eventually
@@ -243,6 +245,13 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
                       "worker": sum(k.kind == "worker" for k in kills)},
             "kill_to_progress_s": {kind: _percentiles(v) for kind, v in progress.items()},
         }
+        # This build's decide over the whole log the chaos wrote: the same decisions.
+        shadow = await database_histories(stack.database_url, Filter())
+        figures["shadow_replay"] = {
+            "runs": len(shadow.runs), "compared": sum(r.compared for r in shadow.runs),
+            "differences": shadow.differences,
+            "not_rebuilt": dict(Counter(u.reason for r in shadow.runs
+                                        for u in r.unreconstructed))}
         print(f"\nchaos ({'long' if LONG else 'short'}): {figures}")
         for iid in stuck[:8]:  # what a stuck run is waiting for
             tasks = await conn.fetch(
@@ -262,6 +271,7 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
         assert lost == [] and stuck == [], figures
         assert failed == [], figures
         assert dup == 0 and twice == 0, figures
+        assert shadow.differences == 0, shadow.as_dict()["differences"][:3]
         # Not asserted (printed above, see README "Chaos"): a SIGKILL can still make a
         # side effect happen twice — a task that finished in the moment before its worker
         # died is run again, and an attempt whose success was not yet applied when its
