@@ -105,40 +105,35 @@ async def database_histories(url: str, flt: Filter, *, page: int = 200) -> Summa
                 cols = "instance_id, seq, type, data::text AS data, causation_id, recorded_at"
                 if has_version and table == "events":
                     cols += ", schema_version"
-                after = uuid.UUID(int=0)
-                while True:
-                    ids = await _page(conn, table, flt, after, page)
-                    if not ids:
-                        break
-                    after = ids[-1]
+                ids = await _selected(conn, table, flt)
+                for i in range(0, len(ids), page):
                     rows = await conn.fetch(
                         f"SELECT {cols} FROM shoal.{table} WHERE instance_id = ANY($1) "
-                        "ORDER BY instance_id, seq", ids)
+                        "ORDER BY instance_id, seq", ids[i:i + page])
                     out.runs.extend(shadow_histories(_grouped(rows), flt))
     finally:
         await conn.close()
     return out
 
 
-async def _page(conn: asyncpg.Connection, table: str, flt: Filter, after: uuid.UUID,
-                page: int) -> list[uuid.UUID]:
-    where: list[str] = ["instance_id > $1"]
-    args: list[Any] = [after]
+async def _selected(conn: asyncpg.Connection, table: str, flt: Filter) -> list[uuid.UUID]:
+    """The ids of the runs the filter selects, in id order (one query)."""
+    where: list[str] = []
+    args: list[Any] = []
     if flt.instance:
         args.append(uuid.UUID(flt.instance))
         where.append(f"instance_id = ${len(args)}")
     if flt.workflow:
         args.append(flt.workflow)
-        where.append(f"instance_id IN (SELECT instance_id FROM shoal.{table} WHERE seq = 1 "
-                     f"AND data->>'workflow' = ${len(args)})")
+        where.append(f"seq = 1 AND data->>'workflow' = ${len(args)}")
+    else:
+        where.append("seq = 1")
     if flt.since:
         args.append(flt.since)
         where.append(f"instance_id IN (SELECT instance_id FROM shoal.{table} "
                      f"WHERE recorded_at >= ${len(args)})")
-    args.append(page)
-    rows = await conn.fetch(
-        f"SELECT DISTINCT instance_id FROM shoal.{table} WHERE {' AND '.join(where)} "
-        f"ORDER BY instance_id LIMIT ${len(args)}", *args)
+    rows = await conn.fetch(f"SELECT instance_id FROM shoal.{table} "
+                            f"WHERE {' AND '.join(where)} ORDER BY instance_id", *args)
     return [r["instance_id"] for r in rows]
 
 
