@@ -111,10 +111,11 @@ _INDEX_CONCURRENTLY = re.compile(
 
 def lock_timeout_ms() -> int:
     """How long one migration statement may wait for a lock before its attempt is given up
-    and retried (``SHOAL_MIGRATION_LOCK_TIMEOUT_MS``, default 1000). While it waits, every
+    and retried (``SHOAL_MIGRATION_LOCK_TIMEOUT_MS``, default 500). While it waits, every
     statement needing a conflicting lock queues behind it (appends included), so this bounds
-    how long a migration can stall the service behind someone else's long transaction."""
-    return max(1, int(os.environ.get("SHOAL_MIGRATION_LOCK_TIMEOUT_MS", "1000")))
+    how long a migration can stall the service behind someone else's long transaction; the
+    default keeps that well under the second an append may be held up."""
+    return max(1, int(os.environ.get("SHOAL_MIGRATION_LOCK_TIMEOUT_MS", "500")))
 
 
 def no_transaction(sql: str) -> bool:
