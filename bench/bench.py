@@ -20,8 +20,11 @@
    from its snapshot, a full consistency check's instances/s (over everything the other
    groups left in the log), then the log grown to 1,000,000 events: the projector's
    catch-up and the online rebuild, events/s.
+8. Migrations (bench/migrations_bench.py, its own database): a 1,000,000-event log at the
+   previous release's schema, this tree's pending migrations applied one by one while
+   appends go on: each one's duration, longest lock and longest append stall.
 
-`bench.py [core] [python] [workloads] [sustained] [scheduler] [scale] [log]` runs only
+`bench.py [core] [python] [workloads] [sustained] [scheduler] [scale] [log] [migrations]` runs only
 those groups (default: all, in that order). A table of the figures is printed at the end
 and everything goes to ``bench/results/<UTC time>.json``.
 """
@@ -45,6 +48,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench import workloads
 from bench.log_bench import bench_log
+from bench.migrations_bench import bench_migrations, migrations_table
 from bench.python_bench import bench_python, python_start, write_code
 from bench.table import table
 from bench.workloads import start
@@ -73,7 +77,7 @@ TOKEN = secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-GROUPS = ("core", "python", "workloads", "sustained", "scheduler", "scale", "log")
+GROUPS = ("core", "python", "workloads", "sustained", "scheduler", "scale", "log", "migrations")
 
 
 async def main() -> None:
@@ -82,6 +86,12 @@ async def main() -> None:
     if unknown:
         sys.exit(f"unknown benchmark group(s) {', '.join(sorted(unknown))}; "
                  f"choose from {', '.join(GROUPS)}")
+    results: dict[str, object] = {}
+    if "migrations" in groups:  # its own database at the previous release's schema
+        groups.remove("migrations")
+        results["migrations"] = await bench_migrations(ADMIN)
+        if not groups:
+            return save(results, bootstrap_given=None)
     work = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     code = write_code(work / "code")
     owned: list[OwnedProcess] = []
@@ -112,7 +122,6 @@ async def main() -> None:
 
     pool = await asyncpg.create_pool(db, min_size=1, max_size=4)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    results: dict[str, object] = {}
     try:
         spawn("api")
         wait_port("127.0.0.1", api_port, 60)
@@ -165,22 +174,31 @@ async def main() -> None:
             p.stop()
         await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         await admin.close()
+    save(results, bootstrap_given=bool(os.environ.get("SHOAL_KAFKA_BOOTSTRAP")))
+
+
+def save(results: dict[str, object], bootstrap_given: bool | None) -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H%M%S", time.gmtime())
-    results["machine"] = machine(bootstrap_given=bool(os.environ.get("SHOAL_KAFKA_BOOTSTRAP")))
+    results["machine"] = machine(bootstrap_given=bootstrap_given)
     (out / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
-    print(table(results))
+    if set(results) - {"migrations", "machine"}:
+        print(table(results))
+    if "migrations" in results:
+        print(migrations_table(results["migrations"]))  # type: ignore[arg-type]
     print(f"results: bench/results/{stamp}.json")
 
 
-def machine(bootstrap_given: bool) -> dict[str, object]:
+def machine(bootstrap_given: bool | None) -> dict[str, object]:
+    """``bootstrap_given``: None when no broker was used."""
     cpu = next((ln.split(":", 1)[1].strip() for ln in
                 Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
                "unknown")
     return {"cpus": os.cpu_count(), "cpu": cpu, "python": sys.version.split()[0],
-            "broker": "given (SHOAL_KAFKA_BOOTSTRAP)" if bootstrap_given else "embedded"}
+            "broker": "none" if bootstrap_given is None else
+            "given (SHOAL_KAFKA_BOOTSTRAP)" if bootstrap_given else "embedded"}
 
 
 async def bench_core(producer: AIOKafkaProducer, topic: str, pool: asyncpg.Pool,

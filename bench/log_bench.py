@@ -132,11 +132,14 @@ async def wait_for(probe: Any, limit_s: float = 900.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _million(pool: asyncpg.Pool, projector: Any, total: int) -> dict[str, object]:
-    start_projector = projector()  # stopped: the copies wait for the next one
+async def grow(pool: asyncpg.Pool, total: int, streams: bool = False) -> int:
+    """Copy the log's histories under new instance ids until it holds ``total`` events;
+    return how many it holds. With ``streams``, each copied instance also gets its row in
+    ``shoal.streams`` (as the orchestrator's commits write it)."""
     template = await pool.fetchval("SELECT max(global_position) FROM shoal.events")
+    ids = [r["instance_id"] for r in await pool.fetch("SELECT DISTINCT instance_id "
+                                                       "FROM shoal.events")]
     have = await pool.fetchval("SELECT count(*) FROM shoal.events")
-    t0 = time.monotonic()
     copy = 0
     async with pool.acquire() as conn:
         while have < total:
@@ -148,7 +151,20 @@ async def _million(pool: asyncpg.Pool, projector: Any, total: int) -> dict[str, 
                     "recorded_at) SELECT md5(instance_id::text || $1)::uuid, seq, type, data, "
                     "causation_id, recorded_at FROM shoal.events WHERE global_position <= $2 "
                     "ORDER BY global_position", f"copy{copy}", template)
+                if streams:
+                    await conn.execute(
+                        "INSERT INTO shoal.streams (instance_id, partition, last_seq, state, "
+                        "updated_at) SELECT md5(instance_id::text || $1)::uuid, partition, "
+                        "last_seq, state, updated_at FROM shoal.streams "
+                        "WHERE instance_id = ANY($2::uuid[])", f"copy{copy}", ids)
             have += int(status.split()[-1])
+    return int(have)
+
+
+async def _million(pool: asyncpg.Pool, projector: Any, total: int) -> dict[str, object]:
+    start_projector = projector()  # stopped: the copies wait for the next one
+    t0 = time.monotonic()
+    have = await grow(pool, total)
     copied_s = time.monotonic() - t0
     last = await pool.fetchval("SELECT max(global_position) FROM shoal.events")
     behind = await pool.fetchval(

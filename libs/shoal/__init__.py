@@ -1,3 +1,3 @@
 """Shoal: an event-sourced distributed DAG workflow scheduler."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

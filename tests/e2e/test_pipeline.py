@@ -62,7 +62,8 @@ async def test_diamond_started_by_a_librdkafka_producer_succeeds(stack: Stack):
                                uuid.UUID(iid))
     finally:
         await conn.close()
-    state = fold([event_from_data(e["type"], e["data"]) for e in events], instance_id=iid)
+    state = fold([event_from_data(e["type"], e["data"], e["schema_version"]) for e in events],
+                 instance_id=iid)
     assert wr["state"] == state.state.value == "succeeded"
     assert wr["last_seq"] == len(events)
     assert wr["duration_ms"] is not None and wr["duration_ms"] >= 0

@@ -148,3 +148,79 @@ async def test_poison_on_every_partition_of_every_topic(stack: Stack):
     assert "sent_at" in reasons
     for p in stack.processes:
         assert p.alive(), f"{p.name} exited:\n{stack.logs()}"
+
+
+FUTURE = 99  # a schema version no release has written yet
+
+
+def _future(tmp: str) -> dict[str, Any]:
+    """Per topic, messages that are valid in every way except a schema version newer than
+    this release reads: each must be refused, not half-understood."""
+    iid, did = str(uuid.uuid4()), str(uuid.uuid4())
+    v = {"schema_version": FUTURE}
+    now = "2026-12-03T00:00:00+00:00"
+    return {
+        "commands": [(iid.encode(), {**start_command("one", instance_id=iid), **v})],
+        "task-logs": [(iid.encode(), {"instance_id": iid, "task": "t", "attempt": 1,
+                                      "chunk": 0, "lines": [[now, "x"]], "final": True, **v})],
+        "worker-heartbeats": [(b"future-w", {"worker_id": "future-w", "group": "default",
+                                             "slots": 1, "running": [], "sent_at": now, **v})],
+        "schedules": [(did.encode(), {"kind": "schedule", "id": did, "workflow": "one",
+                                      "cron": "* * * * *", "enabled": True, "revision": 1,
+                                      **v})],
+        "tasks.default": [(iid.encode(), {
+            "type": "DispatchTask", "message_id": did, "instance_id": iid, "sent_at": now,
+            "workflow": "one", "task": "t", "attempt": 1, "dispatch_id": did,
+            "task_type": "shell", "worker_group": "default",
+            "command": f"touch {tmp}/future-dispatch-ran", **v})],
+        "worker-control": [(iid.encode(), {"type": "KillTask", "message_id": did,
+                                           "instance_id": iid, "task": "t", "attempt": 1,
+                                           "dispatch_id": did, "worker_id": None,
+                                           "reason": "stopped", "sent_at": now, **v})],
+    }
+
+
+async def test_a_message_of_a_future_schema_version_is_dead_lettered_with_the_reason(
+        stack: Stack, tmp_path):
+    """Upgrades: an older release that meets a newer message refuses it clearly (a dead
+    letter naming the version) on every topic it reads; nothing of it is acted on."""
+    stack.start("scheduler")
+    await stack.apply(ONE)
+    first = (await stack.request("POST", "/api/v1/workflows/one/runs", json={})).json()
+    assert (await stack.wait_run(first["instance_id"], timeout=90))["state"] == "succeeded"
+    corpora = _future(str(tmp_path))
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
+    sent: list[dict[str, Any]] = []
+    try:
+        for name, messages in corpora.items():
+            for key, obj in messages:
+                value = json.dumps(obj).encode()
+                md = await producer.send_and_wait(f"{stack.prefix}.{name}", value, key=key)
+                sent.append({"topic": md.topic, "partition": md.partition,
+                             "offset": md.offset})
+        after = start_command("one")  # the same topic moves on
+        await producer.send_and_wait(f"{stack.prefix}.commands", json.dumps(after).encode(),
+                                     key=after["instance_id"].encode())
+    finally:
+        await producer.stop()
+    assert (await stack.wait_run(after["instance_id"], timeout=90))["state"] == "succeeded"
+
+    def where(d: dict[str, Any]) -> tuple[str, int, int]:
+        return d["topic"], d["partition"], d["offset"]
+
+    async def all_dead() -> dict[tuple[str, int, int], dict[str, Any]] | None:
+        letters = {where(d): d for d in await read_all(stack.bootstrap,
+                                                       f"{stack.prefix}.dead-letters")}
+        return letters if all(where(s) in letters for s in sent) else None
+
+    letters = await eventually(all_dead, timeout=60, interval=1.0,
+                               what="every future-version message in the dead letters")
+    for s in sent:
+        reason = letters[where(s)]["reason"]
+        assert f"schema_version {FUTURE} is newer than this release reads" in reason, (s, reason)
+    future_start = corpora["commands"][0][1]["instance_id"]
+    assert (await stack.request("GET", f"/api/v1/runs/{future_start}")).status_code == 404
+    assert not (tmp_path / "future-dispatch-ran").exists()
+    for p in stack.processes:
+        assert p.alive(), f"{p.name} exited:\n{stack.logs()}"

@@ -55,7 +55,7 @@ def interleave(drivers: list[Driver], rng: random.Random) -> tuple[list[str], li
         q = rng.choice([q for q in queues if q])
         iid, seq, e = q.pop(0)
         out.append(StoredEvent(len(out) + 1, iid, seq, e.type,
-                               codec.loads(codec.dumps(event_data(e))), None, ""))
+                               codec.loads(codec.dumps(event_data(e))), None, "", 1))
     return ids, out
 
 

@@ -40,6 +40,7 @@ class Ev:
     seq: int
     type: str
     data: dict[str, Any]
+    schema_version: int = 1
 
 
 def stored(d: Driver) -> list[Ev]:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shoal.core import versions
 from shoal.core.definition import Priority, parse_definition
 from shoal.core.model import (
     INPUT_TYPES,
@@ -538,7 +539,7 @@ def roundtrip(events: list[AnyEvent]) -> list[AnyEvent]:
     for e in events:
         data = json.loads(json.dumps(event_data(e)))
         codec.validate("events", e.type, data)
-        out.append(event_from_data(e.type, data))
+        out.append(event_from_data(e.type, data, versions.EVENTS.of(e.type)))
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from shoal.core import versions
 from shoal.core.definition import Priority, WorkflowDefinition
 
 
@@ -640,9 +641,13 @@ def _field_names(cls: type) -> frozenset[str]:
     return names
 
 
-def event_from_data(type_name: str, data: Mapping[str, Any]) -> AnyEvent:
-    """Rebuild an event from its stored form; unknown fields (added later) are ignored."""
+def event_from_data(type_name: str, data: Mapping[str, Any], version: int) -> AnyEvent:
+    """Rebuild an event from its stored form written at schema ``version``: upcast to
+    this release's shape (:class:`~shoal.core.versions.FutureVersion` for a newer one);
+    unknown fields (added later, optional) are ignored."""
     cls = EVENT_TYPES[type_name]
+    if version != versions.EVENTS.current.get(type_name, version):
+        data = versions.upcast(type_name, version, data, versions.EVENTS)
     names = _field_names(cls)
     kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                               for k, v in data.items() if k in names}

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from shoal.core import versions
+
 RUN_COLUMNS = ("instance_id", "workflow", "version", "state", "priority", "params",
                "schedule_time", "submitted_at", "started_at", "finished_at", "duration_ms",
                "attempt", "parent_instance_id", "failure", "last_seq",
@@ -49,6 +51,27 @@ class Event(Protocol):
     def type(self) -> str: ...
     @property
     def data(self) -> dict[str, Any]: ...
+    @property
+    def schema_version(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Upcast:
+    instance_id: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+    schema_version: int
+
+
+def current(e: Event) -> Event:
+    """``e`` with its data in the shape this release reads (upcast when written by an
+    earlier one; :class:`~shoal.core.versions.FutureVersion` when by a later one)."""
+    want = versions.EVENTS.current.get(e.type, e.schema_version)
+    if e.schema_version == want:
+        return e
+    return _Upcast(e.instance_id, e.seq, e.type,
+                   versions.upcast(e.type, e.schema_version, e.data, versions.EVENTS), want)
 
 
 def ts(v: str | None) -> datetime | None:
@@ -72,7 +95,7 @@ def duration_ms(end: datetime | None, start: datetime | None) -> int | None:
 def task_keys(events: Iterable[Event]) -> set[TaskKey]:
     """The task rows a batch may read or write."""
     keys: set[TaskKey] = set()
-    for e in events:
+    for e in map(current, events):
         d = e.data
         if e.type == "WorkflowSubmitted":
             keys.update((e.instance_id, c["task"], c["attempt"])
@@ -101,7 +124,7 @@ class Rows:
 def fold(rows: Rows, events: Iterable[Event], *, imported: bool = False) -> Rows:
     """Apply ``events`` in order to ``rows`` (in place; also returned)."""
     for e in events:
-        _apply(rows, e, imported)
+        _apply(rows, current(e), imported)
     return rows
 
 

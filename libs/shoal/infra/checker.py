@@ -91,11 +91,12 @@ async def check(pool: asyncpg.Pool, *, since: int = 0, grace: float = 60.0,
 async def _check_instances(conn: asyncpg.Connection, ids: Sequence[uuid.UUID], until: int,
                            now: datetime, grace: timedelta) -> list[Violation]:
     events = await conn.fetch(
-        "SELECT instance_id, seq, type, data::text AS data, recorded_at FROM shoal.events "
+        "SELECT instance_id, seq, type, data::text AS data, recorded_at, schema_version "
+        "FROM shoal.events "
         "WHERE instance_id = ANY($1) AND global_position <= $2 ORDER BY instance_id, seq",
         ids, until)
     imported = await conn.fetch(
-        "SELECT instance_id, seq, type, data::text AS data, recorded_at "
+        "SELECT instance_id, seq, type, data::text AS data, recorded_at, schema_version "
         "FROM shoal.imported_events WHERE instance_id = ANY($1) ORDER BY instance_id, seq", ids)
     rows = {r["instance_id"]: r for r in await conn.fetch(
         "SELECT instance_id, workflow, version, state, attempt, last_seq, imported, actor, "
@@ -113,7 +114,7 @@ async def _check_instances(conn: asyncpg.Connection, ids: Sequence[uuid.UUID], u
             kinds[e["instance_id"]] = is_imported
             histories.setdefault(e["instance_id"], []).append(
                 (e["seq"], e["recorded_at"].isoformat(),
-                 event_from_data(e["type"], codec.loads(e["data"]))))
+                 event_from_data(e["type"], codec.loads(e["data"]), e["schema_version"])))
     out: list[Violation] = []
     for iid, history in histories.items():
         run, found = check_history(str(iid), history, now=now, grace=grace)

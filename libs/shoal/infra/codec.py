@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 
+from shoal.core import versions
 from shoal.core.definition import Priority
 from shoal.core.errors import MessageInvalid
 from shoal.core.model import (
@@ -69,6 +70,22 @@ def validate(kind: str, name: str, obj: Mapping[str, Any]) -> None:
         raise MessageInvalid(f"{name}: {where}: {err.message}")
 
 
+def message(name: str, obj: dict[str, Any]) -> bytes:
+    """The wire form of a message of type ``name``, stamped with the schema version this
+    release writes for it."""
+    return dumps(versions.stamp(name, obj))
+
+
+def accept(kind: str, name: str, obj: Mapping[str, Any], schema: str | None = None,
+           ) -> dict[str, Any]:
+    """A decoded message of type ``name`` in the shape this release reads: its
+    ``schema_version`` checked (a newer one is refused: :class:`FutureVersion`, poison),
+    upcast from an earlier one, then validated against ``schemas/<kind>/<schema>.json``."""
+    out = versions.upcast(name, versions.version_of(obj), obj, versions.MESSAGES)
+    validate(kind, schema or name, out)
+    return out
+
+
 def decode_object(value: bytes | None, what: str) -> dict[str, Any]:
     """One JSON object from wire bytes; :class:`MessageInvalid` for anything else (not
     UTF-8, not JSON, not an object)."""
@@ -90,7 +107,7 @@ def decode_command(value: bytes | None) -> Command:
     if kind not in COMMAND_TYPES:
         raise MessageInvalid(f"unknown command type {kind!r} "
                              f"(one of: {', '.join(COMMAND_TYPES)})")
-    validate("commands", kind, obj)
+    obj = accept("commands", kind, obj)
     common: dict[str, Any] = {k: obj[k] for k in ("message_id", "instance_id", "sent_at")}
     common["actor"] = command_actor(kind, obj.get("actor"))
     if kind == "StartWorkflow":
@@ -135,7 +152,8 @@ def _param(v: object) -> str:
 def encode_command(cmd: Command) -> bytes:
     """The wire form of a command (what the API, CLI, workers and timers publish)."""
     obj: dict[str, Any] = {"type": cmd.type, "message_id": cmd.message_id,
-                           "instance_id": cmd.instance_id, "sent_at": cmd.sent_at}
+                           "instance_id": cmd.instance_id, "sent_at": cmd.sent_at,
+                           versions.FIELD: versions.MESSAGES.of(cmd.type)}
     if cmd.actor is not None:
         obj["actor"] = cmd.actor
     if isinstance(cmd, StartWorkflow):

@@ -31,6 +31,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from shoal.core import versions
 from shoal.core.errors import ShoalError
 from shoal.infra import codec, kafka, metrics
 from shoal.infra.lifecycle import utcnow_iso
@@ -107,7 +108,8 @@ def dead_letter(*, reason: str, service: str, topic: str, partition: int, offset
     reason, where it came from and its original bytes (``value`` as UTF-8 with invalid
     bytes replaced, and exactly in ``value_b64``; the first ``limit`` bytes)."""
     raw = value or b""
-    return {"reason": reason, "service": service, "topic": topic, "partition": partition,
+    return {versions.FIELD: versions.MESSAGES.of("DeadLetter"),
+            "reason": reason, "service": service, "topic": topic, "partition": partition,
             "offset": offset, "key": key.decode("utf-8", "replace") if key else None,
             "value": raw[:limit].decode("utf-8", "replace"),
             "value_b64": base64.b64encode(raw[:limit]).decode(),

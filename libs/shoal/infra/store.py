@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from shoal.core import versions
 from shoal.core.errors import StreamConflict
 from shoal.core.evolve import evolve
 from shoal.core.model import AnyEvent, Run, event_data, event_from_data
@@ -107,11 +108,17 @@ class StoredEvent:
     data: dict[str, Any]
     causation_id: str | None
     recorded_at: str
+    schema_version: int  # of ``data`` as written (shoal.core.versions); 1 before versions
 
     def as_dict(self) -> dict[str, Any]:
         return {"global_position": self.global_position, "instance_id": self.instance_id,
-                "seq": self.seq, "type": self.type, "data": self.data,
-                "causation_id": self.causation_id, "recorded_at": self.recorded_at}
+                "seq": self.seq, "type": self.type, "schema_version": self.schema_version,
+                "data": self.data, "causation_id": self.causation_id,
+                "recorded_at": self.recorded_at}
+
+    def event(self) -> AnyEvent:
+        """The typed event, upcast to this release's shape."""
+        return event_from_data(self.type, self.data, self.schema_version)
 
 
 def _row_event(r: asyncpg.Record) -> StoredEvent:
@@ -119,12 +126,12 @@ def _row_event(r: asyncpg.Record) -> StoredEvent:
         global_position=r["global_position"], instance_id=str(r["instance_id"]), seq=r["seq"],
         type=r["type"], data=codec.loads(r["data"]),
         causation_id=str(r["causation_id"]) if r["causation_id"] else None,
-        recorded_at=r["recorded_at"].isoformat(),
+        recorded_at=r["recorded_at"].isoformat(), schema_version=r["schema_version"],
     )
 
 
 _EVENT_COLS = ("global_position, instance_id, seq, type, data::text AS data, causation_id, "
-               "recorded_at")
+               "recorded_at, schema_version")
 
 
 # Notified by every commit of events or outbox rows (LISTENed by the projector and the
@@ -141,9 +148,15 @@ class EventStore:
         # batch is retried) instead of queueing behind a stuck holder for ever.
         self._lock_ms = max(1, int(lock_timeout * 1000))
 
-    async def load_runs(self, instance_ids: Iterable[str]) -> dict[str, Run]:
+    async def load_runs(self, instance_ids: Iterable[str],
+                        unreadable: dict[str, str] | None = None) -> dict[str, Run]:
         """Each instance's state: its latest snapshot plus the events after it (the whole
-        history where there is no usable snapshot). Absent ids have no stream."""
+        history where there is no usable snapshot). Absent ids have no stream.
+
+        A run whose log holds an event of a schema version newer than this release reads
+        (written by a later release) raises :class:`FutureVersion`; given ``unreadable``,
+        it is left out and the reason put there instead, so the caller refuses its inputs
+        rather than deciding on a state it cannot know."""
         ids = list(set(instance_ids))
         out: dict[str, Run] = {}
         if not ids:
@@ -155,14 +168,27 @@ class EventStore:
             if run is not None:
                 out[str(r["instance_id"])] = run
         rows = await self.pool.fetch(
-            "SELECT e.instance_id, e.type, e.data::text AS data FROM shoal.events e "
+            "SELECT e.instance_id, e.type, e.data::text AS data, e.schema_version "
+            "FROM shoal.events e "
             "LEFT JOIN shoal.snapshots s ON s.instance_id = e.instance_id AND s.format = $2 "
             "WHERE e.instance_id = ANY($1::uuid[]) AND e.seq > coalesce(s.seq, 0) "
             "ORDER BY e.instance_id, e.seq", ids, FORMAT)
+        bad: dict[str, str] = {}
         for r in rows:
             iid = str(r["instance_id"])
-            out[iid] = evolve(out.get(iid), event_from_data(r["type"], codec.loads(r["data"])),
-                              instance_id=iid)
+            if iid in bad:
+                continue
+            try:
+                event = event_from_data(r["type"], codec.loads(r["data"]), r["schema_version"])
+            except versions.FutureVersion as exc:
+                if unreadable is None:
+                    raise
+                bad[iid] = f"run {iid}: its log holds {exc}"
+                out.pop(iid, None)
+                continue
+            out[iid] = evolve(out.get(iid), event, instance_id=iid)
+        if unreadable is not None:
+            unreadable.update(bad)
         return out
 
     async def processed(self, message_ids: Iterable[str]) -> set[str]:
@@ -198,7 +224,7 @@ class EventStore:
             return
         event_rows = [
             (a.instance_id, a.first_seq + i, e.type, codec.dumps(event_data(e)).decode(),
-             a.message_id)
+             a.message_id, versions.EVENTS.of(e.type))
             for a in appends for i, e in enumerate(a.events)
         ]
         last: dict[str, Append] = {}
@@ -217,7 +243,7 @@ class EventStore:
             # One statement for the events, their done-markers, the streams index, the
             # successes and the outbox rows; it returns the dependency waits now met.
             try:
-                met_rows = await conn.fetch(_COMMIT, *_columns(event_rows, 5), *_columns(
+                met_rows = await conn.fetch(_COMMIT, *_columns(event_rows, 6), *_columns(
                     [(a.message_id, a.instance_id) for a in appends], 2), *_columns(
                     [(a.instance_id, a.partition, a.first_seq + len(a.events) - 1, a.state)
                      for a in last.values()], 4), *_columns(
@@ -363,26 +389,26 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 _COMMIT = f"""
 WITH ev AS (
-    INSERT INTO shoal.events (instance_id, seq, type, data, causation_id)
-    SELECT i, s, t, d::jsonb, c FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[],
-                                            $5::uuid[]) AS u(i, s, t, d, c)),
+    INSERT INTO shoal.events (instance_id, seq, type, data, causation_id, schema_version)
+    SELECT i, s, t, d::jsonb, c, v FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[],
+                                               $5::uuid[], $6::smallint[]) AS u(i, s, t, d, c, v)),
 pm AS (
     INSERT INTO shoal.processed_messages (message_id, instance_id)
-    SELECT * FROM unnest($6::uuid[], $7::uuid[]) ON CONFLICT DO NOTHING),
+    SELECT * FROM unnest($7::uuid[], $8::uuid[]) ON CONFLICT DO NOTHING),
 st AS (
     INSERT INTO shoal.streams (instance_id, partition, last_seq, state)
-    SELECT * FROM unnest($8::uuid[], $9::int[], $10::int[], $11::text[])
+    SELECT * FROM unnest($9::uuid[], $10::int[], $11::int[], $12::text[])
     ON CONFLICT (instance_id) DO UPDATE SET partition = EXCLUDED.partition,
         last_seq = EXCLUDED.last_seq, state = EXCLUDED.state, updated_at = now()),
 su AS (
     INSERT INTO shoal.successes (workflow, task, business_time, instance_id)
-    SELECT * FROM unnest($12::text[], $13::text[], $14::timestamp[], $15::uuid[])
+    SELECT * FROM unnest($13::text[], $14::text[], $15::timestamp[], $16::uuid[])
     ON CONFLICT DO NOTHING),
 ob AS (
     INSERT INTO shoal.outbox (topic, key, value)
-    SELECT * FROM unnest($16::text[], $17::bytea[], $18::bytea[]))
+    SELECT * FROM unnest($17::text[], $18::bytea[], $19::bytea[]))
 SELECT {', '.join('w.' + c for c in _WAIT_COLS.split(', '))}
-FROM shoal.dependent_waits w JOIN unnest($12::text[], $13::text[], $14::timestamp[])
+FROM shoal.dependent_waits w JOIN unnest($13::text[], $14::text[], $15::timestamp[])
     AS s(workflow, task, bt) ON w.workflow = s.workflow AND w.upstream_task = s.task
     AND s.bt >= w.window_start AND s.bt < w.window_end
 """

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
 
+import shoal
 from shoal.infra import kafka, metrics
 from shoal.infra.auth import parse_tokens
 from shoal.infra.db import DB_ERRORS, connect_pool, migrate
@@ -62,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
             await producer.stop()
             await pool.close()
 
-    app = FastAPI(title="Shoal", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Shoal", version=shoal.__version__, lifespan=lifespan,
                   description="Distributed DAG workflow scheduler. With SHOAL_API_TOKENS set, "
                               "every endpoint but /healthz needs a bearer token.")
     app.state.tokens = parse_tokens(settings.api_tokens)

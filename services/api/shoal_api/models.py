@@ -92,6 +92,8 @@ class EventOut(BaseModel):
     instance_id: str
     seq: int
     type: str
+    schema_version: int = Field(description="version of data's shape as written (1 before "
+                                            "versioning); see the README's Upgrades")
     data: dict[str, Any]
     causation_id: str | None
     recorded_at: str

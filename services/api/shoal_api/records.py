@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import HTTPException
 
+from shoal.core import versions
 from shoal.core.definition import param_problems, parse_definition
 from shoal.core.errors import DefinitionInvalid
 from shoal.core.paramtypes import definition_param_problems
@@ -56,6 +57,14 @@ async def check_declared(res: Resources, workflow: str, params: Mapping[str, str
     if problems:
         raise HTTPException(422, {"message": "; ".join(str(p) for p in problems),
                                   "problems": [p.as_dict() for p in problems]})
+
+
+def versioned(record: dict[str, Any]) -> dict[str, Any]:
+    """A schedule or backfill record in this release's shape, stamped with its schema
+    version (stored and published so; an older stored one is upcast first)."""
+    name = "Backfill" if record.get("kind") == "backfill" else "Schedule"
+    current = versions.upcast(name, versions.version_of(record), record, versions.MESSAGES)
+    return versions.stamp(name, current)
 
 
 async def publish(res: Resources, key: str, record: dict[str, Any]) -> None:

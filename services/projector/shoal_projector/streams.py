@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 
 def _chunk_row(value: bytes | None) -> tuple[Any, ...]:
     """A task-log chunk's row; :class:`MessageInvalid` for a malformed chunk."""
-    v = codec.decode_object(value, "a task-log chunk")
-    codec.validate("topics", "TaskLogChunk", v)
+    v = codec.accept("topics", "TaskLogChunk", codec.decode_object(value, "a task-log chunk"))
     return (v["instance_id"], v["task"], int(v["attempt"]), int(v["chunk"]),
             codec.dumps(v.get("lines") or []).decode(), bool(v.get("final")))
 
@@ -109,8 +108,7 @@ async def _store_chunks(pool: asyncpg.Pool,
 
 def _heartbeat_row(value: bytes | None) -> tuple[Any, ...]:
     """A heartbeat's row of shoal_read.workers; :class:`MessageInvalid` when malformed."""
-    b = codec.decode_object(value, "a heartbeat")
-    codec.validate("topics", "Heartbeat", b)
+    b = codec.accept("topics", "Heartbeat", codec.decode_object(value, "a heartbeat"))
     try:
         sent_at = datetime.fromisoformat(b["sent_at"])
     except ValueError:

@@ -26,6 +26,7 @@ import faust
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
+from shoal.core import versions
 from shoal.core.schedule import BackfillMode, Schedule
 from shoal.infra import codec, kafka, metrics, policy
 from shoal.infra.db import DB_ERRORS, connect_pool, migrate
@@ -110,6 +111,8 @@ def build_app(settings: Settings, replication_factor: int = 1) -> faust.App:
                 continue
             try:
                 new = codec.decode_object(value, "a schedules record")
+                kind = "Backfill" if new.get("kind") == "backfill" else "Schedule"
+                new = versions.upcast(kind, versions.version_of(new), new, versions.MESSAGES)
                 revision = int(new["revision"])
                 check_record(new)
             except Exception as exc:  # noqa: BLE001 - the error policy decides
@@ -125,7 +128,7 @@ def build_app(settings: Settings, replication_factor: int = 1) -> faust.App:
             old = records.get(key)
             if old is not None and int(codec.loads(old).get("revision", 0)) >= revision:
                 continue  # a stale copy (re-published at an API start)
-            records[key] = value
+            records[key] = codec.dumps(new)  # in this release's shape
             changed.set()
 
     async def fire_loop() -> None:

@@ -73,8 +73,8 @@ class LogShipper:
                 lines.insert(0, (stamp, f"[shoal] {self.dropped} log lines were not shipped "
                                         "while the broker was unavailable (the worker's "
                                         "task.log of this attempt has them)"))
-            value = codec.dumps({**self.head, "chunk": self.chunk, "lines": lines,
-                                 "final": final})
+            value = codec.message("TaskLogChunk", {**self.head, "chunk": self.chunk,
+                                                   "lines": lines, "final": final})
             try:
                 await send_reliably(self.producer, self.topic, value, self.key,
                                     give_up_after=self.give_up_after)

@@ -187,8 +187,7 @@ class Worker:
                       key: bytes | None) -> None:
         self.fetched[tp] = offset + 1
         try:
-            d = codec.decode_object(value, "a dispatch")
-            codec.validate("tasks", "DispatchTask", d)
+            d = codec.accept("tasks", "DispatchTask", codec.decode_object(value, "a dispatch"))
         except Exception as exc:  # noqa: BLE001 - the error policy decides
             await self.dead.send(f"invalid dispatch: {policy.reason_of(exc)}", topic=tp.topic,
                                  partition=tp.partition, offset=offset, key=key, value=value)
@@ -407,8 +406,8 @@ class Worker:
     async def _on_control(self, value: bytes | None, where: tuple[str, int, int] = ("", 0, 0),
                           key: bytes | None = None) -> None:
         try:
-            msg = codec.decode_object(value, "a control message")
-            codec.validate("topics", "KillTask", msg)
+            msg = codec.accept("topics", "KillTask",
+                               codec.decode_object(value, "a control message"))
         except Exception as exc:  # noqa: BLE001 - the error policy decides
             topic, partition, offset = where
             await self.dead.send(f"invalid control message: {policy.reason_of(exc)}",
@@ -458,7 +457,7 @@ class Worker:
                     "partitions": sorted(self.partitions),
                     "lag": {str(p): n for p, n in sorted(self.lag.items())}}
             try:
-                await self.producer.send_and_wait(topic, codec.dumps(beat),
+                await self.producer.send_and_wait(topic, codec.message("Heartbeat", beat),
                                                   key=self.worker_id.encode())
             except KafkaError as exc:
                 log.warning("heartbeat not sent: %r", exc)

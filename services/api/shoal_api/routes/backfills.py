@@ -28,7 +28,7 @@ from shoal_api.models import (
     BackfillState,
 )
 from shoal_api.problems import ERRORS
-from shoal_api.records import Scalar, check_declared, publish, string_params
+from shoal_api.records import Scalar, check_declared, publish, string_params, versioned
 
 router = APIRouter(prefix="/api/v1", tags=["backfills"], dependencies=[VIEWER],
                    responses=ERRORS)
@@ -110,11 +110,12 @@ async def create_backfill(name: str, body: BackfillCreate, res: Res,
         response.status_code = 200
         return {"dry_run": True, "workflow": name, "backfill_id": bid, **plan.summary()}
     ids = [scheduled_instance_id(bid, t) for t in times]
-    record = {"kind": "backfill", "id": bid, "workflow": name, "mode": body.mode,
-              "parallelism": body.parallelism if body.mode == "parallel" else 1,
-              "reverse": body.reverse, "total": len(times), "params": params,
-              "priority": body.priority, "cron": cron_expr, "timezone": tz_name,
-              "state": "running", "revision": 1, "actor": actor, "updated_by": actor}
+    record = versioned({"kind": "backfill", "id": bid, "workflow": name, "mode": body.mode,
+                        "parallelism": body.parallelism if body.mode == "parallel" else 1,
+                        "reverse": body.reverse, "total": len(times), "params": params,
+                        "priority": body.priority, "cron": cron_expr, "timezone": tz_name,
+                        "state": "running", "revision": 1, "actor": actor,
+                        "updated_by": actor})
     async with res.pool.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
             "INSERT INTO shoal.backfills (id, workflow, record, total) VALUES ($1, $2, "
@@ -212,8 +213,8 @@ async def control_backfill(backfill_id: uuid.UUID, action: Literal["pause", "res
         if record["state"] == "cancelled":
             raise HTTPException(409, {"message": "the backfill was cancelled",
                                       "state": "cancelled"})
-        record = {**record, "state": _NEXT[action], "revision": record["revision"] + 1,
-                  "updated_by": actor}
+        record = {**versioned(record), "state": _NEXT[action],
+                  "revision": record["revision"] + 1, "updated_by": actor}
         await conn.execute("UPDATE shoal.backfills SET record = $2::jsonb, updated_at = now() "
                            "WHERE id = $1", backfill_id, codec.dumps(record).decode())
     # After the commit (the scheduler keeps the highest revision, whatever the order).

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
 
+from shoal.core import versions
 from shoal.core.errors import MessageInvalid
 from shoal.core.evolve import fold
-from shoal.core.model import EVENT_TYPES, event_from_data
+from shoal.core.model import EVENT_TYPES
 from shoal.infra import codec
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.projection import apply
@@ -82,16 +83,19 @@ def _problems(bundle: dict[str, Any]) -> tuple[str, list[StoredEvent]]:
         if e.get("type") not in EVENT_TYPES:
             raise bad(f"events[{i - 1}]: unknown event type {e.get('type')!r}")
         try:
-            codec.validate("events", e["type"], e["data"])
+            version = versions.version_of(e)
+            codec.validate("events", e["type"],
+                           versions.upcast(e["type"], version, e["data"], versions.EVENTS))
             recorded = datetime.fromisoformat(str(e.get("recorded_at"))).isoformat()
             position = int(e.get("global_position") or 0)
         except (MessageInvalid, ValueError, TypeError) as exc:
             raise bad(f"events[{i - 1}]: {exc}") from None
         events.append(StoredEvent(global_position=position, instance_id=iid, seq=i,
                                   type=e["type"], data=e["data"],
-                                  causation_id=e.get("causation_id"), recorded_at=recorded))
+                                  causation_id=e.get("causation_id"), recorded_at=recorded,
+                                  schema_version=version))
     try:
-        fold((event_from_data(e.type, e.data) for e in events), instance_id=iid)
+        fold((e.event() for e in events), instance_id=iid)
     except Exception as exc:  # noqa: BLE001 - any failure to fold makes it unimportable
         raise bad(f"its events do not replay: {exc!r}") from None
     return iid, events
@@ -123,9 +127,11 @@ async def import_run(res: Res, bundle: Annotated[dict[str, Any], Body(
             codec.dumps(definition).decode(), codec.dumps(bundle.get("logs") or []).decode())
         await conn.executemany(
             "INSERT INTO shoal.imported_events (instance_id, seq, global_position, type, data, "
-            "causation_id, recorded_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)",
+            "causation_id, recorded_at, schema_version) "
+            "VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)",
             [(uuid.UUID(iid), e.seq, e.global_position, e.type, codec.dumps(e.data).decode(),
-              e.causation_id, datetime.fromisoformat(e.recorded_at)) for e in events])
+              e.causation_id, datetime.fromisoformat(e.recorded_at), e.schema_version)
+             for e in events])
         await apply(conn, list(events), imported=True)
     first = events[0].data
     return {"instance_id": iid, "workflow": first["workflow"], "version": first["version"],

@@ -24,7 +24,6 @@ from shoal.core.model import (
     Scope,
     StartWorkflow,
     StopWorkflow,
-    event_from_data,
 )
 from shoal.core.paramtypes import definition_param_problems
 from shoal.core.replay import carried_tasks, steps, view
@@ -273,7 +272,7 @@ async def replay(instance_id: uuid.UUID, res: Res,
         events = [e for e in events if datetime.fromisoformat(e.recorded_at) <= at]
     recorded = {e.seq: e for e in events}
     out = []
-    for seq, event, run in steps(((e.seq, event_from_data(e.type, e.data)) for e in events),
+    for seq, event, run in steps(((e.seq, e.event()) for e in events),
                                  instance_id=str(instance_id), until=until):
         out.append({"seq": seq, "type": event.type, "recorded_at": recorded[seq].recorded_at,
                     **view(run)})
@@ -309,7 +308,7 @@ async def fork_run(instance_id: uuid.UUID, body: ForkBody, res: Res,
     if body.at > events[-1].seq:
         raise HTTPException(422, {"message": f"at: run {instance_id} has {events[-1].seq} "
                                              f"events; at must be 1..{events[-1].seq}"})
-    *_, (_, _, source) = steps(((e.seq, event_from_data(e.type, e.data)) for e in events),
+    *_, (_, _, source) = steps(((e.seq, e.event()) for e in events),
                                instance_id=str(instance_id), until=body.at)
     status = await workflow_status(res.pool, source.workflow)
     if status in (None, "deleted"):

@@ -23,7 +23,7 @@ from shoal.infra.catalog import workflow_status
 from shoal_api.deps import ADMIN, VIEWER, Actor, Res
 from shoal_api.models import ScheduleOut
 from shoal_api.problems import ERRORS
-from shoal_api.records import Scalar, check_declared, publish, string_params
+from shoal_api.records import Scalar, check_declared, publish, string_params, versioned
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=[VIEWER],
                    responses=ERRORS)
@@ -114,8 +114,8 @@ async def create_schedule(body: ScheduleCreate, res: Res, actor: Actor) -> dict[
     await check_declared(res, body.workflow, string_params(body.params))
     sid = str(uuid.uuid4())
     now = datetime.now(UTC)
-    record = {**_build(sid, fields, epoch=now, enabled_at=now).to_dict(), "revision": 1,
-              "created_by": actor, "updated_by": actor}
+    record = versioned({**_build(sid, fields, epoch=now, enabled_at=now).to_dict(),
+                        "revision": 1, "created_by": actor, "updated_by": actor})
     async with res.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"INSERT INTO shoal.schedules (id, workflow, record) VALUES ($1, $2, $3::jsonb) "
@@ -176,9 +176,10 @@ async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
         epoch = now if retimed else datetime.fromisoformat(old["epoch"])
         switched_on = fields["enabled"] and not old["enabled"]
         enabled_at = now if switched_on else datetime.fromisoformat(old["enabled_at"])
-        record = {**_build(str(schedule_id), fields, epoch=epoch, enabled_at=enabled_at)
-                  .to_dict(), "revision": old["revision"] + 1,
-                  "created_by": old.get("created_by"), "updated_by": actor}
+        record = versioned({**_build(str(schedule_id), fields, epoch=epoch,
+                                     enabled_at=enabled_at).to_dict(),
+                            "revision": old["revision"] + 1,
+                            "created_by": old.get("created_by"), "updated_by": actor})
         row = await conn.fetchrow(
             f"UPDATE shoal.schedules SET record = $2::jsonb, workflow = $3, updated_at = now() "
             f"WHERE id = $1 RETURNING {_COLS}", schedule_id, codec.dumps(record).decode(),
@@ -191,9 +192,9 @@ async def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate,
 async def delete_schedule(schedule_id: uuid.UUID, res: Res, actor: Actor) -> Response:
     async with res.pool.acquire() as conn, conn.transaction():
         old = await _locked(conn, schedule_id)
-        record = {"kind": "schedule", "id": str(schedule_id), "deleted": True,
-                  "revision": old["revision"] + 1, "created_by": old.get("created_by"),
-                  "updated_by": actor}
+        record = versioned({"kind": "schedule", "id": str(schedule_id), "deleted": True,
+                            "revision": old["revision"] + 1,
+                            "created_by": old.get("created_by"), "updated_by": actor})
         await conn.execute("UPDATE shoal.schedules SET deleted = true, record = $2::jsonb, "
                            "updated_at = now() WHERE id = $1", schedule_id,
                            codec.dumps(record).decode())

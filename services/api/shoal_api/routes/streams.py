@@ -30,7 +30,7 @@ _SSE = {"text/event-stream": {"schema": {
     "properties": {"event": {"type": "string"}, "data": {"type": "string"},
                    "id": {"type": "string"}}}}}
 _COLS = ("e.global_position, e.instance_id, e.seq, e.type, e.data::text AS data, "
-         "e.causation_id, e.recorded_at")
+         "e.causation_id, e.recorded_at, e.schema_version")
 
 
 def _position(last_event_id: str | None, after: int | None) -> int | None:
@@ -49,7 +49,8 @@ def _position(last_event_id: str | None, after: int | None) -> int | None:
 
 def _sse(row: Any) -> str:
     event = {"global_position": row["global_position"], "instance_id": str(row["instance_id"]),
-             "seq": row["seq"], "type": row["type"], "data": codec.loads(row["data"]),
+             "seq": row["seq"], "type": row["type"], "schema_version": row["schema_version"],
+             "data": codec.loads(row["data"]),
              "causation_id": str(row["causation_id"]) if row["causation_id"] else None,
              "recorded_at": row["recorded_at"].isoformat()}
     return f"id: {row['global_position']}\ndata: {codec.dumps(event).decode()}\n\n"
