@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from shoal.core.rows import RUN_COLUMNS, TASK_COLUMNS
+from shoal.core.versions import version_of
 from shoal.infra.checker import check
 from shoal.infra.readmodels import rebuild
 from shoal.infra.shadow import Filter, database_histories
@@ -33,21 +34,13 @@ async def _load(pool: asyncpg.Pool, release: str, *, imported: bool = False,
     installation: a bundle may be of a run the corpus also holds) its imported runs."""
     runs = [g for g in corpus.runs() if g.release == release
             and g.body["imported"] == imported]
-    has_version = await pool.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = "
-        "'shoal' AND table_name = 'events' AND column_name = 'schema_version')")
     live = sorted(((e, g) for g in runs if not g.body["imported"] for e in g.events),
                   key=lambda eg: (eg[0]["recorded_at"], eg[1].instance_id, eg[0]["seq"]))
-    cols = "instance_id, seq, type, data, causation_id, recorded_at"
-    vals = "$1, $2, $3, $4::jsonb, $5, $6"
-    if has_version:
-        # Releases before schema versions wrote none: their shape is version 1.
-        cols, vals = cols + ", schema_version", vals + ", COALESCE($7::int, 1)"
     await pool.executemany(
-        f"INSERT INTO shoal.events ({cols}) VALUES ({vals})",
+        "INSERT INTO shoal.events (instance_id, seq, type, data, causation_id, recorded_at, "
+        "schema_version) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)",
         [(uuid.UUID(g.instance_id), e["seq"], e["type"], json.dumps(e["data"]),
-          e["causation_id"], datetime.fromisoformat(e["recorded_at"]),
-          *((e.get("schema_version"),) if has_version else ()))
+          e["causation_id"], datetime.fromisoformat(e["recorded_at"]), version_of(e))
          for e, g in live])
     for g in runs:
         if not g.body["imported"]:
@@ -59,9 +52,11 @@ async def _load(pool: asyncpg.Pool, release: str, *, imported: bool = False,
             json.dumps({k: first[k] for k in ("workflow", "version", "definition")}))
         await pool.executemany(
             "INSERT INTO shoal.imported_events (instance_id, seq, global_position, type, data, "
-            "causation_id, recorded_at) VALUES ($1, $2, 0, $3, $4::jsonb, $5, $6)",
+            "causation_id, recorded_at, schema_version) VALUES ($1, $2, 0, $3, $4::jsonb, $5, "
+            "$6, $7)",
             [(uuid.UUID(g.instance_id), e["seq"], e["type"], json.dumps(e["data"]),
-              e["causation_id"], datetime.fromisoformat(e["recorded_at"])) for e in g.events])
+              e["causation_id"], datetime.fromisoformat(e["recorded_at"]), version_of(e))
+             for e in g.events])
     return runs
 
 

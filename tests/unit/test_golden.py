@@ -24,6 +24,7 @@ from shoal.core.model import event_from_data
 from shoal.core.replay import steps, view
 from shoal.core.rows import RUN_COLUMNS, TASK_COLUMNS
 from shoal.core.shadow import Recorded, shadow_run
+from shoal.core.versions import version_of
 from shoal.infra.shadow import Filter, bundle_histories, shadow_histories
 from tests.golden import corpus
 
@@ -33,7 +34,7 @@ RUNS = list(corpus.runs())
 def _recorded(events: list[dict[str, Any]]) -> list[Recorded]:
     return [Recorded(seq=e["seq"], type=e["type"], data=e["data"],
                      causation_id=e.get("causation_id"), recorded_at=e.get("recorded_at"),
-                     schema_version=e.get("schema_version")) for e in events]
+                     schema_version=version_of(e)) for e in events]
 
 
 def test_there_is_a_corpus_of_every_kind():
@@ -58,7 +59,8 @@ def test_a_release_corpus_is_whole(release: Path):
 @pytest.mark.parametrize("golden", RUNS, ids=str)
 def test_every_replay_step_is_the_recorded_one(golden: corpus.GoldenRun):
     got = [{"seq": seq, "type": event.type, **view(run)} for seq, event, run in steps(
-        ((e["seq"], event_from_data(e["type"], e["data"])) for e in golden.events),
+        ((e["seq"], event_from_data(e["type"], e["data"], version_of(e)))
+         for e in golden.events),
         instance_id=golden.instance_id)]
     want = [{k: v for k, v in step.items() if k != "recorded_at"}
             for step in golden.body["replay"]]
@@ -80,7 +82,8 @@ def test_the_fold_is_the_recorded_read_model(golden: corpus.GoldenRun):
 
 @pytest.mark.parametrize("golden", RUNS, ids=str)
 def test_the_checker_is_clean(golden: corpus.GoldenRun):
-    history = [(e["seq"], e["recorded_at"], event_from_data(e["type"], e["data"]))
+    history = [(e["seq"], e["recorded_at"], event_from_data(e["type"], e["data"],
+                                                            version_of(e)))
                for e in golden.events]
     run, violations = check_history(golden.instance_id, history,
                                     now=datetime.now(UTC), grace=timedelta(seconds=60))

@@ -241,3 +241,15 @@ def test_the_cli_text_names_each_difference_and_counts_many_unrebuilt_by_reason(
     assert f"  5 x a refused TaskSucceeded {REFUSED_REPORT} (only its reason)" in out
     assert out[-1] == ("shadow replay: 1 run(s), 2 decision(s) compared: 1 differ, "
                        "25 input(s) could not be rebuilt from the log")
+
+
+def test_an_event_of_a_later_schema_version_is_a_difference():
+    d = Recording(chain("a"))
+    d.start()
+    d.report(TaskSucceeded, "a", exit_code=0)
+    last = d.recorded[-1]
+    later = Recorded(seq=last.seq, type=last.type, data=last.data,
+                     causation_id=last.causation_id, schema_version=99)
+    report = shadow_run(IID, [*d.recorded[:-1], later])
+    assert [(x.seq, x.event_type) for x in report.differences] == [(last.seq, last.type)]
+    assert "schema_version 99 is newer" in report.differences[0].diff

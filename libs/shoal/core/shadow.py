@@ -79,11 +79,12 @@ class Recorded:
     data: Mapping[str, Any]
     causation_id: str | None
     recorded_at: str | None = None
-    schema_version: int | None = None
+    schema_version: int = 1  # of ``data`` as written; 1 before releases wrote one
 
     def event(self) -> AnyEvent:
-        """The typed event in this build's shape (the one place the stored form is read)."""
-        return event_from_data(self.type, self.data)
+        """The typed event in this build's shape (upcast; a later release's version
+        raises :class:`~shoal.core.versions.FutureVersion`)."""
+        return event_from_data(self.type, self.data, self.schema_version)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

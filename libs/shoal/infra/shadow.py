@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from shoal.core import versions
 from shoal.core.shadow import Recorded, RunReport, shadow_run
 from shoal.infra import codec
 
@@ -55,11 +56,10 @@ def instant(text: str) -> datetime:
 
 
 def _recorded(e: Mapping[str, Any]) -> Recorded:
-    version = e.get("schema_version")
     return Recorded(seq=int(e["seq"]), type=str(e["type"]), data=dict(e["data"]),
                     causation_id=str(e["causation_id"]) if e.get("causation_id") else None,
                     recorded_at=str(e["recorded_at"]) if e.get("recorded_at") else None,
-                    schema_version=int(version) if version is not None else None)
+                    schema_version=versions.version_of(e))
 
 
 def shadow_histories(histories: Iterable[tuple[str, list[Mapping[str, Any]]]],
@@ -98,13 +98,9 @@ async def database_histories(url: str, flt: Filter, *, page: int = 200) -> Summa
     conn = await asyncpg.connect(url)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            has_version = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema "
-                "= 'shoal' AND table_name = 'events' AND column_name = 'schema_version')")
             for table in ("events", "imported_events"):
-                cols = "instance_id, seq, type, data::text AS data, causation_id, recorded_at"
-                if has_version and table == "events":
-                    cols += ", schema_version"
+                cols = ("instance_id, seq, type, data::text AS data, causation_id, "
+                        "recorded_at, schema_version")
                 ids = await _selected(conn, table, flt)
                 for i in range(0, len(ids), page):
                     rows = await conn.fetch(
@@ -149,6 +145,6 @@ def _grouped(rows: Iterable[asyncpg.Record]) -> Iterator[tuple[str, list[Mapping
         cur.append({"seq": r["seq"], "type": r["type"], "data": codec.loads(r["data"]),
                     "causation_id": r["causation_id"],
                     "recorded_at": r["recorded_at"].isoformat(),
-                    "schema_version": r.get("schema_version")})
+                    "schema_version": r["schema_version"]})
     if cur:
         yield iid, cur
