@@ -22,6 +22,7 @@ parameter classes (``ShellParameters``, ``SqlParameters``, ``HttpParameters``,
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -706,6 +707,8 @@ def _number(value: Any) -> float:
     try:
         n = float(value)
     except (TypeError, ValueError):
+        return 0.0
+    if not math.isfinite(n):  # "inf", "nan", 1e999: no count or duration DolphinScheduler has
         return 0.0
     return int(n) if n.is_integer() else n
 
