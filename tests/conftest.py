@@ -77,14 +77,23 @@ async def other_stack(broker: str, pg_admin_url: str, tmp_path: Path,
         yield s
 
 
+@pytest.fixture
+async def empty_database(pg_admin_url: str) -> AsyncIterator[str]:
+    """A fresh database nothing migrated yet (the first service to start does), dropped
+    afterwards: for services of an earlier release, which apply their own migrations."""
+    async with _fresh_database(pg_admin_url, migrated=False) as url:
+        yield url
+
+
 @contextlib.asynccontextmanager
-async def _fresh_database(pg_admin_url: str) -> AsyncIterator[str]:
+async def _fresh_database(pg_admin_url: str, migrated: bool = True) -> AsyncIterator[str]:
     name = f"shoal_test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(pg_admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = _with_db(pg_admin_url, name)
     try:
-        await migrate(url)
+        if migrated:
+            await migrate(url)
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -142,6 +151,15 @@ async def bare_stack(broker: str, database: str, tmp_path: Path,
                      request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """A stack whose services the test starts itself (with its own settings)."""
     async with _owned_stack(broker, database, tmp_path, request) as s:
+        yield s
+
+
+@pytest.fixture
+async def unmigrated_stack(broker: str, empty_database: str, tmp_path: Path,
+                           request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """A stack on a database nothing migrated yet: the services the test starts (of this
+    tree or of an earlier release, see tests/releases.py) apply their own migrations."""
+    async with _owned_stack(broker, empty_database, tmp_path, request) as s:
         yield s
 
 

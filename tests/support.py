@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import secrets
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 
 from shoal.infra.processes import OwnedProcess, free_port, service_argv
+from tests.releases import Release
 
 T = TypeVar("T")
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -99,7 +102,8 @@ class Stack:
         env.update(extra)
         return env
 
-    def start(self, name: str, **extra: str) -> OwnedProcess:
+    def start(self, name: str, *, release: Release | None = None, **extra: str) -> OwnedProcess:
+        """Start service ``name`` of this tree, or of an earlier ``release``."""
         n = sum(1 for p in self.processes if p.name == name)
         if name == "worker":
             extra.setdefault("SHOAL_WORKER_ID", f"{self.prefix}-worker-{n}")
@@ -113,8 +117,13 @@ class Stack:
         if name != "api":
             extra.setdefault("SHOAL_METRICS_PORT", str(free_port()))
             self.metrics_ports[(name, n)] = int(extra["SHOAL_METRICS_PORT"])
-        proc = OwnedProcess(name, service_argv(name), self.env(**extra),
-                            self.workdir / f"{name}-{n}.log").start()
+        env = self.env(**extra)
+        log = self.workdir / f"{name}-{n}.log"
+        if release is not None:
+            env = release.env(env)
+            log = self.workdir / f"{name}-{n}-{release.label}.log"
+        proc = OwnedProcess(name, service_argv(name), env, log,
+                            cwd=release.root if release else None).start()
         self.processes.append(proc)
         return proc
 
@@ -136,6 +145,19 @@ class Stack:
     def stop(self) -> None:
         for p in reversed(self.processes):
             p.stop()
+
+    def terminate(self, procs: list[OwnedProcess], timeout: float = 30.0) -> None:
+        """SIGTERM ``procs`` at once (their process groups), then wait for each; one
+        still there after ``timeout`` seconds is SIGKILLed."""
+        for p in procs:
+            p.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            assert p.proc is not None
+            try:
+                p.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill9()
 
     def logs(self) -> str:
         out = []
