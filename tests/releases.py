@@ -41,11 +41,13 @@ class Release:
     root: Path
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
-        """``base`` with this release's sources first on the path."""
+        """``base`` with this release's sources first on the path, writing bytecode (into
+        the release's temporary tree: what was compiled there shows which code ran)."""
         paths = [str(self.root / d) for d in SOURCE_DIRS]
         if base.get("PYTHONPATH"):
             paths.append(base["PYTHONPATH"])
-        return {**base, "PYTHONPATH": os.pathsep.join(paths)}
+        env = {k: v for k, v in base.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
     def check(self, base: dict[str, str]) -> dict[str, str]:
         """Where each package is imported from under :meth:`env` (and this tree's own

@@ -19,8 +19,6 @@ and to all finished).
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 import uuid
 from collections import Counter
@@ -81,23 +79,28 @@ async def start_run(stack: Stack, workflow: str, **body: Any) -> str:
 
 async def start_release(stack: Stack, release: Release | None, names: tuple[str, ...],
                         **extra: str) -> list[OwnedProcess]:
-    """The api (waits for /healthz), then ``names``, of ``release`` (None: this tree)."""
-    procs = [stack.start("api", release=release, **extra)]
+    """The api and ``names`` of ``release`` (None: this tree), started together (they
+    migrate at start, safely at once); returns once the api answers /healthz."""
+    procs = [stack.start(n, release=release, **extra) for n in ("api", *names)]
     await eventually(stack._healthy, timeout=90, what="API /healthz")
-    procs += [stack.start(n, release=release, **extra) for n in names]
     return procs
 
 
-def assert_old_code_ran(release: Release) -> None:
-    """The services' imports compiled the release's own files (a behaviour only the
-    release's code path has); skipped when bytecode is not written."""
-    if sys.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        return
-    for d in ("libs/shoal/infra", "services/orchestrator/shoal_orchestrator",
-              "services/worker/shoal_worker", "services/api/shoal_api",
-              "services/projector/shoal_projector", "services/scheduler/shoal_scheduler"):
-        assert (release.root / d / "__pycache__").is_dir(), f"nothing of {release.name} " \
-            f"ran from {d}"
+ENTRY_MODULES = {"api": "services/api/shoal_api/app", "orchestrator":
+                 "services/orchestrator/shoal_orchestrator/main",
+                 "worker": "services/worker/shoal_worker/main",
+                 "projector": "services/projector/shoal_projector/main",
+                 "scheduler": "services/scheduler/shoal_scheduler/main"}
+
+
+def assert_old_code_ran(release: Release, services: list[OwnedProcess]) -> None:
+    """The services compiled the release's own files: each one's entry module (which
+    nothing else imports; ``Release.check`` imports the packages only) and the database
+    module have bytecode in the release's tree (``Release.env`` writes it)."""
+    for module in ["libs/shoal/infra/db", *(ENTRY_MODULES[p.name] for p in services)]:
+        where = release.root / module
+        assert list(where.parent.glob(f"__pycache__/{where.name}.*.pyc")), \
+            f"{module} of {release.name} never ran"
 
 
 async def migrations_applied(conn: asyncpg.Connection) -> list[str]:
@@ -240,7 +243,7 @@ async def test_upgrade_with_runs_in_flight(unmigrated_stack: Stack, previous: Re
     t_stop = time.monotonic()
     stack.terminate(old)
     stopped_in = time.monotonic() - t_stop
-    assert_old_code_ran(previous)
+    assert_old_code_ran(previous, old)
     conn = await asyncpg.connect(stack.database_url)
     try:
         old_migrations = await migrations_applied(conn)
@@ -287,12 +290,18 @@ async def test_upgrade_with_runs_in_flight(unmigrated_stack: Stack, previous: Re
 
         # The figures: the new services' start to each run's first event, and to the end.
         progress = {}
-        for kind, iids in (("running chain", [running]), ("retry", [flaky]),
+        for kind, iids in (("running chain", [running]),
                            ("backfill", backfill_runs),
                            ("dependency (its upstream started after)", [waiting])):
             first = min(t for t in [await first_event_after(conn, i, t_new) for i in iids]
                         if t is not None)
             progress[kind] = (first - t_new).total_seconds()
+        due = next(datetime.fromisoformat(e["data"]["fire_at"]) for e in await stack.events(flaky)
+                   if e["type"] == "TimerArmed" and e["data"]["kind"] == "retry")
+        progress["retry timer due"] = (due - t_new).total_seconds()
+        first = await first_event_after(conn, flaky, due)
+        assert first is not None
+        progress["retry fired after due"] = (first - due).total_seconds()
         resumed = await first_event_after(conn, paused, t_resume)
         assert resumed is not None
         progress["paused (from resume)"] = (resumed - t_resume).total_seconds()
@@ -406,7 +415,7 @@ async def test_mixed_versions_share_the_groups(unmigrated_stack: Stack, previous
         await asyncio.gather(*(stack.wait_task_state(i, "running", timeout=60) for i in more))
         t_new = datetime.now(UTC)
         stack.terminate(old)
-        assert_old_code_ran(previous)
+        assert_old_code_ran(previous, old)
         await start_release(stack, None, ("projector",))
         for iid in more:
             assert (await stack.wait_run(iid, timeout=120))["state"] == "succeeded", iid
