@@ -159,7 +159,7 @@ async def test_upgrade_with_runs_in_flight(unmigrated_stack: Stack, previous: Re
     previous.check(stack.env())
     old = await start_release(stack, previous, SERVICES, SHOAL_WORKER_SLOTS="8")
     for d in (side_effects(effects, chain("chain", 8, "sleep 2")),
-              side_effects(effects, chain("pausable", 3, "sleep 1")),
+              side_effects(effects, chain("pausable", 3, "sleep 2")),
               side_effects(effects, {"name": "flaky", "tasks": [
                   {"name": "first", "command": '[ "$SHOAL_ATTEMPT" -ge 2 ]', "retries": 1,
                    "retry_interval": 20},
@@ -194,7 +194,7 @@ async def test_upgrade_with_runs_in_flight(unmigrated_stack: Stack, previous: Re
     upstream_before = await start_run(stack, "upstream",
                                       schedule_time=(yesterday + timedelta(hours=5)).isoformat())
     stopped = await start_run(stack, "sleeper")
-    await stack.wait_task_state(stopped, "running", timeout=60)
+    await stack.wait_state(stopped, "running", timeout=60)
     assert (await stack.request("POST", f"/api/v1/runs/{stopped}/stop")).status_code == 202
     expected = {done_ok: "succeeded", done_failed: "failed", upstream_before: "succeeded",
                 stopped: "stopped"}
@@ -216,7 +216,7 @@ async def test_upgrade_with_runs_in_flight(unmigrated_stack: Stack, previous: Re
                               schedule_time=(today + timedelta(hours=1)).isoformat())
     await stack.wait_task_state(waiting, "running", task="wait", timeout=60)
     paused = await start_run(stack, "pausable")
-    await stack.wait_task_state(paused, "running", timeout=60)
+    await stack.wait_state(paused, "running", timeout=60)
     assert (await stack.request("POST", f"/api/v1/runs/{paused}/pause")).status_code == 202
     await stack.wait_state(paused, "paused", timeout=60)
     await stack.wait_run(backfill_runs[0], states=("succeeded",), timeout=90)
@@ -226,7 +226,7 @@ async def test_upgrade_with_runs_in_flight(unmigrated_stack: Stack, previous: Re
         return any(e["type"] == "TaskRetryScheduled" for e in await stack.events(flaky))
     await eventually(retry_armed, timeout=60, what="the retry timer armed")
     running = await start_run(stack, "chain")
-    await stack.wait_task_state(running, "running", task="s0", timeout=60)
+    await stack.wait_state(running, "running", timeout=60)
     fire_from = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
     fire_from += timedelta(seconds=fire_from.second % 2)
     fire_to = fire_from + timedelta(seconds=8)
@@ -382,7 +382,7 @@ async def test_mixed_versions_share_the_groups(unmigrated_stack: Stack, previous
     new = [stack.start("orchestrator"), stack.start("worker")]
     await stack.apply(side_effects(effects, chain("m-chain", 4, "sleep 0.2")))
     await stack.apply(side_effects(effects, fan_out("m-fan", 5)))
-    await stack.apply(side_effects(effects, chain("m-long", 4, "sleep 1")))
+    await stack.apply(side_effects(effects, chain("m-long", 6, "sleep 1")))
     conn = await asyncpg.connect(stack.database_url)
     try:
         async def both_own_partitions() -> bool:
@@ -412,17 +412,21 @@ async def test_mixed_versions_share_the_groups(unmigrated_stack: Stack, previous
         # The previous release's orchestrator and worker leave with runs in flight; the
         # api and projector are replaced by this tree's.
         more = [await start_run(stack, "m-long") for _ in range(10)]
-        await asyncio.gather(*(stack.wait_task_state(i, "running", timeout=60) for i in more))
+        await asyncio.gather(*(stack.wait_state(i, "running", timeout=60) for i in more))
         t_new = datetime.now(UTC)
         stack.terminate(old)
         assert_old_code_ran(previous, old)
+        unfinished = await conn.fetchval(
+            "SELECT count(*) FROM shoal.streams WHERE instance_id = ANY($1::uuid[]) AND "
+            "state NOT IN ('succeeded', 'failed', 'stopped')", [uuid.UUID(i) for i in more])
+        assert unfinished, "no run was in flight when the previous release stopped"
         await start_release(stack, None, ("projector",))
         for iid in more:
             assert (await stack.wait_run(iid, timeout=120))["state"] == "succeeded", iid
         last_end = await conn.fetchval(
             "SELECT max(finished_at) FROM shoal_read.workflow_runs WHERE instance_id = "
             "ANY($1::uuid[])", [uuid.UUID(i) for i in more])
-        print(f"previous release's services stopped with {len(more)} runs in flight: all "
+        print(f"previous release's services stopped with {unfinished} runs in flight: all "
               f"finished +{(last_end - t_new).total_seconds():.1f} s")
 
         ran = executions(effects)
@@ -431,7 +435,7 @@ async def test_mixed_versions_share_the_groups(unmigrated_stack: Stack, previous
         succeeded = {(str(r["instance_id"]), r["task"]) for r in await conn.fetch(
             "SELECT instance_id, task FROM shoal_read.task_runs WHERE state = 'succeeded'")}
         assert set(ran) == succeeded, (set(ran) ^ succeeded)
-        assert len(succeeded) == 15 * 4 + 15 * 7 + 10 * 4
+        assert len(succeeded) == 15 * 4 + 15 * 7 + 10 * 6
         r = await stack.request("GET", "/api/v1/check", params={"grace": 600})
         assert r.json()["violations"] == [], r.json()
     finally:
