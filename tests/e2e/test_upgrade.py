@@ -32,6 +32,7 @@ import pytest
 
 from shoal.infra.db import migration_files
 from shoal.infra.processes import OwnedProcess
+from tests.e2e.kafka_io import read_all
 from tests.e2e.test_cli import shoal
 from tests.releases import PREVIOUS_RELEASE, Release, release_tree
 from tests.support import Stack, eventually
@@ -138,6 +139,12 @@ async def caught_up(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval(
         "SELECT coalesce((SELECT max(position) FROM shoal_read.checkpoints), 0) >= "
         "coalesce((SELECT max(global_position) FROM shoal.events), 0)"))
+
+
+async def no_dead_letters(stack: Stack) -> None:
+    """Neither release refused a message of the other (nor anything else)."""
+    letters = await read_all(stack.bootstrap, f"{stack.prefix}.dead-letters")
+    assert not letters, [(d.get("service"), d.get("reason")) for d in letters]
 
 
 async def first_event_after(conn: asyncpg.Connection, iid: str, t: datetime) -> datetime | None:
@@ -360,6 +367,7 @@ async def test_upgrade_with_runs_in_flight(unmigrated_stack: Stack, previous: Re
         for iid in finished:
             diffs = unchanged(before[iid], await stack.run_state(iid))
             assert not diffs, f"run {iid} reads differently after the rebuild: {diffs}"
+        await no_dead_letters(stack)
     finally:
         await conn.close()
 
@@ -438,5 +446,6 @@ async def test_mixed_versions_share_the_groups(unmigrated_stack: Stack, previous
         assert len(succeeded) == 15 * 4 + 15 * 7 + 10 * 6
         r = await stack.request("GET", "/api/v1/check", params={"grace": 600})
         assert r.json()["violations"] == [], r.json()
+        await no_dead_letters(stack)
     finally:
         await conn.close()
