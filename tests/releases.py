@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# Release 0.1.0: the last before events and messages carried a schema version.
+# The release before this tree's: 0.1.0, the last before events and messages carried a
+# schema version (this tree is 0.2.0). When a release is cut, this moves to its commit.
 PREVIOUS_RELEASE = "328c9b8"
 
 SOURCE_DIRS = ("libs", "services/api", "services/orchestrator", "services/worker",

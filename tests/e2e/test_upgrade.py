@@ -50,6 +50,15 @@ def previous() -> Iterator[Release]:
         yield release
 
 
+def test_a_clone_without_the_release_fails_naming_it() -> None:
+    """CI clones hold the whole history: a missing release commit is a failure that says
+    what to do, never a skip."""
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(AssertionError, match=f"release commit {missing} is not in the clone"
+                                             r".*git fetch --unshallow"), release_tree(missing):
+        pass
+
+
 def side_effects(effects: Path, definition: dict[str, Any]) -> dict[str, Any]:
     """Every shell task appends ``instance task attempt`` to ``effects`` when its command
     succeeded: an execution the system does not know of still shows."""
