@@ -139,7 +139,7 @@ async def test_a_snapshot_plus_its_tail_loads_the_same_state_as_the_whole_histor
     assert await store.load_runs([str(uuid.uuid4())]) == {}
 
 
-async def test_retention_deletes_old_markers_and_successes_in_batches(pool):
+async def test_retention_deletes_old_markers_and_successes_recorded_long_ago_in_batches(pool):
     from shoal.infra.store import prune
 
     old_ids = [uuid.uuid4() for _ in range(7)]
@@ -150,12 +150,22 @@ async def test_retention_deletes_old_markers_and_successes_in_batches(pool):
     await pool.execute("INSERT INTO shoal.processed_messages (message_id, instance_id) "
                        "VALUES ($1, $1)", fresh)
     await pool.executemany(
+        "INSERT INTO shoal.successes (workflow, task, business_time, instance_id, "
+        "recorded_at) VALUES ('w', '', (now() - $1::interval)::timestamp, $2, "
+        "now() - $3::interval)",
+        [(timedelta(days=40), uuid.uuid4(), timedelta(days=40)),
+         (timedelta(days=41), uuid.uuid4(), timedelta(days=31)),
+         (timedelta(days=1), uuid.uuid4(), timedelta(days=1))])
+    # A backfill of a date long past: recorded now, so a dependent task of that date
+    # still finds it.
+    backfilled = uuid.uuid4()
+    await pool.execute(
         "INSERT INTO shoal.successes (workflow, task, business_time, instance_id) VALUES "
-        "('w', '', (now() - $1::interval)::timestamp, $2)",
-        [(timedelta(days=40), uuid.uuid4()), (timedelta(days=41), uuid.uuid4()),
-         (timedelta(days=1), uuid.uuid4())])
+        "('w', '', (now() - interval '3 years')::timestamp, $1)", backfilled)
     assert await prune(pool, 30, batch=3) == (7, 2)
     assert [r[0] for r in await pool.fetch(
         "SELECT message_id FROM shoal.processed_messages")] == [fresh]
-    assert await pool.fetchval("SELECT count(*) FROM shoal.successes") == 1
+    assert await pool.fetchval("SELECT count(*) FROM shoal.successes") == 2
+    assert await pool.fetchval("SELECT count(*) FROM shoal.successes WHERE instance_id = $1",
+                               backfilled) == 1
     assert await prune(pool, 30) == (0, 0)

@@ -171,8 +171,11 @@ async def _migrate(url: str, files: list[tuple[int, str, str]],
     applied: list[Applied] = []
     try:
         # Several services starting at once: the first takes the lock and applies, the
-        # others wait here (no lock_timeout yet) and then find nothing left to do.
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        # others wait here and then find nothing left to do. They poll rather than block
+        # in pg_advisory_lock: a waiter blocked inside a statement is a transaction that
+        # CREATE INDEX CONCURRENTLY (run by the holder) must wait out — a deadlock.
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
+            await asyncio.sleep(0.2)
         try:
             await conn.execute(
                 "CREATE SCHEMA IF NOT EXISTS shoal_meta;"

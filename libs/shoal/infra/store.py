@@ -441,8 +441,8 @@ async def read_from(conn: asyncpg.Connection, after: int, limit: int) -> list[St
 
 async def prune(pool: asyncpg.Pool, older_than_days: float, batch: int = 1000,
                 ) -> tuple[int, int]:
-    """Delete done-markers processed, and successes whose business time is, more than
-    ``older_than_days`` ago, ``batch`` rows per statement (short transactions that never
+    """Delete done-markers processed, and successes recorded, more than
+    ``older_than_days`` ago (a success's business time may be years back: a backfill), ``batch`` rows per statement (short transactions that never
     hold up commits); the rows deleted from each table."""
     horizon = timedelta(days=older_than_days)
     out = []
@@ -452,7 +452,7 @@ async def prune(pool: asyncpg.Pool, older_than_days: float, batch: int = 1000,
             "now() - $1::interval LIMIT $2))",
             "DELETE FROM shoal.successes WHERE (workflow, task, business_time, instance_id) "
             "IN (SELECT workflow, task, business_time, instance_id FROM shoal.successes "
-            "WHERE business_time < (now() - $1::interval)::timestamp LIMIT $2)"):
+            "WHERE recorded_at < now() - $1::interval LIMIT $2)"):
         total = 0
         while True:
             status = await pool.execute(sql, horizon, batch)
