@@ -175,7 +175,7 @@ async def _migrate(url: str, files: list[tuple[int, str, str]],
         # in pg_advisory_lock: a waiter blocked inside a statement is a transaction that
         # CREATE INDEX CONCURRENTLY (run by the holder) must wait out — a deadlock.
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # noqa: ASYNC110 - the lock is another session's
         try:
             await conn.execute(
                 "CREATE SCHEMA IF NOT EXISTS shoal_meta;"

@@ -442,8 +442,9 @@ async def read_from(conn: asyncpg.Connection, after: int, limit: int) -> list[St
 async def prune(pool: asyncpg.Pool, older_than_days: float, batch: int = 1000,
                 ) -> tuple[int, int]:
     """Delete done-markers processed, and successes recorded, more than
-    ``older_than_days`` ago (a success's business time may be years back: a backfill), ``batch`` rows per statement (short transactions that never
-    hold up commits); the rows deleted from each table."""
+    ``older_than_days`` ago (a success's business time may be years back: a backfill),
+    ``batch`` rows per statement (short transactions that never hold up commits); the
+    rows deleted from each table."""
     horizon = timedelta(days=older_than_days)
     out = []
     for sql in (
