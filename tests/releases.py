@@ -79,9 +79,17 @@ def release_tree(commit: str = PREVIOUS_RELEASE) -> Iterator[Release]:
     afterwards. Fails, naming the commit, when the clone does not hold it (a shallow
     clone: ``git fetch --unshallow``)."""
     repo = repository_root()
-    known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo,
-                           capture_output=True, timeout=30)
-    if known.returncode != 0:
+
+    def known() -> bool:
+        return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo,
+                              capture_output=True, timeout=30).returncode == 0
+
+    if not known() and subprocess.run(
+            ["git", "rev-parse", "--is-shallow-repository"], cwd=repo, capture_output=True,
+            text=True, timeout=30).stdout.strip() == "true":
+        subprocess.run(["git", "fetch", "--quiet", "--unshallow"], cwd=repo,
+                       capture_output=True, timeout=300)
+    if not known():
         raise AssertionError(
             f"release commit {commit} is not in the clone at {repo}; the upgrade tests build "
             "the previous release from the repository's history, so they need the full "
