@@ -31,6 +31,7 @@ import secrets
 import subprocess
 import sys
 import time
+import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,9 +82,24 @@ def pending_migrations(base: list[tuple[int, str, str]],
     return out
 
 
-async def fill(pool: asyncpg.Pool, total: int) -> dict[str, object]:
-    """Histories written through the store, then copied until the log holds ``total``."""
-    store = EventStore(pool)
+def previous_store(rev: str) -> Any:
+    """The append path of release ``rev`` (its ``shoal/infra/store.py``, loaded from the
+    repository's history beside this tree's core): what keeps appending, in the previous
+    release's shape, while the new release's first service migrates the database."""
+    name = f"shoal_store_{rev}"
+    if name not in sys.modules:
+        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:libs/shoal/infra/store.py"],
+                             check=True, capture_output=True, text=True).stdout
+        module = types.ModuleType(name)
+        sys.modules[name] = module  # dataclasses look their module up
+        exec(compile(src, f"{rev}:libs/shoal/infra/store.py", "exec"), module.__dict__)
+    return sys.modules[name]
+
+
+async def fill(pool: asyncpg.Pool, total: int, base: str) -> dict[str, object]:
+    """Histories written through the previous release's store, then copied until the
+    log holds ``total``."""
+    store = previous_store(base).EventStore(pool)
     t0 = time.monotonic()
     await _store(store, _long_history(1000), every=100)
     await _store(store, _long_history(1000, min_events=10_000), every=100)
@@ -209,9 +225,9 @@ async def bench_migrations(admin_url: str) -> dict[str, object]:
         pool = await asyncpg.create_pool(db, min_size=2, max_size=6)
         assert pool is not None
         try:
-            out["log"] = await fill(pool, total)
+            out["log"] = await fill(pool, total, rev)
             print(f"log at {rev}'s schema: {out['log']}", file=sys.stderr)
-            appender = Appender(EventStore(pool))
+            appender = Appender(previous_store(rev).EventStore(pool))
             task = asyncio.create_task(appender.run())
             loop = asyncio.get_running_loop()
             t0 = loop.time()
