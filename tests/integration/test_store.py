@@ -15,7 +15,7 @@ from shoal.core.evolve import evolve, fold
 from shoal.core.model import TaskSucceeded, WorkflowStarted
 from shoal.core.snapshot import snapshot_due
 from shoal.infra.db import migrate
-from shoal.infra.store import Append, EventStore, OutboxRow, read_from
+from shoal.infra.store import APPEND_LOCK, Append, EventStore, OutboxRow, read_from
 from tests.unit.test_workflow import Driver, chain
 
 pytestmark = pytest.mark.integration
@@ -169,3 +169,43 @@ async def test_retention_deletes_old_markers_and_successes_recorded_long_ago_in_
     assert await pool.fetchval("SELECT count(*) FROM shoal.successes WHERE instance_id = $1",
                                backfilled) == 1
     assert await prune(pool, 30) == (0, 0)
+
+
+@pytest.mark.parametrize("statement", [
+    "LOCK TABLE shoal.events IN SHARE UPDATE EXCLUSIVE MODE",  # autovacuum, ANALYZE
+    "ANALYZE shoal.events",
+])
+async def test_vacuum_analyze_and_concurrent_index_builds_do_not_hold_appends_up(
+        pool, database, statement):
+    """What autovacuum, ANALYZE, CREATE INDEX CONCURRENTLY and VALIDATE CONSTRAINT hold
+    (SHARE UPDATE EXCLUSIVE on the log) admits appends. Serializing appends with a table
+    lock in EXCLUSIVE mode did not: each append waited behind them (autovacuum until it
+    was cancelled, so the log was never vacuumed)."""
+    store = EventStore(pool, lock_timeout=0.5)
+    holder = await asyncpg.connect(database)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute(statement)
+    try:
+        iid = str(uuid.uuid4())
+        await asyncio.wait_for(store.commit([append(iid, 1, 3)], []), 10)
+        assert [e.seq for e in await store.events_of(iid)] == [1, 2, 3]
+    finally:
+        await tx.rollback()
+        await holder.close()
+
+
+async def test_appends_wait_for_the_append_lock_only_up_to_the_lock_timeout(pool, database):
+    """Another appender stuck in its transaction: the next append fails fast with a
+    transient error (the policy retries it), never queues for ever."""
+    store = EventStore(pool, lock_timeout=0.3)
+    holder = await asyncpg.connect(database)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK})")
+    try:
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await asyncio.wait_for(store.commit([append(str(uuid.uuid4()), 1, 1)], []), 10)
+    finally:
+        await tx.rollback()
+        await holder.close()

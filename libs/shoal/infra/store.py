@@ -1,11 +1,21 @@
 """The event store: append-only events with optimistic concurrency, dedupe, outbox.
 
-Appends are serialized by ``LOCK TABLE shoal.events IN EXCLUSIVE MODE`` taken once per
-batch transaction. Why: ``global_position`` comes from a sequence at insert time but
-becomes visible at commit, so two unserialized writers could commit 101 before 100 and a
-reader of ``position > last_seen`` would skip 100 forever. With the lock, commit order is
-position order. EXCLUSIVE still admits plain SELECTs, so readers are never blocked; the
-lock costs one round trip per batch, not per event (group commit).
+Appends are serialized by a transaction advisory lock (``APPEND_LOCK``) taken once per
+batch transaction, before the insert. Why: ``global_position`` comes from a sequence at
+insert time but becomes visible at commit, so two unserialized writers could commit 101
+before 100 and a reader of ``position > last_seen`` would skip 100 forever. With the
+lock, commit order is position order. Readers are never blocked; the lock costs one round
+trip per batch, not per event (group commit).
+
+Why not ``LOCK TABLE shoal.events IN EXCLUSIVE MODE`` (what release 0.1.0 took): that mode
+conflicts with the SHARE UPDATE EXCLUSIVE of autovacuum, ANALYZE, CREATE INDEX
+CONCURRENTLY and VALIDATE CONSTRAINT, so each of them stalled appends (autovacuum until
+PostgreSQL cancelled it after ``deadlock_timeout``, every time, so the log was never
+vacuumed until an anti-wraparound vacuum, which is not cancelled, stalled appends for its
+whole run). The advisory lock conflicts with none of them. During a rolling upgrade a
+0.1.0 orchestrator's EXCLUSIVE lock and this release's inserts (ROW EXCLUSIVE, taken when
+the insert opens the table, before any position is drawn) still exclude each other, so
+positions stay in commit order across both releases.
 """
 
 from __future__ import annotations
@@ -134,6 +144,9 @@ _EVENT_COLS = ("global_position, instance_id, seq, type, data::text AS data, cau
                "recorded_at, schema_version")
 
 
+# Held (transaction advisory lock) by each append from before its insert to its commit.
+APPEND_LOCK = 0x5E0A7
+
 # Notified by every commit of events or outbox rows (LISTENed by the projector and the
 # leading outbox relay).
 COMMITTED = "shoal_events"
@@ -236,7 +249,7 @@ class EventStore:
                 # One round trip for the lock and the notification (delivered at commit;
                 # it wakes the projector and the leading outbox relay).
                 await conn.execute(f"SET LOCAL lock_timeout = {self._lock_ms}; "
-                                   "LOCK TABLE shoal.events IN EXCLUSIVE MODE; "
+                                   f"SELECT pg_advisory_xact_lock({APPEND_LOCK}); "
                                    f"SELECT pg_notify('{COMMITTED}', '')")
             elif outbox:
                 await conn.execute(f"SELECT pg_notify('{COMMITTED}', '')")
