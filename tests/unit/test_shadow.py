@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -124,7 +125,13 @@ def test_serial_slots_are_read_off_the_recorded_decision():
     assert shadow_run(IID, d.recorded).identical == 1
 
 
-def test_refused_reports_are_listed_as_not_reconstructed_and_strays_are_rebuilt():
+def _as_before_0_2(recorded: list[Recorded]) -> list[Recorded]:
+    """The log as release 0.1.0 wrote it: a refusal kept only the report's reason."""
+    return [dataclasses.replace(r, data={k: v for k, v in r.data.items() if k != "report"})
+            if r.type == "InputRejected" else r for r in recorded]
+
+
+def test_refused_reports_are_rebuilt_from_what_they_said_and_strays_from_their_kill():
     d = Recording(chain("a", "b"))
     d.start()
     first = d.r.tasks["a"].dispatch_id
@@ -133,11 +140,15 @@ def test_refused_reports_are_listed_as_not_reconstructed_and_strays_are_rebuilt(
     d.report(TaskSucceeded, "a", attempt=1, dispatch_id=first, exit_code=0)  # duplicate
     d.report(TaskStarted, "a", attempt=1, dispatch_id="other")               # stray: killed
     report = shadow_run(IID, d.recorded)
-    assert report.differences == []
-    assert [(u.seq, u.event_type) for u in report.unreconstructed] == [(len(d.recorded) - 2,
-                                                                        "InputRejected")]
-    assert REFUSED_REPORT in report.unreconstructed[0].reason
-    assert report.compared == 4
+    assert report.differences == [] and report.unreconstructed == []
+    assert report.compared == 5
+    # Written before refusals kept the report: the duplicate cannot be rebuilt (listed,
+    # not hidden); the stray still can, from the kill it caused.
+    old = shadow_run(IID, _as_before_0_2(d.recorded))
+    assert [(u.seq, u.event_type) for u in old.unreconstructed] == [(len(d.recorded) - 2,
+                                                                     "InputRejected")]
+    assert REFUSED_REPORT in old.unreconstructed[0].reason
+    assert old.compared == 4 and old.differences == []
 
 
 def test_a_changed_retry_rule_is_named_with_its_run_and_event(monkeypatch):
@@ -228,7 +239,7 @@ def test_the_cli_text_names_each_difference_and_counts_many_unrebuilt_by_reason(
         d.report(TaskSucceeded, "a", exit_code=0)  # late duplicates: refused
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(workflow, "ready_tasks", lambda run: [])
-        report = shadow_run(IID, d.recorded)
+        report = shadow_run(IID, _as_before_0_2(d.recorded))
     assert len(report.unreconstructed) == 25
     summary = Summary(runs=[report])
     _shadow_text(summary)
@@ -238,7 +249,8 @@ def test_the_cli_text_names_each_difference_and_counts_many_unrebuilt_by_reason(
                       "[input StartWorkflow, causation m1]")
     assert out[1].startswith("  this build raises deciding it: ")
     assert sum(ln.startswith("NOT REBUILT  run ") for ln in out) == 20
-    assert f"  5 x a refused TaskSucceeded {REFUSED_REPORT} (only its reason)" in out
+    assert (f"  5 x a refused TaskSucceeded {REFUSED_REPORT} (only its reason; releases "
+            "before 0.2.0 kept no more)") in out
     assert out[-1] == ("shadow replay: 1 run(s), 2 decision(s) compared: 1 differ, "
                        "25 input(s) could not be rebuilt from the log")
 

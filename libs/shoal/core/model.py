@@ -593,6 +593,9 @@ class InputRejected(Event):
     input_message_id: str
     reason: str
     actor: str | None = None  # who sent the command that caused it
+    # A refused worker report's own fields (task, attempt, dispatch_id, worker_id and its
+    # outcome), so the decision can be checked again (shadow replay); absent before 0.2.0.
+    report: Mapping[str, Any] | None = None
 
 
 AnyEvent = (

@@ -18,6 +18,7 @@ state whose row accepts it; anything else is recorded and ignored, and a stray
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -159,9 +160,17 @@ class Step:
         return self.ctx.new_id(self._ids)
 
     def reject(self, inp: Input, reason: str) -> None:
+        report = _report_data(inp) if isinstance(inp, TaskReport) else None
         self.emit(InputRejected(at=self.ctx.now, input_type=inp.type,
                                 input_message_id=inp.message_id, reason=reason,
-                                actor=self.ctx.actor))
+                                actor=self.ctx.actor, report=report))
+
+
+def _report_data(r: TaskReport) -> dict[str, Any]:
+    """What a refused report said, for the record (its ids are the event's own)."""
+    return {f.name: dict(v) if isinstance(v := getattr(r, f.name), Mapping) else v
+            for f in dataclasses.fields(r) if f.name not in ("message_id", "instance_id",
+                                                             "actor")}
 
 
 Handler = Callable[[Step, Input], None]
