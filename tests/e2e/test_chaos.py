@@ -13,7 +13,9 @@ process held (p50 / p99).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import os
 import random
 import statistics
@@ -64,7 +66,8 @@ SHAPES = [
 def with_side_effects(shape: dict, effects: Path) -> dict:
     """Each task that succeeds appends one line to ``effects``: a task run twice (say by
     an orphan of a killed worker and by the retry) shows as two lines, whatever the log."""
-    mark = f'echo "$SHOAL_INSTANCE_ID $SHOAL_TASK $SHOAL_ATTEMPT" >> {effects}'
+    mark = (f'echo "$SHOAL_INSTANCE_ID $SHOAL_TASK $SHOAL_ATTEMPT $TEST_WORKER_ID '
+            f'$SHOAL_DISPATCH_ID $(date +%s.%N)" >> {effects}')
     return {**shape, "tasks": [{**t, "command": f"{t['command']} && {mark}"}
                                for t in shape["tasks"]]}
 
@@ -77,6 +80,7 @@ class Kill:
     at: datetime
     kind: str
     affected: list[uuid.UUID]
+    victim: str = ""  # a worker's id, an orchestrator's pid
 
 
 def _percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -104,6 +108,49 @@ async def _affected(conn: asyncpg.Connection, stack: Stack, victim) -> list[uuid
             "SELECT DISTINCT instance_id FROM shoal_read.task_runs WHERE worker_id = $1 AND "
             "state = 'running'", worker_id)
     return [r["instance_id"] for r in rows]
+
+
+async def _attribute(conn: asyncpg.Connection, lines: list[list[str]],
+                     kills: list[Kill]) -> dict[str, int]:
+    """Why each duplicate side effect happened: every pair of consecutive lines of one task
+    (by time), classified by whether it is the same attempt, who ran each copy, whether the
+    first copy's worker was killed in between, and what the orchestrator recorded of the
+    first copy."""
+    by_task: dict[tuple[str, str], list[list[str]]] = {}
+    for ln in lines:
+        if len(ln) >= 6:
+            by_task.setdefault((ln[0], ln[1]), []).append(ln)
+    pairs = [(a, b) for copies in by_task.values() if len(copies) > 1
+             for a, b in itertools.pairwise(sorted(copies, key=lambda ln: float(ln[5])))]
+    if not pairs:
+        return {}
+    rows = await conn.fetch(
+        "SELECT instance_id::text AS iid, data->>'task' AS task, data->>'attempt' AS attempt, "
+        "type, data->>'worker_id' AS worker FROM shoal.events WHERE instance_id = ANY($1) "
+        "AND type IN ('TaskStarted', 'TaskSucceeded', 'TaskLost', 'TaskFailed', "
+        "'TaskKilled')", list({uuid.UUID(a[0]) for a, _ in pairs}))
+    seen: dict[tuple[str, str, str], list[tuple[str, str | None]]] = {}
+    for r in rows:
+        seen.setdefault((r["iid"], r["task"], r["attempt"]), []).append(
+            (r["type"], r["worker"]))
+    out: collections.Counter[str] = collections.Counter()
+    for a, b in pairs:
+        t1, t2 = float(a[5]), float(b[5])
+        killed = any(k.kind == "worker" and k.victim == a[3] and
+                     t1 - 0.5 <= k.at.timestamp() <= t2 for k in kills)
+        orch = any(k.kind == "orchestrator" and t1 - 10 <= k.at.timestamp() <= t2
+                   for k in kills)
+        recorded = seen.get((a[0], a[1], a[2]), [])
+        by_first = sorted({t for t, w in recorded if w == a[3]})
+        if a[2] == b[2]:
+            who = "same worker" if a[3] == b[3] else "another worker"
+        else:
+            who = f"retry ({', '.join(sorted({t for t, _ in recorded}))})"
+        out[f"{'same attempt' if a[2] == b[2] else 'retried after success'}, {who}, "
+            f"first worker {'killed' if killed else 'alive'}"
+            f"{', orchestrator killed' if orch else ''}, recorded of the first copy: "
+            f"{by_first or 'nothing'}"] += 1
+    return dict(out.most_common())
 
 
 # The production defaults (the suite's other tests use a longer session timeout), so the
@@ -163,7 +210,8 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
                 affected = await _affected(conn, stack, victim)
                 at = datetime.now(UTC)
                 victim.kill9()
-                kills.append(Kill(at, kind, affected))
+                kills.append(Kill(at, kind, affected, victim.env.get("SHOAL_WORKER_ID")
+                                  or str(victim.pid)))
                 stack.start(kind, **DEFAULTS)  # a replacement, as a supervisor would
                 await asyncio.sleep(rng.uniform(5, 10))
 
@@ -224,6 +272,7 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
         letters = {(d["partition"], d["offset"]) for d in await read_all(
             stack.bootstrap, f"{stack.prefix}.dead-letters")
             if d.get("topic") == f"{stack.prefix}.commands"}
+        why = await _attribute(conn, [ln for ln in lines if ln[0] in tracked], kills)
         progress: dict[str, list[float]] = {"orchestrator": [], "worker": []}
         for k in kills:
             if k.affected:
@@ -244,6 +293,8 @@ async def test_chaos_kills_lose_nothing_double_nothing_strand_nothing(bare_stack
             "kill_to_progress_s": {kind: _percentiles(v) for kind, v in progress.items()},
         }
         print(f"\nchaos ({'long' if LONG else 'short'}): {figures}")
+        for reason, n in why.items():
+            print(f"  duplicate side effects: {n:4d}  {reason}")
         for iid in stuck[:8]:  # what a stuck run is waiting for
             tasks = await conn.fetch(
                 "SELECT task, attempt, state, worker_id FROM shoal_read.task_runs WHERE "
