@@ -8,7 +8,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from shoal_worker.orphans import is_task_group, kill_group, reap_predecessors, start_time
+from shoal_worker.orphans import (
+    TaskGroups,
+    is_task_group,
+    kill_group,
+    reap_predecessors,
+    start_time,
+)
 
 
 def _task(dispatch_id: str) -> subprocess.Popen[bytes]:
@@ -55,3 +61,22 @@ def test_a_dead_predecessors_groups_are_killed_and_a_live_ones_are_not(tmp_path:
     finally:
         mine.kill()
         theirs.kill()
+
+
+def test_an_end_report_stays_journaled_until_reported_and_a_successor_adopts_it(
+        tmp_path: Path):
+    groups = TaskGroups(tmp_path, "w0")
+    groups.dir.mkdir(parents=True)
+    groups.finish(None, "m-1", b"i-1", b'{"type": "TaskSucceeded"}')
+    groups.finish(None, "m-2", b"i-2", b'{"type": "TaskFailed"}')
+    groups.reported("m-2")                       # that one reached the broker
+    data = json.loads(groups.path.read_text())
+    dead_worker = subprocess.Popen(["true"])      # the worker dies: its pid is gone
+    dead_worker.wait()
+    data["pid"] = dead_worker.pid
+    groups.path.unlink()
+    (groups.dir / f"{dead_worker.pid}.json").write_text(json.dumps(data))
+    adopted: dict[str, tuple[str, str]] = {}
+    assert reap_predecessors(groups.dir, adopted) == 0
+    assert adopted == {"m-1": ("i-1", '{"type": "TaskSucceeded"}')}
+    assert not list(groups.dir.iterdir())

@@ -33,6 +33,8 @@ LineSink = Callable[[list[tuple[str, str]]], Awaitable[None]]
 Say = Callable[[str], Awaitable[None]]
 # An sql or http attempt run in the worker's loop: given ``say`` and the rendered spec.
 InLoop = Callable[[Say, dict[str, Any]], Awaitable["Outcome"]]
+# Awaited before anything of the attempt runs: None to go ahead, else why it must not.
+Gate = Callable[[], Awaitable[str | None]]
 
 
 @dataclass(slots=True)
@@ -41,6 +43,7 @@ class Outcome:
     outputs: dict[str, str] = field(default_factory=dict)
     error: str = ""
     killed: bool = False
+    refused: bool = False  # never ran: its claim was refused
 
 
 def exit_code_of(returncode: int) -> int:
@@ -68,7 +71,8 @@ class Attempt:
                  run_as: str | None = None,
                  in_loop: InLoop | None = None,
                  warm: WarmPython | None = None, code_path: tuple[str, ...] = (),
-                 received_at: float | None = None, groups: TaskGroups | None = None) -> None:
+                 received_at: float | None = None, groups: TaskGroups | None = None,
+                 gate: Gate | None = None) -> None:
         self.dispatch = dispatch
         self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
                         / str(dispatch["attempt"]))
@@ -86,6 +90,8 @@ class Attempt:
         self.pid: int | None = None  # leader of the attempt's process group once started
         self.prepared = Prepared(dispatch)  # rendered at run time, with its secrets
         self.groups = groups  # the worker's task groups, killed if the worker dies
+        self.gate = gate
+        self.cleared = gate is None  # past its gate: it runs (or ran) here
 
     async def run(self) -> Outcome:
         """Render the dispatch (secrets resolved), run it, and keep its secrets out of what
@@ -94,6 +100,9 @@ class Attempt:
         try:
             self.prepared = prepare(self.dispatch, Secrets(self.base_env))
         except (SecretMissing, RenderError) as exc:
+            refused = await self._through_gate()
+            if refused is not None:
+                return refused
             error = f"could not start: {exc}"
             if self.on_lines is not None:
                 await self.on_lines([(datetime.now(UTC).isoformat(), f"ERROR: {error}")])
@@ -105,11 +114,27 @@ class Attempt:
             async def masked(lines: list[tuple[str, str]]) -> None:
                 await ship([(stamp, prepared.mask(ln)) for stamp, ln in lines])
             self.on_lines = masked
+        refused = await self._through_gate()
+        if refused is not None:
+            return refused
+        if self.killed_for is not None:  # killed while it waited: never start it
+            return self._finish(Outcome(exit_code=None, error=f"killed ({self.killed_for})",
+                                        killed=True))
         outcome = await self._run()
         if prepared.secrets:
             outcome.error = prepared.mask(outcome.error)
             outcome.outputs = {k: prepared.mask(v) for k, v in outcome.outputs.items()}
         return outcome
+
+    async def _through_gate(self) -> Outcome | None:
+        """Wait at the gate (the worker's claim); the outcome of a refused attempt."""
+        if self.gate is not None:
+            refusal = await self.gate()
+            if refusal is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                return Outcome(exit_code=None, error=refusal, refused=True)
+        self.cleared = True
+        return None
 
     async def _run(self) -> Outcome:
         d = self.prepared.dispatch

@@ -13,6 +13,14 @@ when its worker dies, however it dies (SIGKILL, OOM killer, a crash):
    starting on the machine kills the groups listed by every predecessor that is no longer
    alive (a guard killed with its worker, a machine-wide kill) and removes its file.
 
+The same file journals each attempt's end report from the moment its process ended until
+the broker acknowledged the report. A worker killed in between leaves it there; the next
+worker starting on the machine adopts it and sends it (the report keeps its message id and
+the dead worker's id, so the orchestrator takes it as the holder's, once): the attempt
+counts as finished instead of being retried, and its side effect happens once. Written
+without fsync: it covers the death of the worker process; a machine that goes down takes
+the attempts' leases with it, and those are retried.
+
 A group is killed only while it is verifiably the task's: its leader is alive with the
 start time recorded at spawn, or (leader gone) a member still carries the attempt's
 ``SHOAL_DISPATCH_ID`` in its environment. An unrelated process that reused a pid is never
@@ -105,11 +113,14 @@ class TaskGroups:
         self.path = self.dir / f"{os.getpid()}.json"
         self.groups: dict[int, tuple[int | None, str]] = {}
         self.guard: subprocess.Popen[bytes] | None = None
+        # End reports not yet acknowledged by the broker: message id -> (key, value).
+        self.pending: dict[str, tuple[str, str]] = {}
 
     def start(self) -> int:
-        """Kill what dead predecessors left, then start the guard; the groups killed."""
+        """Kill what dead predecessors left and adopt their unsent end reports (in
+        ``pending``), then start the guard; the groups killed."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        killed = reap_predecessors(self.dir)
+        killed = reap_predecessors(self.dir, self.pending)
         self._save()
         self.guard = subprocess.Popen(
             [sys.executable, "-m", "shoal_worker.orphans"], stdin=subprocess.PIPE,
@@ -128,6 +139,18 @@ class TaskGroups:
         del self.groups[pgid]
         self._tell(f"- {pgid}\n")
         self._save()
+
+    def finish(self, pgid: int | None, message_id: str, key: bytes, value: bytes) -> None:
+        """The attempt's process ended: its group is gone, its end report is journaled
+        until ``reported``."""
+        if pgid is not None and self.groups.pop(pgid, None) is not None:
+            self._tell(f"- {pgid}\n")
+        self.pending[message_id] = (key.decode(), value.decode())
+        self._save()
+
+    def reported(self, message_id: str) -> None:
+        if self.pending.pop(message_id, None) is not None:
+            self._save()
 
     def close(self) -> None:
         """A clean stop: nothing left to guard."""
@@ -153,14 +176,17 @@ class TaskGroups:
     def _save(self) -> None:
         data = {"pid": os.getpid(), "start": start_time(os.getpid()),
                 "worker_id": self.worker_id,
-                "groups": [[g, s, d] for g, (s, d) in self.groups.items()]}
+                "groups": [[g, s, d] for g, (s, d) in self.groups.items()],
+                "pending": [[m, k, v] for m, (k, v) in self.pending.items()]}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.path)
 
 
-def reap_predecessors(directory: Path) -> int:
-    """Kill the task groups listed by workers no longer alive; the groups killed."""
+def reap_predecessors(directory: Path,
+                      adopt: dict[str, tuple[str, str]] | None = None) -> int:
+    """Kill the task groups listed by workers no longer alive; the groups killed. Their
+    end reports not yet sent go into ``adopt``."""
     killed = 0
     for f in directory.glob("*.json"):
         try:
@@ -175,6 +201,9 @@ def reap_predecessors(directory: Path) -> int:
                 killed += 1
                 log.warning("killed task group %s (dispatch %s) left by worker %s",
                             pgid, dispatch_id, data.get("worker_id"))
+        if adopt is not None:
+            for message_id, key, value in data.get("pending", []):
+                adopt[str(message_id)] = (str(key), str(value))
         with contextlib.suppress(OSError):
             f.unlink()
     return killed
