@@ -31,6 +31,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from shoal.infra.settings import Settings
+from shoal_worker.main import report_id
 from tests.e2e.kafka_io import read_all
 from tests.e2e.test_poison import _commands as poison_commands
 from tests.support import Stack, eventually
@@ -133,11 +134,24 @@ async def _attribute(conn: asyncpg.Connection, lines: list[list[str]],
     for r in rows:
         seen.setdefault((r["iid"], r["task"], r["attempt"]), []).append(
             (r["type"], r["worker"]))
+    # The first copy's end report, if it reached the orchestrator only after the attempt
+    # was superseded (say sent by the next worker from the dead one's journal, too late).
+    ends = {report_id(a[4], "finished", a[3]): a for a, _ in pairs}
+    late = {r["mid"] for r in await conn.fetch(
+        "SELECT data->>'input_message_id' AS mid FROM shoal.events WHERE instance_id = "
+        "ANY($1) AND type = 'InputRejected' AND data->>'input_message_id' = ANY($2)",
+        list({uuid.UUID(a[0]) for a, _ in pairs}), list(ends))}
     out: collections.Counter[str] = collections.Counter()
     for a, b in pairs:
         t1, t2 = float(a[5]), float(b[5])
-        killed = any(k.kind == "worker" and k.victim == a[3] and
-                     t1 - 0.5 <= k.at.timestamp() <= t2 for k in kills)
+        kill = next((k for k in kills if k.kind == "worker" and k.victim == a[3] and
+                     t1 - 0.5 <= k.at.timestamp() <= t2), None)
+        killed, killed_at = kill is not None, ""
+        if kill is not None:
+            gap = kill.at.timestamp() - t1
+            when = ("<0.1 s" if gap < 0.1 else "<1 s" if gap < 1 else ">=1 s")
+            killed_at = f"killed {when} after the side effect"
+        late_end = report_id(a[4], "finished", a[3]) in late
         orch = any(k.kind == "orchestrator" and t1 - 10 <= k.at.timestamp() <= t2
                    for k in kills)
         recorded = seen.get((a[0], a[1], a[2]), [])
@@ -147,7 +161,8 @@ async def _attribute(conn: asyncpg.Connection, lines: list[list[str]],
         else:
             who = f"retry ({', '.join(sorted({t for t, _ in recorded}))})"
         out[f"{'same attempt' if a[2] == b[2] else 'retried after success'}, {who}, "
-            f"first worker {'killed' if killed else 'alive'}"
+            f"first worker {killed_at if killed else 'alive'}"
+            f"{', its end report came too late' if late_end else ''}"
             f"{', orchestrator killed' if orch else ''}, recorded of the first copy: "
             f"{by_first or 'nothing'}"] += 1
     return dict(out.most_common())

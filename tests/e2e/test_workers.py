@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 import uuid
@@ -239,5 +240,41 @@ async def test_a_successor_sends_the_end_report_a_killed_worker_journaled(bare_s
     events = await stack.events(iid)
     assert [e["data"]["worker_id"] for e in events if e["type"] == "TaskSucceeded"] == [
         worker_id]
+    assert "TaskLost" not in {e["type"] for e in events}
+    assert effects.read_text().split() == ["1"]
+
+
+async def test_the_end_of_a_task_its_worker_never_saw_is_reported_by_the_next(
+        bare_stack: Stack, tmp_path):
+    """The task ends while its worker is stopped (SIGSTOP: it cannot see the end), then
+    the worker is SIGKILLed: the task's shell wrote its exit status on its way out, and
+    the next worker on the machine reports the end as the dead worker's. The attempt
+    succeeds once; it is not declared lost and run again."""
+    stack = bare_stack
+    stack.start("api")
+    await eventually(stack._healthy, timeout=60, what="API up")
+    stack.start("orchestrator", SHOAL_LEASE_TIMEOUT="90")
+    stack.start("projector")
+    first = stack.start("worker")
+    effects = tmp_path / "effects.txt"
+    await stack.apply({"name": "unseen-end", "tasks": [{
+        "name": "only", "retries": 2, "retry_interval": 1,
+        "command": f'sleep 2; echo "$SHOAL_ATTEMPT" >> {effects}'}]})
+    iid = await start(stack, "unseen-end")
+    await eventually(lambda: running_task(stack, iid, "only"), timeout=60,
+                     what="the task running")
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        await eventually(lambda: asyncio.sleep(0, effects.exists()), timeout=30,
+                         what="the task's side effect")
+        await asyncio.sleep(0.5)  # its shell has exited
+    finally:
+        first.kill9()
+    stack.start("worker")
+    run = await stack.wait_run(iid, timeout=60)
+    assert run["state"] == "succeeded" and run["tasks"][-1]["attempt"] == 1
+    events = await stack.events(iid)
+    assert [e["data"]["worker_id"] for e in events if e["type"] == "TaskSucceeded"] == [
+        first.env["SHOAL_WORKER_ID"]]
     assert "TaskLost" not in {e["type"] for e in events}
     assert effects.read_text().split() == ["1"]

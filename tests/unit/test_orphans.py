@@ -80,3 +80,24 @@ def test_an_end_report_stays_journaled_until_reported_and_a_successor_adopts_it(
     assert reap_predecessors(groups.dir, adopted) == 0
     assert adopted == {"m-1": ("i-1", '{"type": "TaskSucceeded"}')}
     assert not list(groups.dir.iterdir())
+
+
+def test_a_sibling_adopts_a_dead_workers_unsent_end_reports_once(tmp_path: Path):
+    """A worker sharing the data directory takes over the unsent end reports of one that
+    died (it checks every second), journaling them as its own until they are sent."""
+    dead_worker = subprocess.Popen(["true"])
+    dead_worker.wait()
+    groups = tmp_path / "task-groups"
+    groups.mkdir()
+    (groups / f"{dead_worker.pid}.json").write_text(json.dumps({
+        "pid": dead_worker.pid, "start": 1, "worker_id": "w0", "groups": [],
+        "pending": [["m-1", "i-1", '{"type": "TaskSucceeded"}']]}))
+    sibling = TaskGroups(tmp_path, "w1")
+    sibling._save()
+    assert sibling.adopt() == {"m-1": ("i-1", '{"type": "TaskSucceeded"}')}
+    assert json.loads(sibling.path.read_text())["pending"] == [
+        ["m-1", "i-1", '{"type": "TaskSucceeded"}']]
+    assert sibling.adopt() == {}
+    sibling.reported("m-1")
+    assert json.loads(sibling.path.read_text())["pending"] == []
+    assert [f.name for f in groups.iterdir()] == [sibling.path.name]

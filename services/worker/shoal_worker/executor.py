@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -50,6 +51,8 @@ def exit_code_of(returncode: int) -> int:
     """Map asyncio's negative 'killed by signal N' to the shell's 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
 
+
+EXIT_FILE = ".shoal-exit"  # in the attempt's working directory: its shell's exit status
 
 KILLED_CODES = {128 + signal.SIGKILL: "SIGKILL", 128 + signal.SIGTERM: "SIGTERM"}
 
@@ -148,6 +151,7 @@ class Attempt:
             script, argv = self.workdir / "task.py", [sys.executable]
         else:
             script, argv = self.workdir / "task.sh", ["bash"]
+            env = {**env, "BASH_ENV": str(self._exit_hook())}
         script.write_text(d["command"])
         log_path = self.workdir / "task.log"
         try:
@@ -176,10 +180,28 @@ class Attempt:
     def _mask(self) -> Callable[[str], str] | None:
         return self.prepared.mask if self.prepared.secrets else None
 
+    def _exit_hook(self) -> Path:
+        """A file bash sources before the task's script (``BASH_ENV``): it unsets
+        BASH_ENV (shells the task starts do not read it) and sets an EXIT trap that writes
+        the shell's exit status to :data:`EXIT_FILE`. A worker killed after the task ended
+        but before it saw the end leaves that file for the next worker on the machine,
+        which reports the end (see ``shoal_worker.orphans``). A script that replaces its
+        shell (``exec``) or sets its own EXIT trap writes none: its attempt is retried."""
+        hook: Path = self.workdir / ".shoal-exit.sh"
+        record = "echo $? > " + shlex.quote(str(self.workdir / EXIT_FILE))
+        hook.write_text(f"unset BASH_ENV\ntrap {shlex.quote(record)} EXIT\n")
+        return hook
+
     def _started(self, pid: int) -> None:
         self.pid = pid
         if self.groups is not None:
-            self.groups.add(pid, self.dispatch["dispatch_id"])
+            d = self.dispatch
+            # What the next worker needs to report the end of a shell attempt whose worker
+            # died first (not one with outputs: they are parsed from its output).
+            ended = None if d["task_type"] == "python" or d.get("outputs") else {
+                "instance_id": d["instance_id"], "task": d["task"], "attempt": d["attempt"],
+                "exit": str(self.workdir / EXIT_FILE)}
+            self.groups.add(pid, d["dispatch_id"], ended)
 
     def _env(self) -> dict[str, str]:
         """The task's environment: an allow-list of the worker's (see prepare.task_env)."""

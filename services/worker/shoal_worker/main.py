@@ -45,7 +45,7 @@ from shoal.core.model import TaskFailed, TaskKilled, TaskStarted, TaskSucceeded
 from shoal.infra import codec, kafka, metrics, policy
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
-from shoal_worker.executor import Attempt, InLoop, Outcome
+from shoal_worker.executor import Attempt, InLoop, Outcome, describe_exit
 from shoal_worker.inloop import run_http, run_sql
 from shoal_worker.logship import LogShipper
 from shoal_worker.orphans import TaskGroups
@@ -113,18 +113,15 @@ class Worker:
         self.queued: set[str] = set()
         self.loss = kafka.LossWatch()
         self.dead = policy.DeadLetters(producer, settings.dead_letters_topic, "worker")
-        self.groups = TaskGroups(settings.data_dir, self.worker_id)
+        self.groups = TaskGroups(settings.data_dir, self.worker_id, compose=self._end_of)
         self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ dispatches
     async def consume(self, stop: asyncio.Event) -> None:
         s = self.settings
         topic = s.tasks_topic(s.worker_group)
-        killed = self.groups.start()
-        if killed:
-            log.warning("killed %d task process groups left by a worker that died here",
-                        killed)
-        await self._send_inherited()
+        self.groups.start()
+        await self._send_inherited(dict(self.groups.pending))
         await kafka.ensure_topics(s, [topic, s.commands_topic, s.dead_letters_topic,
                                       s.topic("worker-control")])
         consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
@@ -169,17 +166,43 @@ class Worker:
             await self.warm.close()
             self.groups.close()
 
-    async def _send_inherited(self) -> None:
+    @staticmethod
+    def _end_of(ended: dict[str, Any], code: int) -> tuple[str, str, str]:
+        """The end report of a dead worker's shell attempt whose exit status the shell
+        wrote: what that worker would have sent (same message id)."""
+        fields = {"message_id": report_id(ended["dispatch_id"], "finished", ended["worker_id"]),
+                  "instance_id": ended["instance_id"], "sent_at": utcnow_iso(),
+                  "task": ended["task"], "attempt": int(ended["attempt"]),
+                  "dispatch_id": ended["dispatch_id"], "worker_id": ended["worker_id"]}
+        end: TaskSucceeded | TaskFailed = (
+            TaskSucceeded(**fields, exit_code=0) if code == 0 else
+            TaskFailed(**fields, exit_code=code, error=describe_exit(code)))
+        return end.message_id, end.instance_id, codec.encode_command(end).decode()
+
+    async def _send_inherited(self, reports: dict[str, tuple[str, str]]) -> None:
         """End reports a worker that died here journaled and never got onto the broker:
         sent now, as that worker's (same message ids, so a report it did send counts
         once), before its attempts' leases lapse and they are retried."""
-        pending = list(self.groups.pending.items())
-        if pending:
-            log.warning("sending %d end reports of a worker that died here", len(pending))
-        for message_id, (key, value) in pending:
+        if reports:
+            log.warning("sending %d end reports of a worker that died here", len(reports))
+        for message_id, (key, value) in reports.items():
             await kafka.send_reliably(self.producer, self.settings.commands_topic,
                                       value.encode(), key.encode())
             self.groups.reported(message_id)
+
+    async def siblings(self, stop: asyncio.Event) -> None:
+        """Every second: the journaled end reports of a worker sharing the data directory
+        that died (see ``_send_inherited``); its leases lapse within SHOAL_LEASE_TIMEOUT,
+        sooner than a successor may start."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if self.groups.guard is None:
+                continue  # not started yet: its start adopts them
+            try:
+                await self._send_inherited(self.groups.adopt())
+            except (OSError, KafkaError) as exc:
+                log.warning("could not send a dead worker's end reports: %r", exc)
 
     async def _after_loss(self, lost: list[TopicPartition]) -> None:
         """The broker lost data (its topics were recreated): offsets of the lost
@@ -646,6 +669,7 @@ async def main(settings: Settings) -> None:
                   settings.dead_letters_topic, settings.topic("worker-control"),
                   settings.topic("worker-heartbeats"), settings.topic("task-logs")]
         await run_service("worker", [worker.consume, worker.control, worker.heartbeat,
+                                     worker.siblings,
                                      lambda stop: kafka.keep_topics(settings, topics, stop),
                                      lambda stop: metrics.serve(settings, "worker", stop)],
                           grace=45.0)

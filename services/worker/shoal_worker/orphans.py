@@ -13,8 +13,10 @@ when its worker dies, however it dies (SIGKILL, OOM killer, a crash):
    starting on the machine kills the groups listed by every predecessor that is no longer
    alive (a guard killed with its worker, a machine-wide kill) and removes its file.
 
-The same file journals each attempt's end report from the moment its process ended until
-the broker acknowledged the report. A worker killed in between leaves it there; the next
+The same file journals each attempt's end report from the moment the worker saw its
+process end until the broker acknowledged the report; a shell attempt's own exit status
+is also in its working directory the moment its shell exits (``executor.EXIT_FILE``), for
+an end the worker did not see yet. A worker killed in between leaves it there; the next
 worker starting on the machine adopts it and sends it (the report keeps its message id and
 the dead worker's id, so the orchestrator takes it as the holder's, once): the attempt
 counts as finished instead of being retried, and its side effect happens once. Written
@@ -37,9 +39,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+# (an ended attempt: instance_id, task, attempt, dispatch_id, worker_id; its exit status)
+# -> its end report as (message id, key, value).
+Compose = Callable[[dict[str, Any], int], "tuple[str, str, str] | None"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -107,11 +114,13 @@ def kill_group(pgid: int, leader_start: int | None, dispatch_id: str) -> bool:
 class TaskGroups:
     """The worker's list of running task groups: in its guard process and on disk."""
 
-    def __init__(self, data_dir: Path, worker_id: str) -> None:
+    def __init__(self, data_dir: Path, worker_id: str, compose: Compose | None = None) -> None:
         self.dir = data_dir / "task-groups"
         self.worker_id = worker_id
+        self.compose = compose
         self.path = self.dir / f"{os.getpid()}.json"
         self.groups: dict[int, tuple[int | None, str]] = {}
+        self.ended: dict[int, dict[str, Any]] = {}  # how to report a group's end
         self.guard: subprocess.Popen[bytes] | None = None
         # End reports not yet acknowledged by the broker: message id -> (key, value).
         self.pending: dict[str, tuple[str, str]] = {}
@@ -120,16 +129,21 @@ class TaskGroups:
         """Kill what dead predecessors left and adopt their unsent end reports (in
         ``pending``), then start the guard; the groups killed."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        killed = reap_predecessors(self.dir, self.pending)
+        killed = reap_predecessors(self.dir, self.pending, self.compose)
         self._save()
+        if killed:
+            log.warning("killed %d task process groups left by a worker that died here",
+                        killed)
         self.guard = subprocess.Popen(
             [sys.executable, "-m", "shoal_worker.orphans"], stdin=subprocess.PIPE,
             start_new_session=True, close_fds=True)
         return killed
 
-    def add(self, pgid: int, dispatch_id: str) -> None:
+    def add(self, pgid: int, dispatch_id: str, ended: dict[str, Any] | None = None) -> None:
         leader = start_time(pgid)
         self.groups[pgid] = (leader, dispatch_id)
+        if ended is not None:
+            self.ended[pgid] = ended
         self._tell(f"+ {pgid} {leader if leader is not None else '-'} {dispatch_id}\n")
         self._save()
 
@@ -137,6 +151,7 @@ class TaskGroups:
         if pgid is None or pgid not in self.groups:
             return
         del self.groups[pgid]
+        self.ended.pop(pgid, None)
         self._tell(f"- {pgid}\n")
         self._save()
 
@@ -145,8 +160,22 @@ class TaskGroups:
         until ``reported``."""
         if pgid is not None and self.groups.pop(pgid, None) is not None:
             self._tell(f"- {pgid}\n")
+        if pgid is not None:
+            self.ended.pop(pgid, None)
         self.pending[message_id] = (key.decode(), value.decode())
         self._save()
+
+    def adopt(self) -> dict[str, tuple[str, str]]:
+        """The unsent end reports of workers sharing this directory that died since (a
+        worker checks now and then, so a sibling sends them without waiting for a
+        successor to start); they are journaled here until reported."""
+        adopted: dict[str, tuple[str, str]] = {}
+        reap_predecessors(self.dir, adopted, self.compose)
+        adopted = {m: r for m, r in adopted.items() if m not in self.pending}
+        if adopted:
+            self.pending.update(adopted)
+            self._save()
+        return adopted
 
     def reported(self, message_id: str) -> None:
         if self.pending.pop(message_id, None) is not None:
@@ -176,17 +205,18 @@ class TaskGroups:
     def _save(self) -> None:
         data = {"pid": os.getpid(), "start": start_time(os.getpid()),
                 "worker_id": self.worker_id,
-                "groups": [[g, s, d] for g, (s, d) in self.groups.items()],
+                "groups": [[g, s, d, self.ended.get(g)] for g, (s, d) in self.groups.items()],
                 "pending": [[m, k, v] for m, (k, v) in self.pending.items()]}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.path)
 
 
-def reap_predecessors(directory: Path,
-                      adopt: dict[str, tuple[str, str]] | None = None) -> int:
+def reap_predecessors(directory: Path, adopt: dict[str, tuple[str, str]] | None = None,
+                      compose: Compose | None = None) -> int:
     """Kill the task groups listed by workers no longer alive; the groups killed. Their
-    end reports not yet sent go into ``adopt``."""
+    end reports not yet sent go into ``adopt``: those journaled, and (``compose``) those
+    of shell attempts that ended (their exit status written) before the worker saw it."""
     killed = 0
     for f in directory.glob("*.json"):
         try:
@@ -196,7 +226,12 @@ def reap_predecessors(directory: Path,
             continue
         if pid == os.getpid() or (start_time(pid) is not None and start_time(pid) == started):
             continue  # that worker is alive (another worker sharing the data directory)
-        for pgid, leader, dispatch_id in data.get("groups", []):
+        for pgid, leader, dispatch_id, *rest in data.get("groups", []):
+            ended = rest[0] if rest else None
+            if adopt is not None and compose is not None and isinstance(ended, dict):
+                report = _ended(ended, str(dispatch_id), str(data.get("worker_id")), compose)
+                if report is not None:
+                    adopt[report[0]] = (report[1], report[2])
             if kill_group(int(pgid), leader, str(dispatch_id)):
                 killed += 1
                 log.warning("killed task group %s (dispatch %s) left by worker %s",
@@ -207,6 +242,16 @@ def reap_predecessors(directory: Path,
         with contextlib.suppress(OSError):
             f.unlink()
     return killed
+
+
+def _ended(ended: dict[str, Any], dispatch_id: str, worker_id: str,
+           compose: Compose) -> tuple[str, str, str] | None:
+    """The end report of a listed attempt whose shell wrote its exit status, or None."""
+    try:
+        code = int(Path(str(ended["exit"])).read_text().strip())
+    except (OSError, ValueError, KeyError):
+        return None  # still running when its worker died, or killed: the lease decides
+    return compose({**ended, "dispatch_id": dispatch_id, "worker_id": worker_id}, code)
 
 
 def _guard() -> None:
