@@ -165,6 +165,19 @@ async def _attribute(conn: asyncpg.Connection, lines: list[list[str]],
             f"{', its end report came too late' if late_end else ''}"
             f"{', orchestrator killed' if orch else ''}, recorded of the first copy: "
             f"{by_first or 'nothing'}"] += 1
+    for a, b in pairs[:6]:  # the story of a few, in full
+        rows = await conn.fetch(
+            "SELECT seq, type, data->>'attempt' AS attempt, data->>'worker_id' AS worker, "
+            "data->>'input_message_id' AS input, data->>'reason' AS reason, recorded_at "
+            "FROM shoal.events WHERE instance_id = $1 AND (data->>'task' = $2 OR "
+            "type = 'InputRejected') ORDER BY seq", uuid.UUID(a[0]), a[1])
+        near = [(k.victim, k.at.isoformat()) for k in kills if k.kind == "worker"
+                and float(a[5]) - 20 < k.at.timestamp() < float(b[5])]
+        print(f"  {a[0]} {a[1]}: copies {a[2:6]} / {b[2:6]}; first copy's end report "
+              f"{report_id(a[4], 'finished', a[3])}; worker kills {near}")
+        for r in rows:
+            print(f"    {r['seq']} {r['type']} a{r['attempt']} {r['worker']} "
+                  f"{r['input'] or ''} {(r['reason'] or '')[:80]} {r['recorded_at'].isoformat()}")
     return dict(out.most_common())
 
 

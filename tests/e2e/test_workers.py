@@ -244,12 +244,14 @@ async def test_a_successor_sends_the_end_report_a_killed_worker_journaled(bare_s
     assert effects.read_text().split() == ["1"]
 
 
+@pytest.mark.parametrize("who", ["successor", "sibling"])
 async def test_the_end_of_a_task_its_worker_never_saw_is_reported_by_the_next(
-        bare_stack: Stack, tmp_path):
+        bare_stack: Stack, tmp_path, who: str):
     """The task ends while its worker is stopped (SIGSTOP: it cannot see the end), then
     the worker is SIGKILLed: the task's shell wrote its exit status on its way out, and
-    the next worker on the machine reports the end as the dead worker's. The attempt
-    succeeds once; it is not declared lost and run again."""
+    another worker on the machine (one starting after, or one already running) reports
+    the end as the dead worker's. The attempt succeeds once; it is not declared lost and
+    run again."""
     stack = bare_stack
     stack.start("api")
     await eventually(stack._healthy, timeout=60, what="API up")
@@ -263,6 +265,9 @@ async def test_the_end_of_a_task_its_worker_never_saw_is_reported_by_the_next(
     iid = await start(stack, "unseen-end")
     await eventually(lambda: running_task(stack, iid, "only"), timeout=60,
                      what="the task running")
+    if who == "sibling":
+        stack.start("worker", SHOAL_WORKER_GROUP="elsewhere")  # gets none of the tasks
+        await asyncio.sleep(3)
     os.kill(first.pid, signal.SIGSTOP)
     try:
         await eventually(lambda: asyncio.sleep(0, effects.exists()), timeout=30,
@@ -270,7 +275,8 @@ async def test_the_end_of_a_task_its_worker_never_saw_is_reported_by_the_next(
         await asyncio.sleep(0.5)  # its shell has exited
     finally:
         first.kill9()
-    stack.start("worker")
+    if who == "successor":
+        stack.start("worker")
     run = await stack.wait_run(iid, timeout=60)
     assert run["state"] == "succeeded" and run["tasks"][-1]["attempt"] == 1
     events = await stack.events(iid)

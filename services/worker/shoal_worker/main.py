@@ -185,18 +185,23 @@ class Worker:
         once), before its attempts' leases lapse and they are retried."""
         if reports:
             log.warning("sending %d end reports of a worker that died here", len(reports))
-        for message_id, (key, value) in reports.items():
+
+        async def send(message_id: str, key: str, value: str) -> None:
+            log.info("sending a dead worker's end report %s", message_id,
+                     extra={"instance_id": key})
             await kafka.send_reliably(self.producer, self.settings.commands_topic,
                                       value.encode(), key.encode())
             self.groups.reported(message_id)
+        # All at once: they race the dead worker's leases.
+        await asyncio.gather(*(send(m, k, v) for m, (k, v) in reports.items()))
 
     async def siblings(self, stop: asyncio.Event) -> None:
-        """Every second: the journaled end reports of a worker sharing the data directory
-        that died (see ``_send_inherited``); its leases lapse within SHOAL_LEASE_TIMEOUT,
-        sooner than a successor may start."""
+        """Twice a second: the journaled end reports of a worker sharing the data
+        directory that died (see ``_send_inherited``); its leases lapse within
+        SHOAL_LEASE_TIMEOUT, often sooner than a successor starts."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), 0.5)
             if self.groups.guard is None:
                 continue  # not started yet: its start adopts them
             try:
@@ -244,8 +249,11 @@ class Worker:
             await self.dead.send(f"invalid dispatch: {policy.reason_of(exc)}", topic=tp.topic,
                                  partition=tp.partition, offset=offset, key=key, value=value)
             return
-        if d["dispatch_id"] in self.queued or d["dispatch_id"] in self.finished:
-            return  # re-issued after a broker loss: already here
+        if d["dispatch_id"] in self.queued or d["dispatch_id"] in self.running or \
+                d["dispatch_id"] in self.finished:
+            # Sent again (by an orchestrator that died between the outbox relay's send and
+            # delete, or after a broker loss) or redelivered: already here.
+            return
         too_old = self._too_old(d)
         if too_old:
             # Replayed (expired offsets) or held up past any retry interval: never run
@@ -300,9 +308,9 @@ class Worker:
             p = heapq.heappop(self.queue)
             d = p.dispatch
             self.queued.discard(d["dispatch_id"])
-            if d["dispatch_id"] in self.running:
+            if d["dispatch_id"] in self.running or d["dispatch_id"] in self.finished:
                 self.unstarted.get(p.tp, set()).discard(p.offset)
-                continue  # redelivered while still running here
+                continue  # a second copy, queued while the first ran here
             shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
             # The dispatch's offset is committed only once its claim is on the broker: a
             # worker killed before that leaves it to be redelivered, not a dispatched
