@@ -41,6 +41,22 @@ async def test_a_dispatch_id_is_queued_once_and_not_again_once_finished(tmp_path
     assert w.fetched[TP] == 3
 
 
+async def test_a_copy_that_arrives_while_the_first_runs_never_starts(tmp_path):
+    """An orchestrator that died between the outbox relay's send and delete makes its
+    successor send the dispatch again: a copy fetched while the first runs here is not
+    queued, and one already queued is not started once the first has finished."""
+    w = Worker(Settings(topic_prefix="t", data_dir=str(tmp_path)), producer=None)  # type: ignore[arg-type]
+    d1, d2 = str(uuid.uuid4()), str(uuid.uuid4())
+    w.running[d1] = object()  # type: ignore[assignment]
+    await w._buffer(TP, 0, dispatch(d1), None)
+    assert not w.queue and w.unstarted.get(TP, set()) == set()
+    await w._buffer(TP, 1, dispatch(d2), None)       # queued ...
+    w.finished[d2] = None                            # ... while its first copy finished
+    w.running.clear()
+    await w._start_ready()
+    assert not w.running and not w.queue and w.unstarted[TP] == set()
+
+
 
 class _BrokerDown(Worker):
     """A worker whose reports fail as with the broker away, until ``up``."""
