@@ -499,9 +499,15 @@ class Worker:
                            else "KillTask", msg)
         except Exception as exc:  # noqa: BLE001 - the error policy decides
             topic, partition, offset = where
-            await self.dead.send(f"invalid control message: {policy.reason_of(exc)}",
-                                 topic=topic, partition=partition, offset=offset, key=key,
-                                 value=value)
+            reason = f"invalid control message: {policy.reason_of(exc)}"
+            if 0 in self.partitions:
+                # Every worker reads every control message: one dead letter is enough, by
+                # the worker that holds partition 0 of its group's tasks topic.
+                await self.dead.send(reason, topic=topic, partition=partition,
+                                     offset=offset, key=key, value=value)
+            else:
+                log.warning("%s (%s:%d@%d; dead-lettered by the worker holding partition 0 "
+                            "of the group's tasks topic)", reason, topic, partition, offset)
             return
         if msg["type"] == "StartAnswer":
             waiting = self.answers.get(msg["dispatch_id"])
