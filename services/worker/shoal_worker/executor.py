@@ -152,6 +152,12 @@ class Attempt:
         else:
             script, argv = self.workdir / "task.sh", ["bash"]
             env = {**env, "BASH_ENV": str(self._exit_hook())}
+            if self.groups is not None and not d.get("outputs"):
+                # Before the process exists (see TaskGroups.expect); not one with
+                # outputs: they are parsed from its output, which dies with the worker.
+                self.groups.expect(d["dispatch_id"], {
+                    "instance_id": d["instance_id"], "task": d["task"],
+                    "attempt": d["attempt"], "exit": str(self.workdir / EXIT_FILE)})
         script.write_text(d["command"])
         log_path = self.workdir / "task.log"
         try:
@@ -195,13 +201,7 @@ class Attempt:
     def _started(self, pid: int) -> None:
         self.pid = pid
         if self.groups is not None:
-            d = self.dispatch
-            # What the next worker needs to report the end of a shell attempt whose worker
-            # died first (not one with outputs: they are parsed from its output).
-            ended = None if d["task_type"] == "python" or d.get("outputs") else {
-                "instance_id": d["instance_id"], "task": d["task"], "attempt": d["attempt"],
-                "exit": str(self.workdir / EXIT_FILE)}
-            self.groups.add(pid, d["dispatch_id"], ended)
+            self.groups.add(pid, self.dispatch["dispatch_id"])
 
     def _env(self) -> dict[str, str]:
         """The task's environment: an allow-list of the worker's (see prepare.task_env)."""

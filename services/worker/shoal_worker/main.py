@@ -456,8 +456,8 @@ class Worker:
             else:
                 end = TaskFailed(**fields, exit_code=outcome.exit_code, error=outcome.error)
             # Journaled before anything else can delay it (shipping the log's end).
-            self.groups.finish(attempt.pid, end.message_id, end.instance_id.encode(),
-                               codec.encode_command(end))
+            self.groups.finish(attempt.pid, d["dispatch_id"], end.message_id,
+                               end.instance_id.encode(), codec.encode_command(end))
             try:
                 await self.shippers[d["dispatch_id"]].close()
             except KafkaError as exc:
@@ -466,7 +466,7 @@ class Worker:
             self.groups.reported(end.message_id)
         finally:
             claim.close()
-            self.groups.remove(attempt.pid)
+            self.groups.remove(attempt.pid, d["dispatch_id"])
             self.running.pop(d["dispatch_id"], None)
             self.finished[d["dispatch_id"]] = None
             while len(self.finished) > 10_000:

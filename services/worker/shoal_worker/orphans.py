@@ -120,7 +120,8 @@ class TaskGroups:
         self.compose = compose
         self.path = self.dir / f"{os.getpid()}.json"
         self.groups: dict[int, tuple[int | None, str]] = {}
-        self.ended: dict[int, dict[str, Any]] = {}  # how to report a group's end
+        # Attempts starting or running here: how to report one's end (dispatch id ->).
+        self.attempts: dict[str, dict[str, Any]] = {}
         self.guard: subprocess.Popen[bytes] | None = None
         # End reports not yet acknowledged by the broker: message id -> (key, value).
         self.pending: dict[str, tuple[str, str]] = {}
@@ -139,29 +140,35 @@ class TaskGroups:
             start_new_session=True, close_fds=True)
         return killed
 
-    def add(self, pgid: int, dispatch_id: str, ended: dict[str, Any] | None = None) -> None:
+    def expect(self, dispatch_id: str, ended: dict[str, Any]) -> None:
+        """An attempt about to start (before its process exists: under load the process
+        may end before the worker records its group) and how to report its end."""
+        self.attempts[dispatch_id] = ended
+        self._save()
+
+    def add(self, pgid: int, dispatch_id: str) -> None:
         leader = start_time(pgid)
         self.groups[pgid] = (leader, dispatch_id)
-        if ended is not None:
-            self.ended[pgid] = ended
         self._tell(f"+ {pgid} {leader if leader is not None else '-'} {dispatch_id}\n")
         self._save()
 
-    def remove(self, pgid: int | None) -> None:
+    def remove(self, pgid: int | None, dispatch_id: str | None = None) -> None:
+        if dispatch_id is not None and self.attempts.pop(dispatch_id, None) is not None \
+                and (pgid is None or pgid not in self.groups):
+            self._save()
         if pgid is None or pgid not in self.groups:
             return
         del self.groups[pgid]
-        self.ended.pop(pgid, None)
         self._tell(f"- {pgid}\n")
         self._save()
 
-    def finish(self, pgid: int | None, message_id: str, key: bytes, value: bytes) -> None:
+    def finish(self, pgid: int | None, dispatch_id: str, message_id: str, key: bytes,
+               value: bytes) -> None:
         """The attempt's process ended: its group is gone, its end report is journaled
         until ``reported``."""
         if pgid is not None and self.groups.pop(pgid, None) is not None:
             self._tell(f"- {pgid}\n")
-        if pgid is not None:
-            self.ended.pop(pgid, None)
+        self.attempts.pop(dispatch_id, None)
         self.pending[message_id] = (key.decode(), value.decode())
         self._save()
 
@@ -205,7 +212,8 @@ class TaskGroups:
     def _save(self) -> None:
         data = {"pid": os.getpid(), "start": start_time(os.getpid()),
                 "worker_id": self.worker_id,
-                "groups": [[g, s, d, self.ended.get(g)] for g, (s, d) in self.groups.items()],
+                "groups": [[g, s, d] for g, (s, d) in self.groups.items()],
+                "attempts": [[d, e] for d, e in self.attempts.items()],
                 "pending": [[m, k, v] for m, (k, v) in self.pending.items()]}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -226,12 +234,12 @@ def reap_predecessors(directory: Path, adopt: dict[str, tuple[str, str]] | None 
             continue
         if pid == os.getpid() or (start_time(pid) is not None and start_time(pid) == started):
             continue  # that worker is alive (another worker sharing the data directory)
-        for pgid, leader, dispatch_id, *rest in data.get("groups", []):
-            ended = rest[0] if rest else None
+        for dispatch_id, ended in data.get("attempts", []):
             if adopt is not None and compose is not None and isinstance(ended, dict):
                 report = _ended(ended, str(dispatch_id), str(data.get("worker_id")), compose)
                 if report is not None:
                     adopt[report[0]] = (report[1], report[2])
+        for pgid, leader, dispatch_id in data.get("groups", []):
             if kill_group(int(pgid), leader, str(dispatch_id)):
                 killed += 1
                 log.warning("killed task group %s (dispatch %s) left by worker %s",
