@@ -96,6 +96,7 @@ class Worker:
         # before that may have been claimed by its previous owner.
         self.owned_since: dict[TopicPartition, float] = {}
         self.answers: dict[str, asyncio.Future[str | None]] = {}  # claims waiting
+        self.control_ready = asyncio.Event()  # reading worker-control (answers, kills)
         self.lag: dict[int, int] = {}
         self.slot_freed = asyncio.Event()
         self.polls = 0  # getmany calls (a busy worker keeps polling)
@@ -124,6 +125,10 @@ class Worker:
         await self._send_inherited(dict(self.groups.pending))
         await kafka.ensure_topics(s, [topic, s.commands_topic, s.dead_letters_topic,
                                       s.topic("worker-control")])
+        # An answer to a claim published before the control reader took its position at
+        # the end would be missed (and the claim asked again 10 s later).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.control_ready.wait(), 30.0)
         consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
         revoke = _Revoke(self)
         consumer.subscribe([topic], listener=revoke)
@@ -479,6 +484,7 @@ class Worker:
     async def control(self, stop: asyncio.Event) -> None:
         """Read every partition of worker-control from its end (kills are for now)."""
         consumer = await kafka.tail(self.settings, self.settings.topic("worker-control"))
+        self.control_ready.set()
         pacer = kafka.FetchPacer(consumer, self.settings)
         try:
             while not stop.is_set():
