@@ -4,6 +4,7 @@ with its reason (the error policy, ``shoal.infra.policy``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -224,3 +225,40 @@ async def test_a_message_of_a_future_schema_version_is_dead_lettered_with_the_re
     assert not (tmp_path / "future-dispatch-ran").exists()
     for p in stack.processes:
         assert p.alive(), f"{p.name} exited:\n{stack.logs()}"
+
+
+async def test_a_poison_control_message_is_dead_lettered_once_however_many_workers(
+        stack: Stack):
+    """Every worker reads every message of worker-control; only the one holding
+    partition 0 of its group's tasks topic dead-letters a bad one."""
+    stack.start("worker")
+    await stack.apply(ONE)
+
+    async def two_workers_own_the_partitions() -> bool:
+        r = await stack.request("GET", "/api/v1/cluster")
+        workers = [w for w in r.json()["workers"] if w["partitions"]] \
+            if r.status_code == 200 else []
+        owned = sorted(p for w in workers for p in w["partitions"])
+        return len(workers) == 2 and owned == [0, 1, 2, 3]
+    await eventually(two_workers_own_the_partitions, timeout=90,
+                     what="two workers sharing the tasks topic")
+    topic = f"{stack.prefix}.worker-control"
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
+    sent = []
+    try:
+        for p in sorted(await producer.partitions_for(topic)):
+            md = await producer.send_and_wait(topic, b"kill? " + str(p).encode(),
+                                              key=b"k", partition=p)
+            sent.append((p, md.offset))
+    finally:
+        await producer.stop()
+
+    async def letters() -> list[tuple[int, int]] | None:
+        got = [(d["partition"], d["offset"]) for d in await read_all(
+            stack.bootstrap, f"{stack.prefix}.dead-letters") if d.get("topic") == topic]
+        return got if set(sent) <= set(got) else None
+    await eventually(letters, timeout=60, what="the poison control messages")
+    await asyncio.sleep(3)  # both readers poll every 200 ms: a second letter would be in
+    got = await letters()
+    assert got is not None and sorted(got) == sorted(sent), got

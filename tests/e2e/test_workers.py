@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -14,6 +13,10 @@ from datetime import datetime
 import httpx
 import pytest
 
+from shoal.core.model import TaskSucceeded
+from shoal.infra import codec
+from shoal.infra.lifecycle import utcnow_iso
+from shoal_worker.main import report_id
 from tests.e2e.kafka_io import publish_with_librdkafka
 from tests.support import Stack, eventually
 
@@ -197,52 +200,87 @@ async def test_a_worker_started_before_anything_else_comes_up(broker: str, datab
         fresh.stop()
 
 
-async def test_a_short_attempt_reports_start_and_end_in_one_batch_a_long_one_does_not(
-        stack: Stack):
-    # One orchestrator batch is one transaction, and recorded_at is the transaction's time.
-    # A 1 s delay keeps "short" short however loaded the machine is.
-    next(p for p in stack.processes if p.name == "worker").stop()
-    stack.start("worker", SHOAL_WORKER_START_REPORT_DELAY="1")
-    await stack.apply({"name": "short-long", "tasks": [
-        {"name": "short", "command": "true"},
-        {"name": "long", "command": "sleep 2", "depends_on": ["short"]}]})
-    iid = await start(stack, "short-long")
-    run = await stack.wait_run(iid)
-    assert run["state"] == "succeeded"
-    at = {(e["type"], e["data"]["task"]): e["recorded_at"] for e in await stack.events(iid)
-          if e["type"] in ("TaskStarted", "TaskSucceeded")}
-    assert at[("TaskStarted", "short")] == at[("TaskSucceeded", "short")]
-    assert at[("TaskStarted", "long")] < at[("TaskSucceeded", "long")]
-
-
-async def test_a_worker_killed_before_reporting_a_start_leaves_the_dispatch_to_another(
-        bare_stack: Stack, tmp_path):
-    """The first worker takes the dispatch and starts the process, but holds back its start
-    report (a 30 s report delay) and is SIGKILLed: no start was reported, so there is no
-    lease to lapse. Its offset was not committed, so the next worker gets the dispatch."""
+async def test_a_successor_sends_the_end_report_a_killed_worker_journaled(bare_stack: Stack,
+                                                                          tmp_path):
+    """A worker SIGKILLed after its task's process ended but before the broker had the end
+    report leaves the report journaled in its task-groups file (written as the process
+    ends: tests/unit/test_worker_dispatches.py). The next worker starting on the machine
+    sends it as the dead worker's: the attempt succeeds once, it is not declared lost and
+    run again. (The long lease gives the successor all the time it needs; without the
+    journal the run would wait for the lease and retry.)"""
     stack = bare_stack
     stack.start("api")
     await eventually(stack._healthy, timeout=60, what="API up")
-    stack.start("orchestrator")
+    stack.start("orchestrator", SHOAL_LEASE_TIMEOUT="90")
     stack.start("projector")
-    first = stack.start("worker", SHOAL_WORKER_START_REPORT_DELAY="30")
-    marker = tmp_path / "first-pid"
-    await stack.apply({"name": "quiet-start", "tasks": [{"name": "only", "command":
-        f"if [ -f {marker} ]; then echo second; else echo $$ > {marker}; exec sleep 60; fi"}]})
-    iid = await start(stack, "quiet-start")
+    first = stack.start("worker")
+    effects = tmp_path / "effects.txt"
+    await stack.apply({"name": "journaled", "tasks": [{
+        "name": "only", "retries": 2, "retry_interval": 1,
+        "command": f'echo "$SHOAL_ATTEMPT" >> {effects}; exec sleep 600'}]})
+    iid = await start(stack, "journaled")
 
-    async def taken() -> bool:
-        return marker.exists() and bool(marker.read_text().strip())
-    await eventually(taken, timeout=60, what="the first worker running the task")
+    async def ran() -> bool:
+        return effects.exists() and await running_task(stack, iid, "only") is not None
+    await eventually(ran, timeout=60, what="the first worker running the task")
     first.kill9()
-    orphan = int(marker.read_text())
+    d = next(e["data"] for e in await stack.events(iid) if e["type"] == "TaskDispatched")
+    worker_id = first.env["SHOAL_WORKER_ID"]
+    end = TaskSucceeded(message_id=report_id(d["dispatch_id"], "finished", worker_id),
+                        instance_id=iid, sent_at=utcnow_iso(), task="only",
+                        attempt=d["attempt"], dispatch_id=d["dispatch_id"],
+                        worker_id=worker_id, exit_code=0)
+    journal = stack.workdir / "data" / "task-groups" / f"{first.pid}.json"
+    data = json.loads(journal.read_text())
+    data["pending"] = [[end.message_id, iid, codec.encode_command(end).decode()]]
+    journal.write_text(json.dumps(data))
+    stack.start("worker")
+    run = await stack.wait_run(iid, timeout=60)
+    assert run["state"] == "succeeded" and run["tasks"][-1]["attempt"] == 1
+    events = await stack.events(iid)
+    assert [e["data"]["worker_id"] for e in events if e["type"] == "TaskSucceeded"] == [
+        worker_id]
+    assert "TaskLost" not in {e["type"] for e in events}
+    assert effects.read_text().split() == ["1"]
+
+
+@pytest.mark.parametrize("who", ["successor", "sibling"])
+async def test_the_end_of_a_task_its_worker_never_saw_is_reported_by_the_next(
+        bare_stack: Stack, tmp_path, who: str):
+    """The task ends while its worker is stopped (SIGSTOP: it cannot see the end), then
+    the worker is SIGKILLed: the task's shell wrote its exit status on its way out, and
+    another worker on the machine (one starting after, or one already running) reports
+    the end as the dead worker's. The attempt succeeds once; it is not declared lost and
+    run again."""
+    stack = bare_stack
+    stack.start("api")
+    await eventually(stack._healthy, timeout=60, what="API up")
+    stack.start("orchestrator", SHOAL_LEASE_TIMEOUT="90")
+    stack.start("projector")
+    first = stack.start("worker")
+    effects = tmp_path / "effects.txt"
+    await stack.apply({"name": "unseen-end", "tasks": [{
+        "name": "only", "retries": 2, "retry_interval": 1,
+        "command": f'sleep 2; echo "$SHOAL_ATTEMPT" >> {effects}'}]})
+    iid = await start(stack, "unseen-end")
+    await eventually(lambda: running_task(stack, iid, "only"), timeout=60,
+                     what="the task running")
+    if who == "sibling":
+        stack.start("worker", SHOAL_WORKER_GROUP="elsewhere")  # gets none of the tasks
+        await asyncio.sleep(3)
+    os.kill(first.pid, signal.SIGSTOP)
     try:
-        second = stack.start("worker")
-        run = await stack.wait_run(iid, timeout=60)
-        assert run["state"] == "succeeded"
-        started = [e["data"]["worker_id"] for e in await stack.events(iid)
-                   if e["type"] == "TaskStarted"]
-        assert started == [second.env["SHOAL_WORKER_ID"]]
+        await eventually(lambda: asyncio.sleep(0, effects.exists()), timeout=30,
+                         what="the task's side effect")
+        await asyncio.sleep(0.5)  # its shell has exited
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(orphan, signal.SIGKILL)  # the first worker's child, in its own group
+        first.kill9()
+    if who == "successor":
+        stack.start("worker")
+    run = await stack.wait_run(iid, timeout=60)
+    assert run["state"] == "succeeded" and run["tasks"][-1]["attempt"] == 1
+    events = await stack.events(iid)
+    assert [e["data"]["worker_id"] for e in events if e["type"] == "TaskSucceeded"] == [
+        first.env["SHOAL_WORKER_ID"]]
+    assert "TaskLost" not in {e["type"] for e in events}
+    assert effects.read_text().split() == ["1"]

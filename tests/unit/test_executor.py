@@ -146,3 +146,20 @@ async def test_log_shipping_that_fails_for_long_never_blocks_the_task(tmp_path):
     await asyncio.wait_for(shipper.close(), 10)
     assert shipper.dropped > 0
     assert (a.workdir / "task.log").read_text().splitlines()[-1] == "done"
+
+
+async def test_a_shell_attempt_leaves_its_exit_status_and_nested_shells_do_not(tmp_path):
+    """The shell writes its exit status as it exits (for a worker killed before it saw
+    the end); a shell the task starts does not overwrite it, and a script that replaces
+    its shell (exec) leaves none."""
+    from shoal_worker.executor import EXIT_FILE
+
+    for i, (command, written) in enumerate([
+            ("bash -c 'exit 5'; exit 3", "3"), ("echo ok", "0"), ("exec true", None),
+            ('[ -z "$BASH_ENV" ] || exit 9; exit 0', "0")]):
+        a = Attempt(dispatch(command, task=f"t{i}"), tmp_path, dict(os.environ),
+                    keep_workdir="always")
+        await a.run()
+        exit_file = a.workdir / EXIT_FILE
+        assert (exit_file.read_text().strip() if exit_file.exists() else None) == written, \
+            command

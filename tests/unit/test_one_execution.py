@@ -1,5 +1,6 @@
 """One execution per attempt (core): a start from a worker that does not hold the attempt
-is answered with a kill to that worker, and its later reports are not accepted."""
+is answered with a kill to that worker, and its later reports are not accepted; a claim
+that waits for its answer is granted to the first claimant only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from shoal.core.model import (
     TaskStarted,
     TaskSucceeded,
 )
+from shoal.core.workflow import claim_refusal
 from tests.unit.test_workflow import Driver, chain, types
 
 
@@ -39,3 +41,27 @@ def test_a_second_workers_start_is_killed_and_its_success_not_accepted():
     assert types(_from(d, TaskStarted, "w1")) == ["InputRejected"]  # duplicate: no kill
     assert "TaskSucceeded" in types(_from(d, TaskSucceeded, "w1", exit_code=0))
     assert d.state("a") == "succeeded" and d.r.state is RunState.RUNNING
+
+
+def test_a_claim_is_granted_to_the_first_claimant_only():
+    """The orchestrator's answer to a claim that waits for it: the first claimant of an
+    attempt goes ahead; a later one (a redelivery, a dispatch sent twice) never runs it,
+    whether the attempt is held, finished or superseded."""
+    d = Driver(chain("a", "b"))
+    d.start()
+    t = d.r.tasks["a"]
+
+    def claim(worker: str, attempt: int | None = None) -> TaskStarted:
+        return TaskStarted(**d.msg(), task="a", attempt=attempt or t.attempt,
+                           dispatch_id=t.dispatch_id, worker_id=worker, claim=True)
+
+    first = claim("w1")
+    d.feed(first)
+    assert claim_refusal(d.r, first) is None
+    assert claim_refusal(d.r, claim("w1")) is None  # asked again by the holder
+    assert "held by worker w1" in (claim_refusal(d.r, claim("w2")) or "")
+    assert "superseded" in (claim_refusal(d.r, claim("w2", attempt=2)) or "")
+    assert "never dispatched" in (claim_refusal(None, claim("w2")) or "")
+    _from(d, TaskSucceeded, "w1", exit_code=0)
+    assert "succeeded" in (claim_refusal(d.r, claim("w1")) or "")
+    assert "succeeded" in (claim_refusal(d.r, claim("w2")) or "")

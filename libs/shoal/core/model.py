@@ -191,7 +191,12 @@ class TaskReport(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskStarted(TaskReport):
+    """The worker's claim of the attempt, sent before it runs anything. ``claim``: the
+    worker waits for the orchestrator's answer (it got a dispatch another worker may have
+    held, see ``shoal.core.workflow.claim_refusal``)."""
+
     type: ClassVar[str] = "TaskStarted"
+    claim: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

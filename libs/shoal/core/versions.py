@@ -38,6 +38,7 @@ COMMAND_MESSAGES = (
 OTHER_MESSAGES = (
     "DispatchTask",   # <prefix>.tasks.<group>
     "KillTask",       # <prefix>.worker-control
+    "StartAnswer",    # <prefix>.worker-control: the answer to a claim
     "Heartbeat",      # <prefix>.worker-heartbeats
     "TaskLogChunk",   # <prefix>.task-logs
     "Event",          # <prefix>.events: the envelope; its data has the event's own version

@@ -102,8 +102,8 @@ from shoal.core.render import references as all_references
 from shoal.core.timeexpr import TimeExpressionInvalid, expand_time, system_params
 
 __all__ = ["RUN_CONTROLS", "TASK_TABLE", "WORKFLOW_TABLE", "Context", "Decision",
-           "allowed_controls", "decide", "evolve", "evolve_all", "fold", "rejection",
-           "resolved_params"]
+           "allowed_controls", "claim_refusal", "decide", "evolve", "evolve_all", "fold",
+           "rejection", "resolved_params"]
 
 _ID_NAMESPACE = uuid.UUID("6f1c1c5e-3b1d-4f5e-9a56-5a0a1f0c7d10")
 CHILD_NAMESPACE = uuid.UUID("0c6b6a57-8f7e-4d0c-b2b5-9d5a7a1e2c44")
@@ -526,6 +526,23 @@ def _kill_if_stray(step: Step, inp: Input) -> None:
     step.emit(TaskKillRequested(at=step.ctx.now, task=inp.task, attempt=inp.attempt,
                                 dispatch_id=inp.dispatch_id, worker_id=inp.worker_id,
                                 reason=KillReason.STRAY.value))
+
+
+def claim_refusal(run: Run | None, claim: TaskStarted) -> str | None:
+    """The answer to a worker's claim, given the run as it is after the claim was decided:
+    None (go ahead) when that worker now holds the attempt, running; else why it must not
+    run it. A later claimant of an attempt already claimed, started or finished by another
+    is refused, so an attempt runs once however often its dispatch is delivered."""
+    t = run.tasks.get(claim.task) if run is not None else None
+    if t is None:
+        return f"task '{claim.task}' was never dispatched in this run"
+    if (claim.attempt, claim.dispatch_id) != (t.attempt, t.dispatch_id):
+        return f"attempt {claim.attempt} of '{claim.task}' is superseded (now {t.attempt})"
+    if t.state is not TaskState.RUNNING:
+        return f"attempt {t.attempt} of '{claim.task}' is {t.state.value}"
+    if t.worker_id != claim.worker_id:
+        return f"attempt {t.attempt} of '{claim.task}' is held by worker {t.worker_id}"
+    return None
 
 
 def _t_started(step: Step, t: TaskRun, r: TaskReport) -> None:

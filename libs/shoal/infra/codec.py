@@ -130,7 +130,7 @@ def decode_command(value: bytes | None) -> Command:
     report = {**common, "task": obj["task"], "attempt": obj["attempt"],
               "dispatch_id": obj["dispatch_id"], "worker_id": obj["worker_id"]}
     if kind == "TaskStarted":
-        return TaskStarted(**report)
+        return TaskStarted(**report, claim=bool(obj.get("claim")))
     if kind == "TaskSucceeded":
         return TaskSucceeded(**report, exit_code=obj["exit_code"],
                              outputs=dict(obj.get("outputs") or {}))
@@ -175,4 +175,6 @@ def encode_command(cmd: Command) -> bytes:
             obj.update(exit_code=cmd.exit_code, outputs=dict(cmd.outputs))
         elif isinstance(cmd, TaskFailed | TaskKilled):
             obj.update(exit_code=cmd.exit_code, error=cmd.error)
+        elif isinstance(cmd, TaskStarted) and cmd.claim:
+            obj.update(claim=True)
     return dumps(obj)

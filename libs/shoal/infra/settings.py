@@ -42,9 +42,9 @@ class Settings(BaseSettings):
     worker_heartbeat_interval: float = 2.0
     lease_timeout: float = 6.0
     worker_id: str | None = None
-    # An attempt that ends within this many seconds reports its start and end together
-    # (one orchestrator batch); a longer one reports its start after this delay.
-    worker_start_report_delay: float = 0.02
+    # A dispatch sent before (this many seconds after) the worker got its partition may
+    # have been claimed by the partition's previous owner: the worker asks before running it.
+    worker_claim_skew: float = 5.0
     data_dir: Path = Path(".shoal")
     # How long the broker may hold a fetch: while records flow, consumers on the path of
     # a hop use the short wait; when quiet it grows towards the long one (FetchPacer).

@@ -38,6 +38,7 @@ from shoal.core.model import (
     TaskKilled,
     TaskKilledEvent,
     TaskKillRequested,
+    TaskStarted,
     TaskState,
     TaskSucceeded,
     TaskSucceededEvent,
@@ -57,7 +58,7 @@ from shoal.core.model import (
     event_from_data,
 )
 from shoal.core.snapshot import snapshot_due
-from shoal.core.workflow import Context, decide, evolve
+from shoal.core.workflow import Context, claim_refusal, decide, evolve
 from shoal.infra import codec
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.policy import is_transient, reason_of
@@ -255,10 +256,12 @@ class BatchHandler:
                 if decision.dead_letter:
                     dead.append((rec, decision.dead_letter))
                     outbox.extend(self._child_not_started(cmd, decision.dead_letter))
+                    outbox.extend(self._answer(cmd, None))
                     continue
                 new = run
                 for e in decision.events:
                     new = evolve(new, e, instance_id=cmd.instance_id)
+                outbox.extend(self._answer(cmd, new))
             except Exception as exc:
                 if is_transient(exc):
                     raise  # the whole batch is retried: an accepted command is never lost
@@ -367,6 +370,19 @@ class BatchHandler:
                 rows.extend(self._tell_parent(run, e))
         return rows
 
+    def _answer(self, cmd: Command, run: Run | None) -> list[OutboxRow]:
+        """A claim (a TaskStarted whose worker waits before running it) is answered on
+        worker-control, in the same commit as its decision: go ahead, or never run it."""
+        if not isinstance(cmd, TaskStarted) or not cmd.claim:
+            return []
+        refusal = claim_refusal(run, cmd)
+        return [OutboxRow(self.settings.topic("worker-control"), cmd.instance_id.encode(),
+                          codec.message("StartAnswer", {
+            "type": "StartAnswer", "message_id": f"{cmd.message_id}/answer",
+            "instance_id": cmd.instance_id, "task": cmd.task, "attempt": cmd.attempt,
+            "dispatch_id": cmd.dispatch_id, "worker_id": cmd.worker_id,
+            "granted": refusal is None, "reason": refusal, "sent_at": utcnow_iso()}))]
+
     def _dispatch_row(self, instance_id: str, run: Run, e: TaskDispatched,
                       now: str) -> OutboxRow:
         return OutboxRow(self.settings.tasks_topic(e.worker_group), instance_id.encode(),
@@ -377,7 +393,10 @@ class BatchHandler:
             "task_type": e.task_type, "worker_group": e.worker_group,
             "command": e.command, "env": dict(e.env), "outputs": list(e.outputs),
             "priority": e.priority, "schedule_time": run.schedule_time,
-            "spec": dict(e.spec) if e.spec else None}))
+            "spec": dict(e.spec) if e.spec else None,
+            # This orchestrator answers claims (StartAnswer): a worker may ask before
+            # running it. Releases before 0.2.0 did not; their dispatches say nothing.
+            "answers_claims": True}))
 
     async def unstarted_dispatches(self) -> list[OutboxRow]:
         """After the broker lost data: the dispatch of every worker attempt of the runs

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -33,6 +34,8 @@ LineSink = Callable[[list[tuple[str, str]]], Awaitable[None]]
 Say = Callable[[str], Awaitable[None]]
 # An sql or http attempt run in the worker's loop: given ``say`` and the rendered spec.
 InLoop = Callable[[Say, dict[str, Any]], Awaitable["Outcome"]]
+# Awaited before anything of the attempt runs: None to go ahead, else why it must not.
+Gate = Callable[[], Awaitable[str | None]]
 
 
 @dataclass(slots=True)
@@ -41,12 +44,15 @@ class Outcome:
     outputs: dict[str, str] = field(default_factory=dict)
     error: str = ""
     killed: bool = False
+    refused: bool = False  # never ran: its claim was refused
 
 
 def exit_code_of(returncode: int) -> int:
     """Map asyncio's negative 'killed by signal N' to the shell's 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
 
+
+EXIT_FILE = ".shoal-exit"  # in the attempt's working directory: its shell's exit status
 
 KILLED_CODES = {128 + signal.SIGKILL: "SIGKILL", 128 + signal.SIGTERM: "SIGTERM"}
 
@@ -68,7 +74,8 @@ class Attempt:
                  run_as: str | None = None,
                  in_loop: InLoop | None = None,
                  warm: WarmPython | None = None, code_path: tuple[str, ...] = (),
-                 received_at: float | None = None, groups: TaskGroups | None = None) -> None:
+                 received_at: float | None = None, groups: TaskGroups | None = None,
+                 gate: Gate | None = None) -> None:
         self.dispatch = dispatch
         self.workdir = (data_dir / "work" / dispatch["instance_id"] / dispatch["task"]
                         / str(dispatch["attempt"]))
@@ -86,6 +93,8 @@ class Attempt:
         self.pid: int | None = None  # leader of the attempt's process group once started
         self.prepared = Prepared(dispatch)  # rendered at run time, with its secrets
         self.groups = groups  # the worker's task groups, killed if the worker dies
+        self.gate = gate
+        self.cleared = gate is None  # past its gate: it runs (or ran) here
 
     async def run(self) -> Outcome:
         """Render the dispatch (secrets resolved), run it, and keep its secrets out of what
@@ -94,6 +103,9 @@ class Attempt:
         try:
             self.prepared = prepare(self.dispatch, Secrets(self.base_env))
         except (SecretMissing, RenderError) as exc:
+            refused = await self._through_gate()
+            if refused is not None:
+                return refused
             error = f"could not start: {exc}"
             if self.on_lines is not None:
                 await self.on_lines([(datetime.now(UTC).isoformat(), f"ERROR: {error}")])
@@ -105,11 +117,27 @@ class Attempt:
             async def masked(lines: list[tuple[str, str]]) -> None:
                 await ship([(stamp, prepared.mask(ln)) for stamp, ln in lines])
             self.on_lines = masked
+        refused = await self._through_gate()
+        if refused is not None:
+            return refused
+        if self.killed_for is not None:  # killed while it waited: never start it
+            return self._finish(Outcome(exit_code=None, error=f"killed ({self.killed_for})",
+                                        killed=True))
         outcome = await self._run()
         if prepared.secrets:
             outcome.error = prepared.mask(outcome.error)
             outcome.outputs = {k: prepared.mask(v) for k, v in outcome.outputs.items()}
         return outcome
+
+    async def _through_gate(self) -> Outcome | None:
+        """Wait at the gate (the worker's claim); the outcome of a refused attempt."""
+        if self.gate is not None:
+            refusal = await self.gate()
+            if refusal is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                return Outcome(exit_code=None, error=refusal, refused=True)
+        self.cleared = True
+        return None
 
     async def _run(self) -> Outcome:
         d = self.prepared.dispatch
@@ -123,6 +151,13 @@ class Attempt:
             script, argv = self.workdir / "task.py", [sys.executable]
         else:
             script, argv = self.workdir / "task.sh", ["bash"]
+            env = {**env, "BASH_ENV": str(self._exit_hook())}
+            if self.groups is not None and not d.get("outputs"):
+                # Before the process exists (see TaskGroups.expect); not one with
+                # outputs: they are parsed from its output, which dies with the worker.
+                self.groups.expect(d["dispatch_id"], {
+                    "instance_id": d["instance_id"], "task": d["task"],
+                    "attempt": d["attempt"], "exit": str(self.workdir / EXIT_FILE)})
         script.write_text(d["command"])
         log_path = self.workdir / "task.log"
         try:
@@ -150,6 +185,18 @@ class Attempt:
 
     def _mask(self) -> Callable[[str], str] | None:
         return self.prepared.mask if self.prepared.secrets else None
+
+    def _exit_hook(self) -> Path:
+        """A file bash sources before the task's script (``BASH_ENV``): it unsets
+        BASH_ENV (shells the task starts do not read it) and sets an EXIT trap that writes
+        the shell's exit status to :data:`EXIT_FILE`. A worker killed after the task ended
+        but before it saw the end leaves that file for the next worker on the machine,
+        which reports the end (see ``shoal_worker.orphans``). A script that replaces its
+        shell (``exec``) or sets its own EXIT trap writes none: its attempt is retried."""
+        hook: Path = self.workdir / ".shoal-exit.sh"
+        record = "echo $? > " + shlex.quote(str(self.workdir / EXIT_FILE))
+        hook.write_text(f"unset BASH_ENV\ntrap {shlex.quote(record)} EXIT\n")
+        return hook
 
     def _started(self, pid: int) -> None:
         self.pid = pid

@@ -2,9 +2,17 @@
 
 Dispatches are fetched into a small buffer (``SHOAL_WORKER_PREFETCH``) and started most
 urgent first (workflow priority, then task priority, then arrival). A partition's offset
-is committed only below its oldest dispatch not yet started, so a worker that dies
+is committed only below its oldest dispatch not yet claimed, so a worker that dies
 loses nothing it had not started: those dispatches are redelivered to another worker.
 When slots and buffer are full the worker pauses its partitions instead of rejecting.
+
+One execution per attempt: nothing of an attempt runs before its claim (its TaskStarted)
+is on the broker. Any later claim of the same attempt (a redelivery to another worker, a
+dispatch the outbox sent twice) comes after it on the instance's partition, and the
+orchestrator refuses it. A worker that may be such a later claimant (the dispatch was on
+the broker before this worker owned its partition) waits for the orchestrator's answer
+before running it. An attempt's end report is journaled (see ``shoal_worker.orphans``)
+until the broker has it, so a worker killed in between has its successor send it.
 
 Kills arrive on ``<prefix>.worker-control``, which every worker reads in full (assigned,
 not in a group). A kill ends the attempt's whole process group (SIGTERM, then SIGKILL
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -36,7 +45,7 @@ from shoal.core.model import TaskFailed, TaskKilled, TaskStarted, TaskSucceeded
 from shoal.infra import codec, kafka, metrics, policy
 from shoal.infra.lifecycle import run_service, setup_logging, utcnow_iso
 from shoal.infra.settings import Settings
-from shoal_worker.executor import Attempt, InLoop, Outcome
+from shoal_worker.executor import Attempt, InLoop, Outcome, describe_exit
 from shoal_worker.inloop import run_http, run_sql
 from shoal_worker.logship import LogShipper
 from shoal_worker.orphans import TaskGroups
@@ -46,6 +55,7 @@ from shoal_worker.warm import WarmPython
 log = logging.getLogger("shoal.worker")
 _REPORT_NS = uuid.UUID("1b6c7e0a-53a2-4c55-8f4e-2f1d8c3e9b21")
 RESEND_WINDOW = 120.0  # seconds of reports sent again after the broker lost data
+CLAIM_AGAIN = 10.0  # seconds a claim waits for its answer before it is sent again
 
 
 def report_id(dispatch_id: str, kind: str, worker_id: str) -> str:
@@ -64,6 +74,7 @@ class Pending:
     offset: int = field(compare=False)
     dispatch: dict[str, Any] = field(compare=False)
     received_at: float = field(compare=False, default=0.0)
+    ask: bool = field(compare=False, default=True)  # wait for the orchestrator's answer
 
 
 class Worker:
@@ -81,6 +92,11 @@ class Worker:
         self.committed: dict[TopicPartition, int] = {}
         self._seq = itertools.count()
         self.partitions: set[int] = set()  # of the group's tasks topic, owned now
+        # Since when (wall clock) each partition is ours without a break: a dispatch sent
+        # before that may have been claimed by its previous owner.
+        self.owned_since: dict[TopicPartition, float] = {}
+        self.answers: dict[str, asyncio.Future[str | None]] = {}  # claims waiting
+        self.control_ready = asyncio.Event()  # reading worker-control (answers, kills)
         self.lag: dict[int, int] = {}
         self.slot_freed = asyncio.Event()
         self.polls = 0  # getmany calls (a busy worker keeps polling)
@@ -98,19 +114,21 @@ class Worker:
         self.queued: set[str] = set()
         self.loss = kafka.LossWatch()
         self.dead = policy.DeadLetters(producer, settings.dead_letters_topic, "worker")
-        self.groups = TaskGroups(settings.data_dir, self.worker_id)
+        self.groups = TaskGroups(settings.data_dir, self.worker_id, compose=self._end_of)
         self.finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ dispatches
     async def consume(self, stop: asyncio.Event) -> None:
         s = self.settings
         topic = s.tasks_topic(s.worker_group)
-        killed = self.groups.start()
-        if killed:
-            log.warning("killed %d task process groups left by a worker that died here",
-                        killed)
+        self.groups.start()
+        await self._send_inherited(dict(self.groups.pending))
         await kafka.ensure_topics(s, [topic, s.commands_topic, s.dead_letters_topic,
                                       s.topic("worker-control")])
+        # An answer to a claim published before the control reader took its position at
+        # the end would be missed (and the claim asked again 10 s later).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.control_ready.wait(), 30.0)
         consumer = kafka.consumer(s, group_id=f"{s.topic_prefix}.workers.{s.worker_group}")
         revoke = _Revoke(self)
         consumer.subscribe([topic], listener=revoke)
@@ -153,6 +171,49 @@ class Worker:
             await self.warm.close()
             self.groups.close()
 
+    @staticmethod
+    def _end_of(ended: dict[str, Any], code: int) -> tuple[str, str, str]:
+        """The end report of a dead worker's shell attempt whose exit status the shell
+        wrote: what that worker would have sent (same message id)."""
+        fields = {"message_id": report_id(ended["dispatch_id"], "finished", ended["worker_id"]),
+                  "instance_id": ended["instance_id"], "sent_at": utcnow_iso(),
+                  "task": ended["task"], "attempt": int(ended["attempt"]),
+                  "dispatch_id": ended["dispatch_id"], "worker_id": ended["worker_id"]}
+        end: TaskSucceeded | TaskFailed = (
+            TaskSucceeded(**fields, exit_code=0) if code == 0 else
+            TaskFailed(**fields, exit_code=code, error=describe_exit(code)))
+        return end.message_id, end.instance_id, codec.encode_command(end).decode()
+
+    async def _send_inherited(self, reports: dict[str, tuple[str, str]]) -> None:
+        """End reports a worker that died here journaled and never got onto the broker:
+        sent now, as that worker's (same message ids, so a report it did send counts
+        once), before its attempts' leases lapse and they are retried."""
+        if reports:
+            log.warning("sending %d end reports of a worker that died here", len(reports))
+
+        async def send(message_id: str, key: str, value: str) -> None:
+            log.info("sending a dead worker's end report %s", message_id,
+                     extra={"instance_id": key})
+            await kafka.send_reliably(self.producer, self.settings.commands_topic,
+                                      value.encode(), key.encode())
+            self.groups.reported(message_id)
+        # All at once: they race the dead worker's leases.
+        await asyncio.gather(*(send(m, k, v) for m, (k, v) in reports.items()))
+
+    async def siblings(self, stop: asyncio.Event) -> None:
+        """Twice a second: the journaled end reports of a worker sharing the data
+        directory that died (see ``_send_inherited``); its leases lapse within
+        SHOAL_LEASE_TIMEOUT, often sooner than a successor starts."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            if self.groups.guard is None:
+                continue  # not started yet: its start adopts them
+            try:
+                await self._send_inherited(self.groups.adopt())
+            except (OSError, KafkaError) as exc:
+                log.warning("could not send a dead worker's end reports: %r", exc)
+
     async def _after_loss(self, lost: list[TopicPartition]) -> None:
         """The broker lost data (its topics were recreated): offsets of the lost
         partitions mean nothing now, and reports it had acknowledged may be gone — send
@@ -192,8 +253,11 @@ class Worker:
             await self.dead.send(f"invalid dispatch: {policy.reason_of(exc)}", topic=tp.topic,
                                  partition=tp.partition, offset=offset, key=key, value=value)
             return
-        if d["dispatch_id"] in self.queued or d["dispatch_id"] in self.finished:
-            return  # re-issued after a broker loss: already here
+        if d["dispatch_id"] in self.queued or d["dispatch_id"] in self.running or \
+                d["dispatch_id"] in self.finished:
+            # Sent again (by an orchestrator that died between the outbox relay's send and
+            # delete, or after a broker loss) or redelivered: already here.
+            return
         too_old = self._too_old(d)
         if too_old:
             # Replayed (expired offsets) or held up past any retry interval: never run
@@ -208,7 +272,28 @@ class Worker:
         self.queued.add(d["dispatch_id"])
         self.unstarted.setdefault(tp, set()).add(offset)
         heapq.heappush(self.queue, Pending(int(d.get("priority", 0)), next(self._seq), tp,
-                                           offset, d, time.monotonic()))
+                                           offset, d, time.monotonic(),
+                                           ask=self._may_be_held(tp, d)))
+
+    def _may_be_held(self, tp: TopicPartition, d: dict[str, Any]) -> bool:
+        """Was the dispatch on the broker before this worker owned its partition? Then
+        its previous owner may have claimed (and run) it: ask before running it. Judged by
+        its sent_at, allowing SHOAL_WORKER_CLAIM_SKEW seconds of clock difference. Only
+        an orchestrator that answers claims (0.2.0 on) says so in its dispatches; one of an
+        earlier release would leave the question unanswered, so its dispatches run as that
+        release ran them (during a rolling upgrade)."""
+        if not d.get("answers_claims"):
+            return False
+        since = self.owned_since.get(tp)
+        try:
+            sent = datetime.fromisoformat(d["sent_at"])
+        except ValueError:
+            return True
+        if since is None:
+            return True
+        if sent.tzinfo is None:
+            sent = sent.replace(tzinfo=UTC)
+        return sent.timestamp() < since + self.settings.worker_claim_skew
 
     def _too_old(self, d: dict[str, Any]) -> str | None:
         """Why the dispatch is past SHOAL_DISPATCH_HORIZON_S, or None."""
@@ -232,32 +317,31 @@ class Worker:
             p = heapq.heappop(self.queue)
             d = p.dispatch
             self.queued.discard(d["dispatch_id"])
-            if d["dispatch_id"] in self.running:
+            if d["dispatch_id"] in self.running or d["dispatch_id"] in self.finished:
                 self.unstarted.get(p.tp, set()).discard(p.offset)
-                continue  # redelivered while still running here
+                continue  # a second copy, queued while the first ran here
             shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
+            # The dispatch's offset is committed only once its claim is on the broker: a
+            # worker killed before that leaves it to be redelivered, not a dispatched
+            # attempt nobody runs (there is no lease before a start).
+            claim = _Claim(self, TaskStarted(**self._fields(d, "started"), claim=p.ask),
+                           on_sent=functools.partial(self._started, p.tp, p.offset))
             attempt = Attempt(d, self.settings.data_dir, self.base_env, on_lines=shipper.add,
                               keep_workdir=self.settings.worker_keep_workdir,
                               run_as=self.settings.worker_run_as, in_loop=self._in_loop(d),
                               warm=self.warm if self.settings.worker_warm_python or
                               "function" in (d.get("spec") or {}) else None,
                               code_path=self.code_path, received_at=p.received_at,
-                              groups=self.groups)
+                              groups=self.groups, gate=claim.granted)
             self.shippers[d["dispatch_id"]] = shipper
             self.running[d["dispatch_id"]] = attempt
             metrics.WORKER_BUSY.labels(self.settings.worker_group).set(len(self.running))
-            # The dispatch's offset is committed only once its start is on the broker: a
-            # worker killed before that leaves it to be redelivered, not a dispatched
-            # attempt nobody runs (there is no lease before a start).
-            started = _StartReport(self, TaskStarted(**self._fields(d, "started")),
-                                   self.settings.worker_start_report_delay,
-                                   on_sent=functools.partial(self._started, p.tp, p.offset))
-            t = asyncio.create_task(self._run(attempt, started))
+            t = asyncio.create_task(self._run(attempt, claim))
             self.tasks.add(t)
             t.add_done_callback(self.tasks.discard)
 
     def _started(self, tp: TopicPartition, offset: int) -> None:
-        """The attempt's start is on the broker: its dispatch's offset may be committed,
+        """The attempt's claim is on the broker: its dispatch's offset may be committed,
         at once (not at the loop's next turn): the shorter the time a reported dispatch's
         offset stays uncommitted, the fewer finished attempts a worker's death hands to
         another worker to run again."""
@@ -351,7 +435,7 @@ class Worker:
         self.queue = [p for p in self.queue if p.tp not in gone]
         heapq.heapify(self.queue)
 
-    async def _run(self, attempt: Attempt, started: _StartReport) -> None:
+    async def _run(self, attempt: Attempt, claim: _Claim) -> None:
         d = attempt.dispatch
         try:
             try:
@@ -361,10 +445,14 @@ class Worker:
                               extra={"instance_id": d["instance_id"], "task": d["task"],
                                      "attempt": d["attempt"], "dispatch_id": d["dispatch_id"]})
                 outcome = Outcome(exit_code=None, error=f"worker error: {exc!r}")
-            try:
-                await self.shippers[d["dispatch_id"]].close()
-            except KafkaError as exc:
-                log.warning("could not ship the end of the log: %r", exc)
+            if outcome.refused:
+                # Another worker claimed it first (or it is over): it never ran here, and
+                # there is nothing to report.
+                log.info("not running %s attempt %s: %s", d["task"], d["attempt"],
+                         outcome.error, extra={"instance_id": d["instance_id"],
+                                               "task": d["task"], "attempt": d["attempt"],
+                                               "dispatch_id": d["dispatch_id"]})
+                return
             fields = self._fields(d, "finished")
             metrics.ATTEMPTS.labels(self.settings.worker_group, "killed" if outcome.killed
                                     else "succeeded" if outcome.exit_code == 0
@@ -376,9 +464,18 @@ class Worker:
                 end = TaskSucceeded(**fields, exit_code=0, outputs=outcome.outputs)
             else:
                 end = TaskFailed(**fields, exit_code=outcome.exit_code, error=outcome.error)
-            await started.then(end)
+            # Journaled before anything else can delay it (shipping the log's end).
+            self.groups.finish(attempt.pid, d["dispatch_id"], end.message_id,
+                               end.instance_id.encode(), codec.encode_command(end))
+            try:
+                await self.shippers[d["dispatch_id"]].close()
+            except KafkaError as exc:
+                log.warning("could not ship the end of the log: %r", exc)
+            await claim.then(end)
+            self.groups.reported(end.message_id)
         finally:
-            self.groups.remove(attempt.pid)
+            claim.close()
+            self.groups.remove(attempt.pid, d["dispatch_id"])
             self.running.pop(d["dispatch_id"], None)
             self.finished[d["dispatch_id"]] = None
             while len(self.finished) > 10_000:
@@ -391,6 +488,7 @@ class Worker:
     async def control(self, stop: asyncio.Event) -> None:
         """Read every partition of worker-control from its end (kills are for now)."""
         consumer = await kafka.tail(self.settings, self.settings.topic("worker-control"))
+        self.control_ready.set()
         pacer = kafka.FetchPacer(consumer, self.settings)
         try:
             while not stop.is_set():
@@ -406,13 +504,26 @@ class Worker:
     async def _on_control(self, value: bytes | None, where: tuple[str, int, int] = ("", 0, 0),
                           key: bytes | None = None) -> None:
         try:
-            msg = codec.accept("topics", "KillTask",
-                               codec.decode_object(value, "a control message"))
+            msg = codec.decode_object(value, "a control message")
+            msg = codec.accept("topics", "StartAnswer" if msg.get("type") == "StartAnswer"
+                               else "KillTask", msg)
         except Exception as exc:  # noqa: BLE001 - the error policy decides
             topic, partition, offset = where
-            await self.dead.send(f"invalid control message: {policy.reason_of(exc)}",
-                                 topic=topic, partition=partition, offset=offset, key=key,
-                                 value=value)
+            reason = f"invalid control message: {policy.reason_of(exc)}"
+            if 0 in self.partitions:
+                # Every worker reads every control message: one dead letter is enough, by
+                # the worker that holds partition 0 of its group's tasks topic.
+                await self.dead.send(reason, topic=topic, partition=partition,
+                                     offset=offset, key=key, value=value)
+            else:
+                log.warning("%s (%s:%d@%d; dead-lettered by the worker holding partition 0 "
+                            "of the group's tasks topic)", reason, topic, partition, offset)
+            return
+        if msg["type"] == "StartAnswer":
+            waiting = self.answers.get(msg["dispatch_id"])
+            if msg["worker_id"] == self.worker_id and waiting and not waiting.done():
+                waiting.set_result(None if msg["granted"] else
+                                   f"claim refused: {msg.get('reason') or 'no reason given'}")
             return
         target = msg.get("worker_id")
         if target not in (None, self.worker_id):
@@ -452,7 +563,7 @@ class Worker:
                     "host": socket.gethostname(), "pid": os.getpid(), "slots": s.worker_slots,
                     "running": [{k: a.dispatch[k] for k in
                                  ("instance_id", "task", "attempt", "dispatch_id")}
-                                for a in self.running.values()],
+                                for a in self.running.values() if a.cleared],
                     "sent_at": utcnow_iso(), "stopping": stop.is_set(),
                     "partitions": sorted(self.partitions),
                     "lag": {str(p): n for p, n in sorted(self.lag.items())}}
@@ -474,19 +585,6 @@ class Worker:
                 "attempt": d["attempt"], "dispatch_id": d["dispatch_id"],
                 "worker_id": self.worker_id}
 
-    async def _report_both(self, first: TaskStarted,
-                           second: TaskSucceeded | TaskFailed | TaskKilled) -> None:
-        """Start and end of a short attempt in one produce request, so the orchestrator
-        usually takes them in one batch (one commit, one relay pass instead of two)."""
-        topic, key = self.settings.commands_topic, first.instance_id.encode()
-        try:
-            sent = [await self.producer.send(topic, self._remember(c), key=key)
-                    for c in (first, second)]
-            await asyncio.gather(*sent)
-        except KafkaError:  # deterministic message ids: sending again is harmless
-            await self._report(first)
-            await self._report(second)
-
     async def _report(self, cmd: TaskStarted | TaskSucceeded | TaskFailed | TaskKilled) -> None:
         # Reports carry deterministic message ids, so a retried send is harmless; if the
         # broker stays away past the retry window the lease machinery recovers the attempt.
@@ -505,51 +603,70 @@ class Worker:
             await asyncio.wait(pending, timeout=10)
 
 
-class _StartReport:
-    """An attempt's TaskStarted, sent ``delay`` seconds after the start unless the attempt
-    ends first: then start and end go together. The end is always sent after the start
-    was acknowledged (or with it), so the two stay in order on the partition."""
+class _Claim:
+    """An attempt's TaskStarted: its claim, sent at once. The attempt may run once the
+    claim is on the broker and, when the worker asks (``cmd.claim``), once the
+    orchestrator granted it; its end is reported after the claim."""
 
-    def __init__(self, worker: Worker, cmd: TaskStarted, delay: float,
+    def __init__(self, worker: Worker, cmd: TaskStarted,
                  on_sent: Callable[[], None] = lambda: None) -> None:
         self.worker = worker
         self.cmd = cmd
         self.on_sent = on_sent
-        self.ended = asyncio.Event()
-        self.task = asyncio.create_task(self._later(delay))
+        self.answer: asyncio.Future[str | None] | None = None
+        if cmd.claim:
+            self.answer = asyncio.get_running_loop().create_future()
+            worker.answers[cmd.dispatch_id] = self.answer
+        self.task = asyncio.create_task(self._send())
 
-    async def _later(self, delay: float) -> bool:
-        """True when it sent the start by itself."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ended.wait(), delay)
-        if self.ended.is_set():
-            return False
-        try:
-            await self.worker._report(self.cmd)
-        except KafkaError as exc:
-            # Not on the broker: the dispatch's offset stays uncommitted (a worker dying
-            # now leaves it to be redelivered) and the start goes again with the end.
-            log.warning("could not report the start of %s: %r", self.cmd.task, exc)
-            return False
+    async def _send(self) -> None:
+        while True:
+            try:
+                await self.worker._report(self.cmd)
+                break
+            except KafkaError as exc:
+                # Not on the broker: nothing runs, and the dispatch's offset stays
+                # uncommitted (a worker dying now leaves it to be redelivered).
+                log.warning("could not send the claim of %s: %r; trying again",
+                            self.cmd.task, exc)
+                await asyncio.sleep(1.0)
         self.on_sent()
-        return True
+
+    async def granted(self) -> str | None:
+        """None once the attempt may run; else why it must not."""
+        await asyncio.shield(self.task)
+        if self.answer is None:
+            return None
+        for n in itertools.count(1):
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(self.answer), CLAIM_AGAIN)
+            # No answer yet (the orchestrator is away, or the answer was lost): ask again,
+            # with a new message id; the orchestrator answers from the attempt's state.
+            again = dataclasses.replace(self.cmd, sent_at=utcnow_iso(), message_id=report_id(
+                self.cmd.dispatch_id, f"started/{n}", self.worker.worker_id))
+            with contextlib.suppress(KafkaError):
+                await self.worker._report(again)
+        raise AssertionError("unreachable")
 
     async def then(self, end: TaskSucceeded | TaskFailed | TaskKilled) -> None:
-        self.ended.set()
-        if await self.task:
-            await self.worker._report(end)
-        else:
-            await self.worker._report_both(self.cmd, end)
-            self.on_sent()
+        await asyncio.shield(self.task)
+        await self.worker._report(end)
+
+    def close(self) -> None:
+        if self.answer is not None and \
+                self.worker.answers.get(self.cmd.dispatch_id) is self.answer:
+            del self.worker.answers[self.cmd.dispatch_id]
 
 
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.consumer: AIOKafkaConsumer | None = None
+        self.revoked: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.worker.partitions -= {tp.partition for tp in revoked}
+        self.revoked = set(revoked)
         if self.consumer is not None:
             await self.worker.hand_over(self.consumer, list(revoked))
         else:
@@ -557,6 +674,14 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.worker.partitions |= {tp.partition for tp in assigned}
+        # A partition revoked and given back in the same rebalance was nobody else's.
+        now, since = time.time(), self.worker.owned_since
+        for tp in set(since) - set(assigned):
+            del since[tp]
+        for tp in assigned:
+            if tp not in since or tp not in self.revoked:
+                since[tp] = now
+        self.revoked = set()
 
 
 async def main(settings: Settings) -> None:
@@ -568,6 +693,7 @@ async def main(settings: Settings) -> None:
                   settings.dead_letters_topic, settings.topic("worker-control"),
                   settings.topic("worker-heartbeats"), settings.topic("task-logs")]
         await run_service("worker", [worker.consume, worker.control, worker.heartbeat,
+                                     worker.siblings,
                                      lambda stop: kafka.keep_topics(settings, topics, stop),
                                      lambda stop: metrics.serve(settings, "worker", stop)],
                           grace=45.0)

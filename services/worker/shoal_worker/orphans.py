@@ -13,6 +13,16 @@ when its worker dies, however it dies (SIGKILL, OOM killer, a crash):
    starting on the machine kills the groups listed by every predecessor that is no longer
    alive (a guard killed with its worker, a machine-wide kill) and removes its file.
 
+The same file journals each attempt's end report from the moment the worker saw its
+process end until the broker acknowledged the report; a shell attempt's own exit status
+is also in its working directory the moment its shell exits (``executor.EXIT_FILE``), for
+an end the worker did not see yet. A worker killed in between leaves it there; the next
+worker starting on the machine adopts it and sends it (the report keeps its message id and
+the dead worker's id, so the orchestrator takes it as the holder's, once): the attempt
+counts as finished instead of being retried, and its side effect happens once. Written
+without fsync: it covers the death of the worker process; a machine that goes down takes
+the attempts' leases with it, and those are retried.
+
 A group is killed only while it is verifiably the task's: its leader is alive with the
 start time recorded at spawn, or (leader gone) a member still carries the attempt's
 ``SHOAL_DISPATCH_ID`` in its environment. An unrelated process that reused a pid is never
@@ -29,9 +39,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+# (an ended attempt: instance_id, task, attempt, dispatch_id, worker_id; its exit status)
+# -> its end report as (message id, key, value).
+Compose = Callable[[dict[str, Any], int], "tuple[str, str, str] | None"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -99,22 +114,37 @@ def kill_group(pgid: int, leader_start: int | None, dispatch_id: str) -> bool:
 class TaskGroups:
     """The worker's list of running task groups: in its guard process and on disk."""
 
-    def __init__(self, data_dir: Path, worker_id: str) -> None:
+    def __init__(self, data_dir: Path, worker_id: str, compose: Compose | None = None) -> None:
         self.dir = data_dir / "task-groups"
         self.worker_id = worker_id
+        self.compose = compose
         self.path = self.dir / f"{os.getpid()}.json"
         self.groups: dict[int, tuple[int | None, str]] = {}
+        # Attempts starting or running here: how to report one's end (dispatch id ->).
+        self.attempts: dict[str, dict[str, Any]] = {}
         self.guard: subprocess.Popen[bytes] | None = None
+        # End reports not yet acknowledged by the broker: message id -> (key, value).
+        self.pending: dict[str, tuple[str, str]] = {}
 
     def start(self) -> int:
-        """Kill what dead predecessors left, then start the guard; the groups killed."""
+        """Kill what dead predecessors left and adopt their unsent end reports (in
+        ``pending``), then start the guard; the groups killed."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        killed = reap_predecessors(self.dir)
+        killed = reap_predecessors(self.dir, self.pending, self.compose)
         self._save()
+        if killed:
+            log.warning("killed %d task process groups left by a worker that died here",
+                        killed)
         self.guard = subprocess.Popen(
             [sys.executable, "-m", "shoal_worker.orphans"], stdin=subprocess.PIPE,
             start_new_session=True, close_fds=True)
         return killed
+
+    def expect(self, dispatch_id: str, ended: dict[str, Any]) -> None:
+        """An attempt about to start (before its process exists: under load the process
+        may end before the worker records its group) and how to report its end."""
+        self.attempts[dispatch_id] = ended
+        self._save()
 
     def add(self, pgid: int, dispatch_id: str) -> None:
         leader = start_time(pgid)
@@ -122,12 +152,41 @@ class TaskGroups:
         self._tell(f"+ {pgid} {leader if leader is not None else '-'} {dispatch_id}\n")
         self._save()
 
-    def remove(self, pgid: int | None) -> None:
+    def remove(self, pgid: int | None, dispatch_id: str | None = None) -> None:
+        if dispatch_id is not None and self.attempts.pop(dispatch_id, None) is not None \
+                and (pgid is None or pgid not in self.groups):
+            self._save()
         if pgid is None or pgid not in self.groups:
             return
         del self.groups[pgid]
         self._tell(f"- {pgid}\n")
         self._save()
+
+    def finish(self, pgid: int | None, dispatch_id: str, message_id: str, key: bytes,
+               value: bytes) -> None:
+        """The attempt's process ended: its group is gone, its end report is journaled
+        until ``reported``."""
+        if pgid is not None and self.groups.pop(pgid, None) is not None:
+            self._tell(f"- {pgid}\n")
+        self.attempts.pop(dispatch_id, None)
+        self.pending[message_id] = (key.decode(), value.decode())
+        self._save()
+
+    def adopt(self) -> dict[str, tuple[str, str]]:
+        """The unsent end reports of workers sharing this directory that died since (a
+        worker checks now and then, so a sibling sends them without waiting for a
+        successor to start); they are journaled here until reported."""
+        adopted: dict[str, tuple[str, str]] = {}
+        reap_predecessors(self.dir, adopted, self.compose)
+        adopted = {m: r for m, r in adopted.items() if m not in self.pending}
+        if adopted:
+            self.pending.update(adopted)
+            self._save()
+        return adopted
+
+    def reported(self, message_id: str) -> None:
+        if self.pending.pop(message_id, None) is not None:
+            self._save()
 
     def close(self) -> None:
         """A clean stop: nothing left to guard."""
@@ -153,14 +212,19 @@ class TaskGroups:
     def _save(self) -> None:
         data = {"pid": os.getpid(), "start": start_time(os.getpid()),
                 "worker_id": self.worker_id,
-                "groups": [[g, s, d] for g, (s, d) in self.groups.items()]}
+                "groups": [[g, s, d] for g, (s, d) in self.groups.items()],
+                "attempts": [[d, e] for d, e in self.attempts.items()],
+                "pending": [[m, k, v] for m, (k, v) in self.pending.items()]}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.path)
 
 
-def reap_predecessors(directory: Path) -> int:
-    """Kill the task groups listed by workers no longer alive; the groups killed."""
+def reap_predecessors(directory: Path, adopt: dict[str, tuple[str, str]] | None = None,
+                      compose: Compose | None = None) -> int:
+    """Kill the task groups listed by workers no longer alive; the groups killed. Their
+    end reports not yet sent go into ``adopt``: those journaled, and (``compose``) those
+    of shell attempts that ended (their exit status written) before the worker saw it."""
     killed = 0
     for f in directory.glob("*.json"):
         try:
@@ -170,14 +234,32 @@ def reap_predecessors(directory: Path) -> int:
             continue
         if pid == os.getpid() or (start_time(pid) is not None and start_time(pid) == started):
             continue  # that worker is alive (another worker sharing the data directory)
+        for dispatch_id, ended in data.get("attempts", []):
+            if adopt is not None and compose is not None and isinstance(ended, dict):
+                report = _ended(ended, str(dispatch_id), str(data.get("worker_id")), compose)
+                if report is not None:
+                    adopt[report[0]] = (report[1], report[2])
         for pgid, leader, dispatch_id in data.get("groups", []):
             if kill_group(int(pgid), leader, str(dispatch_id)):
                 killed += 1
                 log.warning("killed task group %s (dispatch %s) left by worker %s",
                             pgid, dispatch_id, data.get("worker_id"))
+        if adopt is not None:
+            for message_id, key, value in data.get("pending", []):
+                adopt[str(message_id)] = (str(key), str(value))
         with contextlib.suppress(OSError):
             f.unlink()
     return killed
+
+
+def _ended(ended: dict[str, Any], dispatch_id: str, worker_id: str,
+           compose: Compose) -> tuple[str, str, str] | None:
+    """The end report of a listed attempt whose shell wrote its exit status, or None."""
+    try:
+        code = int(Path(str(ended["exit"])).read_text().strip())
+    except (OSError, ValueError, KeyError):
+        return None  # still running when its worker died, or killed: the lease decides
+    return compose({**ended, "dispatch_id": dispatch_id, "worker_id": worker_id}, code)
 
 
 def _guard() -> None:
