@@ -156,3 +156,17 @@ def test_no_transaction_files_are_split_into_statements():
            "\nDROP INDEX CONCURRENTLY IF EXISTS b; -- old\n-- trailing\n")
     assert [s.strip().splitlines()[-1] for s in statements(sql)] == [
         "CREATE INDEX CONCURRENTLY a ON t (x);", "DROP INDEX CONCURRENTLY IF EXISTS b; -- old"]
+
+
+async def test_a_connection_cut_while_migrating_is_waited_out_not_fatal(pool, database):
+    """The database cuts the migrating connection (a restart, an operator's
+    pg_terminate_backend): the service waits and migrates again. Releasing the lock on
+    the dead connection raised "connection is closed" over the real error, and a service
+    starting during a database cut exited."""
+    await pool.execute("CREATE SEQUENCE IF NOT EXISTS public.cut_once")
+    cut = ("SELECT CASE WHEN nextval('public.cut_once') = 1 "
+           "THEN pg_terminate_backend(pg_backend_pid()) END;")
+    applied = await asyncio.wait_for(
+        migrate(database, migrations=[(990, "990_cut_once.sql", cut)]), 30)
+    assert applied == ["990_cut_once.sql"]
+    assert await pool.fetchval("SELECT last_value FROM public.cut_once") == 2

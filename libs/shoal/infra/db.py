@@ -12,6 +12,7 @@ sits in the lock queue behind a long transaction with the appends queued behind 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -194,8 +195,20 @@ async def _migrate(url: str, files: list[tuple[int, str, str]],
                 applied.append(await _apply(conn, version, name, sql))
                 log.info("applied migration %s", name)
         finally:
-            await conn.execute("RESET lock_timeout")
-            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+            # A connection cut meanwhile took the lock with it: the error that cut it (the
+            # database unavailable, waited out by the caller) must not be replaced by
+            # "connection is closed" from the clean-up.
+            if not conn.is_closed():
+                with contextlib.suppress(*_UNAVAILABLE, asyncpg.InterfaceError):
+                    await conn.execute("RESET lock_timeout; "
+                                       f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+    except asyncpg.InterfaceError as exc:
+        if not conn.is_closed():
+            raise
+        # asyncpg's "connection is closed" (a transaction's exit, say) over a cut: the
+        # database went away, which the caller waits out.
+        raise asyncpg.ConnectionDoesNotExistError(
+            f"the migrating connection was closed ({exc})") from exc
     finally:
         await conn.close()
     return applied
