@@ -35,6 +35,7 @@ async def test_a_worker_with_every_slot_busy_keeps_polling(broker: str, tmp_path
     producer = kafka.producer(s)
     await producer.start()
     w = Worker(s, producer)
+    w.control_ready.set()  # no kill/answer reader here: nothing to wait for before polling
     stop = asyncio.Event()
     consuming = asyncio.create_task(w.consume(stop))
     try:
