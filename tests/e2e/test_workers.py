@@ -258,13 +258,17 @@ async def test_the_end_of_a_task_its_worker_never_saw_is_reported_by_the_next(
     stack.start("orchestrator", SHOAL_LEASE_TIMEOUT="90")
     stack.start("projector")
     first = stack.start("worker")
-    effects = tmp_path / "effects.txt"
+    effects, began = tmp_path / "effects.txt", tmp_path / "began.txt"
     await stack.apply({"name": "unseen-end", "tasks": [{
         "name": "only", "retries": 2, "retry_interval": 1,
-        "command": f'sleep 2; echo "$SHOAL_ATTEMPT" >> {effects}'}]})
+        "command": f'echo x >> {began}; sleep 2; echo "$SHOAL_ATTEMPT" >> {effects}'}]})
     iid = await start(stack, "unseen-end")
     await eventually(lambda: running_task(stack, iid, "only"), timeout=60,
                      what="the task running")
+    # "running" is the claim, sent before the process starts: wait for the process itself
+    # before freezing its worker (frozen before the spawn, the task would never run).
+    await eventually(lambda: asyncio.sleep(0, began.exists()), timeout=30,
+                     what="the task's process started")
     if who == "sibling":
         stack.start("worker", SHOAL_WORKER_GROUP="elsewhere")  # gets none of the tasks
         await asyncio.sleep(3)
