@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -45,18 +44,6 @@ async def _held(database: str, sql: str) -> AsyncIterator[asyncpg.Connection]:
     finally:
         await tx.rollback()
         await conn.close()
-
-
-@pytest.fixture
-async def empty_database(pg_admin_url: str) -> AsyncIterator[str]:
-    name = f"shoal_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(pg_admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield pg_admin_url.rpartition("/")[0] + "/" + name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_a_migration_waiting_for_a_lock_does_not_hold_up_appends(
