@@ -65,7 +65,9 @@ async def test_a_sigkilled_workers_tasks_die_with_it_and_run_once_in_the_retry(
     first = [e["data"]["dispatch_id"] for e in await stack.events(iid)
              if e["type"] == "TaskDispatched"]
     markers = [f"SHOAL_DISPATCH_ID={d}".encode() for d in first]
-    assert _processes_with(markers), "the tasks' processes are visible before the kill"
+    # "running" is the claim, sent before a process is spawned: wait for the processes.
+    await eventually(lambda: asyncio.sleep(0, bool(_processes_with(markers))), timeout=30,
+                     what="the tasks' processes visible before the kill")
     await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))  # mid-task: 2 s of 8
     assert not effects.exists()
     victim.kill9()
@@ -111,6 +113,10 @@ async def test_a_worker_starting_kills_the_task_groups_a_dead_predecessor_left(
     dispatch = next(e["data"]["dispatch_id"] for e in await stack.events(iid)
                     if e["type"] == "TaskDispatched")
     marker = [f"SHOAL_DISPATCH_ID={dispatch}".encode()]
+    # "running" is the claim, sent before the process is spawned: wait for the shell and
+    # its `sleep` (killed before the shell forks it, nothing would outlive the worker).
+    await eventually(lambda: asyncio.sleep(0, len(_processes_with(marker)) >= 2),
+                     timeout=30, what="the task's shell and its sleep started")
     # The worker's guard: its child running shoal_worker.orphans (the worker's own
     # environment block shows its SHOAL_* values masked, so look it up by parent).
     guard = [p for p in _children_of(first.pid)
