@@ -696,7 +696,7 @@ def cmd_projections(args: argparse.Namespace) -> None:
 
     import asyncpg
 
-    from shoal.infra.readmodels import RebuildBusy, Rebuilt, rebuild
+    from shoal.infra.readmodels import RebuildBusy, RebuildHeld, Rebuilt, rebuild
     from shoal.infra.settings import Settings
 
     # The one verb that talks to the database: SHOAL_DATABASE_URL, else what `shoal dev`
@@ -717,12 +717,17 @@ def cmd_projections(args: argparse.Namespace) -> None:
 
     try:
         done = asyncio.run(go())
-    except RebuildBusy as exc:
+    except (RebuildBusy, RebuildHeld) as exc:
         sys.exit(f"shoal: {exc}")
     except (OSError, asyncpg.PostgresError) as exc:
         sys.exit(f"shoal: cannot rebuild the read models in the database: {exc!r}")
     print(f"read models rebuilt from {done.events} events ({done.runs} runs) in "
           f"{done.seconds:.2f} s, {done.rate:.0f} events/s; swapped in online")
+    if done.left_out:
+        for position, reason in done.left_out:
+            print(f"left out: position {position}: {reason}", file=sys.stderr)
+        sys.exit(f"shoal: {len(done.left_out)} event(s) could not be projected and were "
+                 "left out (listed above); `shoal check` names their runs")
 
 
 def cmd_service(args: argparse.Namespace) -> None:

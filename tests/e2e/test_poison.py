@@ -10,6 +10,7 @@ import json
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -262,3 +263,38 @@ async def test_a_poison_control_message_is_dead_lettered_once_however_many_worke
     await asyncio.sleep(3)  # both readers poll every 200 ms: a second letter would be in
     got = await letters()
     assert got is not None and sorted(got) == sorted(sent), got
+
+
+async def test_an_event_the_read_models_cannot_take_is_dead_lettered_and_projection_goes_on(
+        stack: Stack):
+    """An event in the log the read-model fold fails on (here written by hand) used to
+    stop the projector at each start, for ever: now it is dead-lettered (the log as its
+    source, its global position as the offset), left out of the read models, named by the
+    checker, and the runs after it are projected."""
+    await stack.apply(ONE)
+    first = (await stack.request("POST", "/api/v1/workflows/one/runs", json={})).json()
+    assert (await stack.wait_run(first["instance_id"], timeout=90))["state"] == "succeeded"
+    bad = str(uuid.uuid4())
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        position = await conn.fetchval(
+            "INSERT INTO shoal.events (instance_id, seq, type, data) VALUES ($1, 1, "
+            "'TaskSucceeded', '{\"task\": 5}'::jsonb) RETURNING global_position",
+            uuid.UUID(bad))
+    finally:
+        await conn.close()
+    after = (await stack.request("POST", "/api/v1/workflows/one/runs", json={})).json()
+    assert (await stack.wait_run(after["instance_id"], timeout=90))["state"] == "succeeded"
+
+    async def letter() -> dict[str, Any] | None:
+        return next((d for d in await read_all(stack.bootstrap, f"{stack.prefix}.dead-letters")
+                     if d["topic"] == "shoal.events"), None)
+    d = await eventually(letter, timeout=30, interval=1.0, what="the event's dead letter")
+    assert (d["service"], d["offset"], d["key"]) == ("projector", position, bad), d
+    assert "left out of the read models" in d["reason"], d
+    assert json.loads(d["value"])["global_position"] == position
+    check = (await stack.request("GET", "/api/v1/check", params={"since": 0})).json()
+    assert [(v["instance_id"], v["kind"]) for v in check["violations"]] == [
+        (bad, "not-replayable")], check
+    for p in stack.processes:
+        assert p.alive(), f"{p.name} exited:\n{stack.logs()}"

@@ -166,3 +166,37 @@ async def test_a_finished_run_leaves_the_cache_and_a_late_input_still_finds_it(p
     late = await h.handle([rec(StartWorkflow(message_id=str(uuid.uuid4()), instance_id=iid,
                                              sent_at="t", workflow="pair"))])
     assert late.appended == 1 and iid not in h.cache   # its InputRejected, from the log
+
+
+async def test_a_run_whose_log_does_not_fold_is_refused_alone(pool):
+    """An event the orchestrator's fold rejects (written by hand, or met by a fold bug)
+    leaves that run out of a partition's load and dead-letters its inputs with the reason;
+    the other runs of the partition are loaded and decided as usual (the load used to fail
+    as a whole, and be retried for ever, stalling every run of the partition)."""
+    await _define(pool)
+    store = EventStore(pool)
+    first = BatchHandler(Settings(topic_prefix="t"), store, Cache())
+    good, bad = _start(), _start()
+    await first.handle([rec(good), rec(bad)])
+    last = await pool.fetchval("SELECT max(seq) FROM shoal.events WHERE instance_id = $1",
+                               uuid.UUID(bad.instance_id))
+    await pool.execute(
+        "INSERT INTO shoal.events (instance_id, seq, type, data) VALUES ($1, $2, "
+        "'TaskSucceeded', '{\"task\": 5}'::jsonb)", uuid.UUID(bad.instance_id), last + 1)
+    partitions = [r["partition"] for r in await pool.fetch(
+        "SELECT DISTINCT partition FROM shoal.streams")]
+    owner = BatchHandler(Settings(topic_prefix="t"), store, Cache())  # after a rebalance
+    assert await owner.load_partitions(partitions) == 1
+    assert good.instance_id in owner.cache and bad.instance_id not in owner.cache
+
+    def succeeded(iid: str, d: dict[str, Any]) -> TaskSucceeded:
+        return TaskSucceeded(message_id=str(uuid.uuid4()), instance_id=iid, sent_at="t",
+                             task=d["task"], attempt=1, dispatch_id=d["dispatch_id"],
+                             worker_id="w", exit_code=0)
+    reports = [succeeded(c.instance_id, next(e.data for e in await store.events_of(
+        c.instance_id) if e.type == "TaskDispatched")) for c in (good, bad)]
+    result = await owner.handle([rec(r) for r in reports])
+    assert [r.key for r, _ in result.dead_letters] == [bad.instance_id.encode()]
+    assert "cannot be folded at TaskSucceeded seq" in result.dead_letters[0][1]
+    assert [e.type for e in await store.events_of(good.instance_id)][-2:] == [
+        "TaskSucceeded", "TaskDispatched"]

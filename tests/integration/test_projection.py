@@ -134,3 +134,100 @@ async def test_a_disabled_check_job_keeps_the_projector_running(pool):
     assert not job.done(), "the job returned: run_service would end the projector"
     stop.set()
     await asyncio.wait_for(job, 2)
+
+
+async def _chain_run(store: EventStore, n: int = 3) -> str:
+    """A finished chain of ``n`` tasks, appended; its instance id."""
+    from tests.unit.test_workflow import chain
+
+    d = Timed(chain(*(f"t{i}" for i in range(n))))
+    d.start()
+    while not d.r.state.finished:
+        d.report(TaskSucceeded, next(n for n, t in d.r.tasks.items() if t.state.active),
+                 exit_code=0)
+    iid = str(uuid.uuid4())
+    await store.commit([Append(iid, 1, list(d.log), str(uuid.uuid4()), 0, "succeeded")], [])
+    return iid
+
+
+async def _raw_event(pool, iid: str, type_: str, data: dict[str, Any],
+                     version: int = 1) -> int:
+    """An event row as no release of Shoal writes it (a fold bug or a later release's)."""
+    return await pool.fetchval(
+        "INSERT INTO shoal.events (instance_id, seq, type, data, schema_version) "
+        "VALUES ($1, 1, $2, $3::jsonb, $4) RETURNING global_position",
+        uuid.UUID(iid), type_, codec.dumps(data).decode(), version)
+
+
+async def _run_row(pool, iid: str) -> Any:
+    return await pool.fetchrow("SELECT state FROM shoal_read.workflow_runs WHERE "
+                               "instance_id = $1", uuid.UUID(iid))
+
+
+async def test_an_event_the_projection_cannot_apply_is_handed_over_and_the_rest_projected(
+        pool):
+    """One event the read-model fold fails on neither stops the projector nor holds up
+    the runs after it: it is handed to ``poison`` (dead-lettered by the projector) before
+    the checkpoint passes it, and the batch's other events are applied."""
+    from shoal_projector.projection import project_once
+
+    store = EventStore(pool)
+    before = await _chain_run(store)
+    bad = str(uuid.uuid4())
+    position = await _raw_event(pool, bad, "TaskSucceeded", {"task": 5})
+    after = await _chain_run(store)
+    poisoned: list[tuple[int, str]] = []
+
+    async def poison(e: StoredEvent, reason: str) -> None:
+        poisoned.append((e.global_position, reason))
+
+    applied = await project_once(pool, poison=poison)
+    assert [p for p, _ in poisoned] == [position]
+    assert f"run {bad}" in poisoned[0][1] and "TaskSucceeded" in poisoned[0][1]
+    assert position not in [e.global_position for e in applied]
+    for iid in (before, after):
+        assert (await _run_row(pool, iid))["state"] == "succeeded"
+    last = await pool.fetchval("SELECT max(global_position) FROM shoal.events")
+    assert await pool.fetchval("SELECT position FROM shoal_read.checkpoints") == last
+    assert await project_once(pool, poison=poison) == [] and len(poisoned) == 1
+    # The checker names the run (it used to stop at its unreadable event).
+    from shoal.infra.checker import check
+    report, _ = await check(pool, since=0)
+    assert [(v.instance_id, v.kind) for v in report.violations] == [(bad, "not-replayable")]
+    # A rebuild leaves it out the same way, and says so.
+    from shoal.infra.readmodels import rebuild
+    done = await rebuild(pool, batch=4)
+    assert [p for p, _ in done.left_out] == [position] and done.runs == 2
+    for iid in (before, after):
+        assert (await _run_row(pool, iid))["state"] == "succeeded"
+
+
+async def test_an_event_of_a_newer_release_holds_the_projection_before_it(pool):
+    """Not skipped: the read models stop before it (a projector of the release that wrote
+    it carries on from there) and everything before it is applied."""
+    from shoal_projector.projection import project_once
+
+    store = EventStore(pool)
+    before = await _chain_run(store)
+    newer = str(uuid.uuid4())
+    position = await _raw_event(pool, newer, "WorkflowSubmitted", {"anything": 1}, 99)
+    after = await _chain_run(store)
+    held: list[tuple[int, str]] = []
+    poisoned: list[StoredEvent] = []
+
+    async def poison(e: StoredEvent, reason: str) -> None:
+        poisoned.append(e)
+
+    for _ in range(2):
+        await project_once(pool, poison=poison, held=lambda e, r: held.append(
+            (e.global_position, r)))
+    assert (await _run_row(pool, before))["state"] == "succeeded"
+    assert await _run_row(pool, newer) is None and await _run_row(pool, after) is None
+    assert await pool.fetchval("SELECT position FROM shoal_read.checkpoints") == position - 1
+    assert [p for p, _ in held] == [position, position] and poisoned == []
+    assert "schema_version 99 is newer than this release reads" in held[0][1]
+    # A rebuild cannot pass it either: it refuses, and the live read models stay as they are.
+    from shoal.infra.readmodels import RebuildHeld, rebuild
+    with pytest.raises(RebuildHeld, match=f"at position {position} "):
+        await rebuild(pool)
+    assert (await _run_row(pool, before))["state"] == "succeeded"

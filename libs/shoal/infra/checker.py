@@ -109,13 +109,23 @@ async def _check_instances(conn: asyncpg.Connection, ids: Sequence[uuid.UUID], u
             {**dict(t), "outputs": codec.loads(t["outputs"])})
     histories: dict[uuid.UUID, list[tuple[int, str, Any]]] = {}
     kinds: dict[uuid.UUID, bool] = {}
+    out: list[Violation] = []
+    unreadable: set[uuid.UUID] = set()
     for source, is_imported in ((events, False), (imported, True)):
         for e in source:
+            if e["instance_id"] in unreadable:
+                continue
             kinds[e["instance_id"]] = is_imported
+            try:
+                event = event_from_data(e["type"], codec.loads(e["data"]), e["schema_version"])
+            except Exception as exc:  # noqa: BLE001 - that run's violation, not the check's end
+                unreadable.add(e["instance_id"])
+                histories.pop(e["instance_id"], None)
+                out.append(Violation(str(e["instance_id"]), e["seq"], "not-replayable",
+                                     f"{e['type']} cannot be read: {exc}"))
+                continue
             histories.setdefault(e["instance_id"], []).append(
-                (e["seq"], e["recorded_at"].isoformat(),
-                 event_from_data(e["type"], codec.loads(e["data"]), e["schema_version"])))
-    out: list[Violation] = []
+                (e["seq"], e["recorded_at"].isoformat(), event))
     for iid, history in histories.items():
         run, found = check_history(str(iid), history, now=now, grace=grace)
         out += found

@@ -5,18 +5,29 @@ Per batch: one read of the run rows and one of the task rows the events touch, t
 memory, one upsert per table of the rows that changed. Shared by the projector (live
 tables), ``readmodels.rebuild`` (shadow tables it swaps in) and the API's bundle import
 (an imported run's rows).
+
+:func:`apply_guarded` is how the projector and the rebuild apply the log: one event the
+fold cannot take never stops them (the error policy). A batch that fails for a reason that
+is not transient is applied again one event at a time, each in a savepoint; an event that
+fails on its own is left out (with the reason), and an event of a schema version newer
+than this release reads ends the pass before it (``held``: never skipped, a release that
+reads it carries on from there).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from shoal.core import versions
 from shoal.core.rows import RUN_COLUMNS, TASK_COLUMNS, Rows, fold, task_keys
-from shoal.infra import codec
+from shoal.infra import codec, policy
 from shoal.infra.store import StoredEvent
+
+Also = Callable[[asyncpg.Connection, list[StoredEvent]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +114,54 @@ def _encode(column: str, value: Any) -> Any:
     if column in _JSON:
         return codec.dumps(value).decode()
     return value
+
+
+@dataclass(slots=True)
+class Guarded:
+    """What :func:`apply_guarded` did with a batch, in log order."""
+
+    applied: list[StoredEvent] = field(default_factory=list)
+    left_out: list[tuple[StoredEvent, str]] = field(default_factory=list)  # with the reason
+    held: tuple[StoredEvent, str] | None = None  # a newer release's event, not passed
+
+    @property
+    def passed(self) -> StoredEvent | None:
+        """The last event the batch's checkpoint may move to (applied or left out)."""
+        last = self.applied[-1:] + [e for e, _ in self.left_out[-1:]]
+        return max(last, key=lambda e: e.global_position, default=None)
+
+
+async def apply_guarded(conn: asyncpg.Connection, events: list[StoredEvent], *,
+                        tables: Tables = LIVE, also: Also | None = None) -> Guarded:
+    """Apply ``events`` (and ``also``, in the same transaction) inside the caller's
+    transaction; a transient failure is raised, anything else is contained (module doc)."""
+    if not events:
+        return Guarded()
+    try:
+        async with conn.transaction():  # a savepoint: a failure here undoes the batch only
+            await apply(conn, events, tables=tables)
+            if also is not None:
+                await also(conn, events)
+        return Guarded(applied=list(events))
+    except Exception as exc:
+        if policy.is_transient(exc):
+            raise
+    out = Guarded()
+    for e in events:
+        try:
+            async with conn.transaction():
+                await apply(conn, [e], tables=tables)
+                if also is not None:
+                    await also(conn, [e])
+        except versions.FutureVersion as exc:
+            out.held = (e, str(exc))
+            break
+        except Exception as exc:
+            if policy.is_transient(exc):
+                raise
+            out.left_out.append((e, f"{policy.reason_of(exc)} (event {e.type} seq {e.seq} "
+                                    f"of run {e.instance_id}, log position "
+                                    f"{e.global_position}; left out of the read models)"))
+            continue
+        out.applied.append(e)
+    return out

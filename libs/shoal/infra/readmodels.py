@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
-from shoal.infra.projection import LIVE, Tables, apply
+from shoal.infra.projection import LIVE, Tables, apply, apply_guarded
 from shoal.infra.store import StoredEvent, imported_events, read_from
 
 CHECKPOINT = "read_models"
@@ -17,8 +18,16 @@ REBUILD_LOCK = 0x5E0A4    # one rebuild at a time
 SHADOW = Tables("shoal_read.workflow_runs_rebuild", "shoal_read.task_runs_rebuild")
 
 
+log = logging.getLogger("shoal.readmodels")
+
+
 class RebuildBusy(Exception):
     """Another rebuild holds the lock."""
+
+
+class RebuildHeld(Exception):
+    """The log holds an event of a schema version newer than this release reads: the
+    read models cannot be rebuilt past it by this release (the live ones are untouched)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +35,8 @@ class Rebuilt:
     events: int
     runs: int
     seconds: float
+    # Events the fold could not take, left out of the rebuilt rows: (position, reason).
+    left_out: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -51,9 +62,10 @@ async def rebuild(pool: asyncpg.Pool, batch: int = 2000,
                 f"CREATE TABLE {SHADOW.runs} (LIKE {LIVE.runs} INCLUDING ALL);"
                 f"CREATE TABLE {SHADOW.tasks} (LIKE {LIVE.tasks} INCLUDING ALL)")
             pos = n = 0
+            left_out: list[tuple[int, str]] = []
             while True:  # the bulk, without blocking the projector
                 async with conn.transaction():
-                    applied = await _apply_from(conn, pos, batch)
+                    applied = await _apply_from(conn, pos, batch, left_out)
                 if not applied:
                     break
                 pos, n = applied[-1].global_position, n + len(applied)
@@ -61,7 +73,7 @@ async def rebuild(pool: asyncpg.Pool, batch: int = 2000,
                     progress(n)
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", PROJECTOR_LOCK)
-                while applied := await _apply_from(conn, pos, batch):
+                while applied := await _apply_from(conn, pos, batch, left_out):
                     pos, n = applied[-1].global_position, n + len(applied)
                 await apply(conn, await imported_events(conn), imported=True, tables=SHADOW)
                 runs = await conn.fetchval(f"SELECT count(*) FROM {SHADOW.runs}")
@@ -77,10 +89,21 @@ async def rebuild(pool: asyncpg.Pool, batch: int = 2000,
                     CHECKPOINT, pos)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
-    return Rebuilt(events=n, runs=runs, seconds=time.monotonic() - t0)
+    return Rebuilt(events=n - len(left_out), runs=runs, seconds=time.monotonic() - t0,
+                   left_out=left_out)
 
 
-async def _apply_from(conn: asyncpg.Connection, pos: int, batch: int) -> list[StoredEvent]:
+async def _apply_from(conn: asyncpg.Connection, pos: int, batch: int,
+                      left_out: list[tuple[int, str]]) -> list[StoredEvent]:
+    """The next batch from ``pos`` into the shadow tables: the events passed (applied or
+    left out, the latter added to ``left_out``)."""
     events = await read_from(conn, pos, batch)
-    await apply(conn, events, tables=SHADOW)
+    done = await apply_guarded(conn, events, tables=SHADOW)
+    if done.held is not None:
+        e, reason = done.held
+        raise RebuildHeld(f"the log holds an event this release cannot read at position "
+                          f"{e.global_position} (run {e.instance_id} seq {e.seq}): {reason}")
+    for e, reason in done.left_out:
+        log.error("rebuild: %s", reason)
+        left_out.append((e.global_position, reason))
     return events

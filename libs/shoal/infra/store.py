@@ -169,7 +169,9 @@ class EventStore:
         A run whose log holds an event of a schema version newer than this release reads
         (written by a later release) raises :class:`FutureVersion`; given ``unreadable``,
         it is left out and the reason put there instead, so the caller refuses its inputs
-        rather than deciding on a state it cannot know."""
+        rather than deciding on a state it cannot know. So is a run whose log does not fold
+        (an event the fold rejects): one such run never stops a batch or a partition's
+        load."""
         ids = list(set(instance_ids))
         out: dict[str, Run] = {}
         if not ids:
@@ -181,7 +183,7 @@ class EventStore:
             if run is not None:
                 out[str(r["instance_id"])] = run
         rows = await self.pool.fetch(
-            "SELECT e.instance_id, e.type, e.data::text AS data, e.schema_version "
+            "SELECT e.instance_id, e.seq, e.type, e.data::text AS data, e.schema_version "
             "FROM shoal.events e "
             "LEFT JOIN shoal.snapshots s ON s.instance_id = e.instance_id AND s.format = $2 "
             "WHERE e.instance_id = ANY($1::uuid[]) AND e.seq > coalesce(s.seq, 0) "
@@ -193,13 +195,21 @@ class EventStore:
                 continue
             try:
                 event = event_from_data(r["type"], codec.loads(r["data"]), r["schema_version"])
+                state = evolve(out.get(iid), event, instance_id=iid)
             except versions.FutureVersion as exc:
                 if unreadable is None:
                     raise
                 bad[iid] = f"run {iid}: its log holds {exc}"
                 out.pop(iid, None)
                 continue
-            out[iid] = evolve(out.get(iid), event, instance_id=iid)
+            except Exception as exc:  # pure code: never transient; one run, not the batch
+                if unreadable is None:
+                    raise
+                bad[iid] = (f"run {iid}: its log cannot be folded at {r['type']} seq "
+                            f"{r['seq']}: {exc!r}")
+                out.pop(iid, None)
+                continue
+            out[iid] = state
         if unreadable is not None:
             unreadable.update(bad)
         return out

@@ -8,12 +8,12 @@ import logging
 
 import asyncpg
 
-from shoal.infra import checker, kafka, metrics, policy
+from shoal.infra import checker, codec, kafka, metrics, policy
 from shoal.infra.db import DB_ERRORS, connect_pool, migrate, until_available
 from shoal.infra.health import Health
 from shoal.infra.lifecycle import run_service, setup_logging
 from shoal.infra.settings import Settings
-from shoal.infra.store import COMMITTED
+from shoal.infra.store import COMMITTED, StoredEvent
 from shoal_projector.alerts import Deliverer, Recorder
 from shoal_projector.observe import Observer, gauges
 from shoal_projector.projection import project_once
@@ -21,11 +21,31 @@ from shoal_projector.streams import follow_heartbeats, follow_logs
 
 log = logging.getLogger("shoal.projector")
 
+# The dead letter of an event the projection left out names the log as its source: its
+# offset is the event's global position.
+LOG = "shoal.events"
+
 
 async def follow(settings: Settings, pool: asyncpg.Pool, recorder: Recorder,
-                 stop: asyncio.Event) -> None:
+                 dead: policy.DeadLetters | None, stop: asyncio.Event) -> None:
     wake = asyncio.Event()
     observer = Observer()
+    holding: list[int] = []  # the log position the read models wait at, once logged
+    held_now = asyncio.Event()
+
+    async def poison(e: StoredEvent, reason: str) -> None:
+        if dead is not None:
+            await dead.send(reason, topic=LOG, partition=0, offset=e.global_position,
+                            key=e.instance_id.encode(), value=codec.dumps(e.as_dict()))
+
+    def held(e: StoredEvent, reason: str) -> None:
+        held_now.set()
+        if holding != [e.global_position]:
+            holding[:] = [e.global_position]
+            log.error("the read models wait at log position %d (run %s seq %d): %s; a "
+                      "projector of a release that reads it carries on from there",
+                      e.global_position, e.instance_id, e.seq, reason)
+
     async def listen() -> asyncpg.Connection:
         conn = await asyncpg.connect(settings.database_url)
         await conn.add_listener(COMMITTED, lambda *_: wake.set())
@@ -38,19 +58,27 @@ async def follow(settings: Settings, pool: asyncpg.Pool, recorder: Recorder,
                 with contextlib.suppress(*DB_ERRORS):
                     listener = await listen()
             wake.clear()  # before the pass: a NOTIFY during it must not be lost
+            held_now.clear()
             try:
                 applied = await project_once(pool, settings.projector_batch,
-                                             also=recorder.record)
+                                             also=recorder.record, poison=poison, held=held)
                 observer.observe(applied)
                 n = len(applied)
             except DB_ERRORS as exc:
                 log.warning("projection failed (%r); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
+            except Exception:  # a bug outside any one event: logged, retried, not fatal
+                log.exception("projection pass failed; retrying in 5 s")
+                await asyncio.sleep(5.0)
+                continue
             if n:
                 continue
+            # Held at an event of a newer release: nothing will change until a projector
+            # of that release takes over (or this one is upgraded), so look less often.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), 0.5)
+                await asyncio.wait_for((stop if held_now.is_set() else wake).wait(),
+                                       5.0 if held_now.is_set() else 0.5)
     finally:
         await listener.close()
 
@@ -73,6 +101,9 @@ async def check_continuously(settings: Settings, pool: asyncpg.Pool,
         except DB_ERRORS as exc:
             log.warning("consistency check failed (%r); next pass in %.0f s", exc,
                         settings.check_interval)
+        except Exception:  # a bug: logged, and the projector keeps projecting
+            log.exception("consistency check failed; next pass in %.0f s",
+                          settings.check_interval)
 
 
 async def main(settings: Settings) -> None:
@@ -88,7 +119,7 @@ async def main(settings: Settings) -> None:
     try:
         await kafka.ensure_topics(settings, kafka.base_topics(settings))
         await run_service("projector", [
-            lambda stop: follow(settings, pool, recorder, stop),
+            lambda stop: follow(settings, pool, recorder, dead, stop),
             deliverer.run,
             lambda stop: follow_logs(settings, pool, dead, stop),
             lambda stop: follow_heartbeats(settings, pool, dead, stop),
