@@ -298,3 +298,40 @@ async def test_an_event_the_read_models_cannot_take_is_dead_lettered_and_project
         (bad, "not-replayable")], check
     for p in stack.processes:
         assert p.alive(), f"{p.name} exited:\n{stack.logs()}"
+
+
+async def test_a_dispatch_larger_than_the_broker_accepts_fails_its_task_and_holds_up_nothing(
+        stack: Stack):
+    """A task whose command runs to megabytes (the API accepts definitions up to 8 MiB) used
+    to stop the orchestrator's outbox at that row for ever: every run of the installation
+    waited behind it. Now the record is dead-lettered, its attempt fails with the reason,
+    and the runs after it go on."""
+    await stack.apply(ONE)
+    huge = ": " + "x" * (5 * 1024 * 1024)  # more than the producer's 4 MiB request limit
+    await stack.apply({"name": "huge", "tasks": [{"name": "big", "command": huge}]})
+    big = (await stack.request("POST", "/api/v1/workflows/huge/runs", json={})).json()
+    after = [(await stack.request("POST", "/api/v1/workflows/one/runs", json={})).json()
+             for _ in range(3)]
+    for r in after:
+        assert (await stack.wait_run(r["instance_id"], timeout=90))["state"] == "succeeded"
+    run = await stack.wait_run(big["instance_id"], timeout=90)
+    assert run["state"] == "failed", run
+    failed = [e["data"] for e in await stack.events(big["instance_id"])
+              if e["type"] == "TaskFailed"]
+    assert len(failed) == 1 and failed[0]["worker_id"] == "outbox-relay", failed
+    assert "more than the broker accepts" in failed[0]["error"], failed
+
+    tasks, events = f"{stack.prefix}.tasks.default", f"{stack.prefix}.events"
+
+    async def letters() -> list[dict[str, Any]] | None:
+        out = [d for d in await read_all(stack.bootstrap, f"{stack.prefix}.dead-letters")
+               if d["service"] == "orchestrator" and d["partition"] == -1]
+        return out if any(d["topic"] == tasks for d in out) else None
+    # The dispatch, and the envelopes on the events topic of the events that carry the
+    # command (the run's submission and the dispatch).
+    found = await eventually(letters, timeout=30, interval=1.0, what="the refused records")
+    assert sorted(d["topic"] for d in found) == [events, events, tasks], found
+    assert all("refuses this record" in d["reason"] and d["size"] > 5 * 1024 * 1024
+               for d in found), found
+    for p in stack.processes:
+        assert p.alive(), f"{p.name} exited:\n{stack.logs()}"

@@ -9,6 +9,12 @@ The leader LISTENs on that connection for the notification every commit of outbo
 sends, so rows committed by any orchestrator go out at once, not at the next interval.
 A dead leader's connection closes and PostgreSQL releases its lock with it. Publishing
 is at-least-once: a crash between send and delete re-sends; consumers dedupe.
+
+A record the broker refuses for good (larger than it accepts: a task whose command or
+parameters run to megabytes) never holds up the rows behind it: it is dead-lettered
+(``partition`` -1, ``offset`` the outbox row's id) and deleted with the rest; a refused
+dispatch is also reported as its attempt's ``TaskFailed`` (the worker id
+``outbox-relay``), so its run fails or retries instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -16,13 +22,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
+from shoal.core.model import TaskFailed
+from shoal.infra import codec, metrics
 from shoal.infra.db import DB_ERRORS
 from shoal.infra.kafka import ensure_topics
+from shoal.infra.lifecycle import utcnow_iso
+from shoal.infra.policy import dead_letter
 from shoal.infra.settings import Settings
 from shoal.infra.store import COMMITTED
 
@@ -30,6 +47,11 @@ log = logging.getLogger(__name__)
 
 _RELAY_LOCK = 0x5E0A2
 BATCH = 2000
+# Errors that refuse one record for good (not the broker, not the connection): retrying
+# cannot help, and the rows behind it must not wait for it.
+REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+RELAY_WORKER = "outbox-relay"
+_REPORT_NS = uuid.UUID("5e0a2b1d-0d6c-4c61-9a57-2f1c3a7e0b42")
 
 
 class OutboxRelay:
@@ -100,12 +122,64 @@ class OutboxRelay:
         if new_topics:
             await ensure_topics(self.settings, new_topics)
             self._known_topics |= new_topics
-        futures = [await self.producer.send(r["topic"], r["value"], key=r["key"])
-                   for r in rows]
-        await asyncio.gather(*futures)
+        pending: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
+        refused: list[tuple[asyncpg.Record, KafkaError]] = []
+        for r in rows:
+            try:
+                pending.append((r, await self.producer.send(r["topic"], r["value"],
+                                                            key=r["key"])))
+            except REFUSED as exc:  # larger than this producer may send
+                refused.append((r, exc))
+        results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        for (r, _), res in zip(pending, results, strict=True):
+            if isinstance(res, REFUSED):  # larger than the broker accepts
+                refused.append((r, res))
+            elif isinstance(res, BaseException):
+                raise res  # nothing deleted: the pass is retried
+        if refused:
+            await self._refuse(refused)
         # Exactly the rows sent: a commit without events takes no table lock, so a row
         # with a lower id than these may have become visible since the SELECT (unsent).
         await conn.execute("DELETE FROM shoal.outbox WHERE id = ANY($1::bigint[])",
                            [r["id"] for r in rows])
         self.published += len(rows)
         return len(rows)
+
+    async def _refuse(self, refused: list[tuple[asyncpg.Record, KafkaError]]) -> None:
+        """Dead-letter each refused row, and fail the attempt of a refused dispatch; both
+        on the broker before the rows are deleted (again after a crash: deduplicated)."""
+        sends = []
+        for r, exc in refused:
+            value: bytes = r["value"] or b""
+            reason = (f"bug: the broker refuses this record of {len(value)} bytes for good "
+                      f"({type(exc).__name__}: {exc}); not sent")
+            log.error("outbox relay: row %d for %s: %s", r["id"], r["topic"], reason)
+            metrics.DEAD_LETTERS.labels("orchestrator").inc()
+            sends.append(await self.producer.send(
+                self.settings.dead_letters_topic, codec.dumps(dead_letter(
+                    reason=reason, service="orchestrator", topic=r["topic"], partition=-1,
+                    offset=r["id"], key=r["key"], value=value, dead_at=utcnow_iso())),
+                key=r["key"]))
+            report = _failed_dispatch(value, len(value))
+            if report is not None:
+                sends.append(await self.producer.send(
+                    self.settings.commands_topic, codec.encode_command(report),
+                    key=report.instance_id.encode()))
+        await asyncio.gather(*sends)
+
+
+def _failed_dispatch(value: bytes, size: int) -> TaskFailed | None:
+    """The report that fails a dispatch the broker refused (None for any other record)."""
+    try:
+        d = codec.loads(value)
+        if not isinstance(d, dict) or d.get("type") != "DispatchTask":
+            return None
+        return TaskFailed(
+            message_id=str(uuid.uuid5(_REPORT_NS, f"{d['dispatch_id']}/refused")),
+            instance_id=d["instance_id"], sent_at=utcnow_iso(), task=d["task"],
+            attempt=d["attempt"], dispatch_id=d["dispatch_id"], worker_id=RELAY_WORKER,
+            error=f"refused: the dispatch is {size} bytes, more than the broker accepts; "
+                  "make the task's command, script or parameters smaller (or pass large "
+                  "data through a file or a resource)")
+    except (ValueError, KeyError, TypeError):
+        return None
