@@ -152,6 +152,33 @@ async def test_backfill_validation(stack: Stack):
     r = await stack.request("POST", "/api/v1/workflows/missing/backfill",
                             json={"start": "2026-01-01", "end": "2026-01-02"})
     assert r.status_code == 404
+    # The calendar's first day (a 500 before: the planner stepped out of it).
+    r = await stack.request("POST", "/api/v1/workflows/daily/backfill",
+                            json={"start": "0001-01-01", "end": "0357-09-19"})
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "start", r.text
+
+
+async def test_the_api_serves_others_while_a_long_range_is_planned(stack: Stack):
+    """Planning a range that turns out too long walks 100,001 cron fires (seconds): other
+    requests are answered meanwhile, not after it (the planner ran on the event loop)."""
+    await stack.apply(daily(0))
+    finished: list[str] = []
+
+    async def plan() -> None:
+        r = await stack.request("POST", "/api/v1/workflows/daily/backfill",
+                                json={"start": "2000-01-01", "end": "2400-01-01"})
+        assert r.status_code == 422 and "more than" in r.text, r.text
+        finished.append("plan")
+
+    async def others() -> None:
+        await asyncio.sleep(0.5)  # the plan under way
+        for _ in range(3):
+            r = await stack.request("GET", "/api/v1/workflows/daily")
+            assert r.status_code == 200
+        finished.append("others")
+
+    await asyncio.gather(plan(), others())
+    assert finished == ["others", "plan"]
 
 
 async def test_default_timetable_is_the_enabled_schedules(stack: Stack):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shoal.core.schedule import (
@@ -397,3 +397,34 @@ def test_parallel_backfill_never_exceeds_its_parallelism(par: int, total: int,
         assert 0 < admitted - finished <= par
         finished += data.draw(st.integers(1, admitted - finished))
     assert admitted == total
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+       st.integers(min_value=0, max_value=3 * 24 * 3600),
+       st.sampled_from([None, "UTC", "Asia/Tokyo", "America/New_York", "Pacific/Kiritimati",
+                        "Pacific/Pago_Pago"]),
+       st.sampled_from([None, "0 0 * * *", "0 */6 * * *"]))
+@example(datetime(1, 1, 1), 3600, "Asia/Tokyo", None)
+@example(datetime(1, 1, 2), 0, "Pacific/Kiritimati", None)
+@example(datetime(9999, 12, 30, 12), 24 * 3600, "Pacific/Pago_Pago", "0 */6 * * *")
+def test_a_backfill_anywhere_in_the_calendar_is_planned_or_refused_never_crashes(
+        start, seconds, zone, cron):
+    """At the calendar's ends (year 1, year 9999) planning used to overflow (a 500 from
+    the API, found by the OpenAPI fuzzer): now it is a problem naming the field."""
+    try:
+        end = start + timedelta(seconds=seconds)
+    except OverflowError:
+        end = datetime(9999, 12, 31, 23, 59)
+    try:
+        plan = plan_backfill(cron=cron, timezone=zone, schedule=None, start=start, end=end)
+    except BackfillInvalid as exc:
+        assert exc.path in ("start", "end"), exc
+        return
+    assert list(plan.times) == sorted(plan.times)
+
+
+def test_a_backfill_from_the_first_day_of_the_calendar_names_start():
+    with pytest.raises(BackfillInvalid, match=r"^start: 0001-01-01T00:00:00 is outside"):
+        plan_backfill(cron=None, timezone=None, schedule=None, start=datetime(1, 1, 1),
+                      end=datetime(357, 9, 19, tzinfo=UTC))

@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -456,6 +456,11 @@ class BackfillPlan:
         return f"{self.count:,} run{'s' if self.count != 1 else ''}: {timetable}, {span}"
 
 
+# A day's margin from datetime's own ends: zone offsets and the planner's look-around
+# (a microsecond before start, a DST slack) never step outside what datetime holds.
+_FIRST_DAY, _LAST_DAY = date(1, 1, 2), date(9999, 12, 30)
+
+
 def plan_backfill(*, cron: str | None, timezone: str | None,
                   schedule: tuple[str, str] | None, start: datetime | None = None,
                   end: datetime | None = None, dates: Sequence[datetime] | None = None,
@@ -483,6 +488,10 @@ def plan_backfill(*, cron: str | None, timezone: str | None,
         raise BackfillInvalid("timezone", str(exc)) from None
     if not dates and (start is None or end is None):
         raise BackfillInvalid("start", "give start and end, or dates")
+    for path, value in (("start", start), ("end", end), *(("dates", d) for d in dates or ())):
+        if value is not None and not (_FIRST_DAY <= value.date() <= _LAST_DAY):
+            raise BackfillInvalid(path, f"{value.isoformat()} is outside the calendar "
+                                        f"backfills plan in ({_FIRST_DAY} to {_LAST_DAY})")
     try:
         times = backfill_times(
             cron=parsed, tz=tz, start=localize(start, tz) if start else None,

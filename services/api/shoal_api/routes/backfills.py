@@ -3,6 +3,8 @@ backfill's pace by the scheduler that owns it, tracked and controllable here."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from datetime import UTC, date, datetime, time
 from typing import Any, Literal
@@ -91,13 +93,16 @@ async def create_backfill(name: str, body: BackfillCreate, res: Res,
     if status == "offline":
         raise HTTPException(409, {"message": f"workflow '{name}' is offline; put it online "
                                              "before backfilling"})
+    schedule = await _schedule(res, name)
     try:
-        plan = plan_backfill(
-            cron=body.cron, timezone=body.timezone, schedule=await _schedule(res, name),
+        # Planning walks up to 100,001 cron fires (several seconds for a range that turns
+        # out too long): in a thread, so the API keeps serving meanwhile.
+        plan = await asyncio.to_thread(functools.partial(
+            plan_backfill, cron=body.cron, timezone=body.timezone, schedule=schedule,
             start=_as_dt(body.start) if body.start else None,
             end=_as_dt(body.end) if body.end else None,
             dates=[_as_dt(d) for d in body.dates] if body.dates else None,
-            reverse=body.reverse)
+            reverse=body.reverse))
     except BackfillInvalid as exc:
         raise _problem(exc.path, exc.message) from None
     times, cron_expr, tz_name = list(plan.times), plan.cron, plan.timezone
