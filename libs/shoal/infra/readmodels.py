@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +15,6 @@ CHECKPOINT = "read_models"
 PROJECTOR_LOCK = 0x5E0A3  # held by a projector while it applies a batch
 REBUILD_LOCK = 0x5E0A4    # one rebuild at a time
 SHADOW = Tables("shoal_read.workflow_runs_rebuild", "shoal_read.task_runs_rebuild")
-
-
-log = logging.getLogger("shoal.readmodels")
 
 
 class RebuildBusy(Exception):
@@ -96,14 +92,12 @@ async def rebuild(pool: asyncpg.Pool, batch: int = 2000,
 async def _apply_from(conn: asyncpg.Connection, pos: int, batch: int,
                       left_out: list[tuple[int, str]]) -> list[StoredEvent]:
     """The next batch from ``pos`` into the shadow tables: the events passed (applied or
-    left out, the latter added to ``left_out``)."""
+    left out, the latter added to ``left_out``, which the caller reports)."""
     events = await read_from(conn, pos, batch)
     done = await apply_guarded(conn, events, tables=SHADOW)
     if done.held is not None:
         e, reason = done.held
         raise RebuildHeld(f"the log holds an event this release cannot read at position "
                           f"{e.global_position} (run {e.instance_id} seq {e.seq}): {reason}")
-    for e, reason in done.left_out:
-        log.error("rebuild: %s", reason)
-        left_out.append((e.global_position, reason))
+    left_out.extend((e.global_position, reason) for e, reason in done.left_out)
     return events
