@@ -303,11 +303,16 @@ async def test_an_event_the_read_models_cannot_take_is_dead_lettered_and_project
 async def test_a_dispatch_larger_than_the_broker_accepts_fails_its_task_and_holds_up_nothing(
         stack: Stack):
     """A task whose command runs to megabytes (the API accepts definitions up to 8 MiB) used
-    to stop the orchestrator's outbox at that row for ever: every run of the installation
-    waited behind it. Now the record is dead-lettered, its attempt fails with the reason,
-    and the runs after it go on."""
+    to stop the orchestrator's outbox at that row for ever (above the producer's limit), or
+    be sent to a broker that refuses it (Apache Kafka) and wedge the idempotent producer:
+    every run of the installation waited behind it. Now the record is refused before it is
+    sent and dead-lettered, its attempt fails with the reason, and the runs after it go
+    on."""
     await stack.apply(ONE)
-    huge = ": " + "x" * (5 * 1024 * 1024)  # more than the producer's 4 MiB request limit
+    # More than SHOAL_KAFKA_MAX_MESSAGE_BYTES (1,000,000): refused by the producer. The
+    # embedded broker would take it; Apache Kafka (message.max.bytes 1048588) would refuse
+    # it and, refusing, break the idempotent producer's sequence on that partition.
+    huge = ": " + "x" * (3 * 1024 * 1024 // 2)
     await stack.apply({"name": "huge", "tasks": [{"name": "big", "command": huge}]})
     big = (await stack.request("POST", "/api/v1/workflows/huge/runs", json={})).json()
     after = [(await stack.request("POST", "/api/v1/workflows/one/runs", json={})).json()
@@ -331,7 +336,7 @@ async def test_a_dispatch_larger_than_the_broker_accepts_fails_its_task_and_hold
     # command (the run's submission and the dispatch).
     found = await eventually(letters, timeout=30, interval=1.0, what="the refused records")
     assert sorted(d["topic"] for d in found) == [events, events, tasks], found
-    assert all("refuses this record" in d["reason"] and d["size"] > 5 * 1024 * 1024
+    assert all("larger than the broker accepts" in d["reason"] and d["size"] > 1_500_000
                for d in found), found
     for p in stack.processes:
         assert p.alive(), f"{p.name} exited:\n{stack.logs()}"

@@ -148,7 +148,7 @@ def producer(settings: Settings, *, idempotent: bool = False) -> AIOKafkaProduce
         acks="all",
         enable_idempotence=idempotent,
         linger_ms=settings.kafka_linger_ms,
-        max_request_size=4 * 1024 * 1024,
+        max_request_size=settings.kafka_max_message_bytes,
     )
 
 

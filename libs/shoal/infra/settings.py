@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     kafka_min_insync_replicas: int | None = None
     # Idempotent producers: unset, on when the broker supports them (InitProducerId).
     kafka_idempotence: bool | None = None
+    # The largest record a producer sends: larger ones are refused before they leave the
+    # process. Keep it at or below the broker's message.max.bytes (Apache Kafka's default
+    # is 1048588): a record the broker refuses breaks an idempotent producer's sequence
+    # on that partition (every later send there fails OutOfOrderSequenceNumber).
+    kafka_max_message_bytes: int = Field(default=1_000_000, ge=64 * 1024)
     # --- end of the Kafka block ---
     # The scheduler re-plans at least this often (seconds).
     scheduler_tick: float = 1.0

@@ -11,7 +11,9 @@ A dead leader's connection closes and PostgreSQL releases its lock with it. Publ
 is at-least-once: a crash between send and delete re-sends; consumers dedupe.
 
 A record the broker refuses for good (larger than it accepts: a task whose command or
-parameters run to megabytes) never holds up the rows behind it: it is dead-lettered
+parameters run to megabytes; the producer refuses what is above
+SHOAL_KAFKA_MAX_MESSAGE_BYTES before sending it, so the broker never has to) never holds
+up the rows behind it: it is dead-lettered
 (``partition`` -1, ``offset`` the outbox row's id) and deleted with the rest; a refused
 dispatch is also reported as its attempt's ``TaskFailed`` (the worker id
 ``outbox-relay``), so its run fails or retries instead of waiting for ever.
@@ -151,8 +153,10 @@ class OutboxRelay:
         sends = []
         for r, exc in refused:
             value: bytes = r["value"] or b""
-            reason = (f"bug: the broker refuses this record of {len(value)} bytes for good "
-                      f"({type(exc).__name__}: {exc}); not sent")
+            reason = (f"bug: this record of {len(value)} bytes is larger than the broker "
+                      "accepts (SHOAL_KAFKA_MAX_MESSAGE_BYTES "
+                      f"{self.settings.kafka_max_message_bytes}, or the topic's "
+                      f"max.message.bytes): not sent ({type(exc).__name__}: {exc})")
             log.error("outbox relay: row %d for %s: %s", r["id"], r["topic"], reason)
             metrics.DEAD_LETTERS.labels("orchestrator").inc()
             sends.append(await self.producer.send(
