@@ -340,3 +340,19 @@ async def test_a_dispatch_larger_than_the_broker_accepts_fails_its_task_and_hold
                for d in found), found
     for p in stack.processes:
         assert p.alive(), f"{p.name} exited:\n{stack.logs()}"
+
+
+async def test_a_start_too_large_for_one_record_is_refused_as_such(stack: Stack):
+    """Run params within every per-value limit can still add up to more than one Kafka
+    record may be: 413 saying so (it was a 503 "try again" after 10 s of retrying a
+    refusal that cannot change)."""
+    names = [f"p{i}" for i in range(20)]
+    await stack.apply({"name": "wide", "params": dict.fromkeys(names, ""),
+                       "tasks": [{"name": "t", "command": "true"}]})
+    r = await stack.request("POST", "/api/v1/workflows/wide/runs",
+                            json={"params": {n: "x" * 60_000 for n in names}})
+    assert r.status_code == 413, r.text
+    assert "more than one Kafka record may be" in r.text and "nothing was started" in r.text
+    ok = await stack.request("POST", "/api/v1/workflows/wide/runs",
+                             json={"params": {"p0": "small"}})
+    assert (await stack.wait_run(ok.json()["instance_id"], timeout=60))["state"] == "succeeded"

@@ -20,6 +20,9 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
     InvalidSessionTimeoutError,
     KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
     TopicAlreadyExistsError,
     for_code,
 )
@@ -390,16 +393,25 @@ def base_topics(settings: Settings) -> list[str]:
             + [settings.tasks_topic("default")])
 
 
+# A record refused for its size (by the producer above SHOAL_KAFKA_MAX_MESSAGE_BYTES, or
+# by the broker): refused again however often it is sent.
+TOO_LARGE: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+
+
 async def send_reliably(producer: AIOKafkaProducer, topic: str, value: bytes,
                         key: bytes | None = None, *, give_up_after: float = 120.0) -> None:
     """send_and_wait, retrying transient broker errors (a leader not elected yet for a
-    topic just created, a broker restarting) with backoff; raise after ``give_up_after``."""
+    topic just created, a broker restarting) with backoff; raise after ``give_up_after``.
+    A record refused for its size (:data:`TOO_LARGE`) is raised at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + give_up_after
     delay = 0.1
     while True:
         try:
             await producer.send_and_wait(topic, value, key=key)
+        except TOO_LARGE:
+            raise
         except KafkaError as exc:
             if loop.time() + delay > deadline:
                 raise

@@ -22,7 +22,7 @@ from shoal.core.definition import param_problems, parse_definition
 from shoal.core.errors import DefinitionInvalid
 from shoal.core.paramtypes import definition_param_problems
 from shoal.infra import codec
-from shoal.infra.kafka import send_reliably
+from shoal.infra.kafka import TOO_LARGE, send_reliably
 from shoal.infra.settings import Settings
 from shoal_api.deps import Resources
 
@@ -68,9 +68,15 @@ def versioned(record: dict[str, Any]) -> dict[str, Any]:
 
 
 async def publish(res: Resources, key: str, record: dict[str, Any]) -> None:
+    value = codec.dumps(record)
     try:
-        await send_reliably(res.producer, res.settings.schedules_topic, codec.dumps(record),
+        await send_reliably(res.producer, res.settings.schedules_topic, value,
                             key.encode(), give_up_after=10.0)
+    except TOO_LARGE as exc:  # retrying cannot help: say so, not "try again"
+        raise HTTPException(413, {"message": (
+            f"the record is {len(value)} bytes, more than one Kafka record may be "
+            f"(SHOAL_KAFKA_MAX_MESSAGE_BYTES {res.settings.kafka_max_message_bytes}); "
+            "nothing was changed")}) from exc
     except KafkaError as exc:
         raise HTTPException(503, {"message": f"the broker did not accept the change: {exc!r};"
                                              " nothing was changed, try again"}) from exc

@@ -29,17 +29,12 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    KafkaError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-)
+from aiokafka.errors import KafkaError
 
 from shoal.core.model import TaskFailed
 from shoal.infra import codec, metrics
 from shoal.infra.db import DB_ERRORS
-from shoal.infra.kafka import ensure_topics
+from shoal.infra.kafka import TOO_LARGE, ensure_topics
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.policy import dead_letter
 from shoal.infra.settings import Settings
@@ -51,7 +46,7 @@ _RELAY_LOCK = 0x5E0A2
 BATCH = 2000
 # Errors that refuse one record for good (not the broker, not the connection): retrying
 # cannot help, and the rows behind it must not wait for it.
-REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+REFUSED = TOO_LARGE
 RELAY_WORKER = "outbox-relay"
 _REPORT_NS = uuid.UUID("5e0a2b1d-0d6c-4c61-9a57-2f1c3a7e0b42")
 

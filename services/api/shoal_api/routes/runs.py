@@ -30,7 +30,7 @@ from shoal.core.replay import carried_tasks, steps, view
 from shoal.core.workflow import allowed_controls, rejection, resolved_params
 from shoal.infra import codec
 from shoal.infra.catalog import workflow_status
-from shoal.infra.kafka import send_reliably
+from shoal.infra.kafka import TOO_LARGE, send_reliably
 from shoal.infra.lifecycle import utcnow_iso
 from shoal.infra.store import StoredEvent, imported_events
 from shoal_api.deps import OPERATOR, VIEWER, Actor, Res
@@ -362,10 +362,16 @@ async def _current_state(res: Res, instance_id: uuid.UUID) -> RunState:
 
 
 async def _send(res: Res, cmd: Command) -> None:
+    value = codec.encode_command(cmd)
     try:
-        await send_reliably(res.producer, res.settings.commands_topic,
-                            codec.encode_command(cmd), cmd.instance_id.encode(),
-                            give_up_after=10.0)
+        await send_reliably(res.producer, res.settings.commands_topic, value,
+                            cmd.instance_id.encode(), give_up_after=10.0)
+    except TOO_LARGE as exc:  # retrying cannot help: say so, not "try again"
+        raise HTTPException(413, {"message": (
+            f"the {cmd.type} command is {len(value)} bytes, more than one Kafka record "
+            f"may be (SHOAL_KAFKA_MAX_MESSAGE_BYTES {res.settings.kafka_max_message_bytes}"
+            "); nothing was started: pass less (large data belongs in a file or a "
+            "resource)")}) from exc
     except KafkaError as exc:
         raise HTTPException(503, {"message": f"the broker did not accept the command: {exc!r};"
                                              " nothing was started, try again"}) from exc
