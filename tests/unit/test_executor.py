@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 
@@ -163,3 +164,41 @@ async def test_a_shell_attempt_leaves_its_exit_status_and_nested_shells_do_not(t
         exit_file = a.workdir / EXIT_FILE
         assert (exit_file.read_text().strip() if exit_file.exists() else None) == written, \
             command
+
+
+class _Recorder:
+    """A producer that keeps what it is given and, like aiokafka, refuses a record above
+    its limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.sent = limit, []
+
+    async def send_and_wait(self, topic, value, key=None):  # type: ignore[no-untyped-def]
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        if len(value) > self.limit:
+            raise MessageSizeTooLargeError(f"{len(value)} bytes")
+        self.sent.append(json.loads(value))
+
+
+async def test_log_chunks_never_exceed_one_record_and_lose_no_line():
+    """Lines that would make a chunk larger than a record are sent as several chunks; a
+    line too long for a record alone is cut, saying so. Before, the chunk was refused and
+    its lines dropped (and 5 s of the lines after it)."""
+    from shoal_worker.logship import LogShipper
+
+    limit = 100_000
+    producer = _Recorder(limit)
+    shipper = LogShipper(producer, "t.task-logs", dispatch("true"), limit=limit)  # type: ignore[arg-type]
+    lines = [("t", f"{i} " + "\\" * 30_000) for i in range(6)]  # escaped: ~60 KB each
+    lines.append(("t", "long " + "y" * 250_000))
+    lines.append(("t", "last"))
+    await shipper.add(lines)
+    await shipper.close()
+    assert shipper.dropped == 0
+    assert all(len(json.dumps(c)) <= limit for c in producer.sent)
+    assert [c["chunk"] for c in producer.sent] == list(range(len(producer.sent)))
+    got = [line for c in producer.sent for _, line in c["lines"]]
+    assert got[:6] == [line for _, line in lines[:6]] and got[-1] == "last"
+    assert got[6].startswith("long yyy") and "line cut at" in got[6] and len(got) == 8
+    assert producer.sent[-1]["final"] and not any(c["final"] for c in producer.sent[:-1])

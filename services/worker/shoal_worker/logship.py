@@ -8,6 +8,11 @@ pipe reader. But a task never hangs on its log: when the broker stays away longe
 ``give_up_after``, lines are dropped (counted; the whole output stays in the attempt's
 ``task.log`` on the worker) and shipping is tried again at most every ``RETRY_S``; the
 next chunk that goes out says how many lines were dropped.
+
+A chunk never exceeds what one record may be (``limit``, SHOAL_KAFKA_MAX_MESSAGE_BYTES):
+one that would is sent as several, and a single line too long for a record goes out cut,
+saying so (``task.log`` has it whole). The producer refuses larger records anyway; a
+refusal here would have dropped the lines.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ RETRY_S = 5.0
 
 class LogShipper:
     def __init__(self, producer: AIOKafkaProducer, topic: str, dispatch: dict[str, Any],
-                 give_up_after: float = 30.0) -> None:
+                 give_up_after: float = 30.0, limit: int = 1_000_000) -> None:
         self.producer = producer
+        self.limit = limit
         self.give_up_after = give_up_after
         self.dropped = 0
         self.down_until = 0.0  # while the broker is given up on: drop, do not wait
@@ -73,17 +79,36 @@ class LogShipper:
                 lines.insert(0, (stamp, f"[shoal] {self.dropped} log lines were not shipped "
                                         "while the broker was unavailable (the worker's "
                                         "task.log of this attempt has them)"))
-            value = codec.message("TaskLogChunk", {**self.head, "chunk": self.chunk,
-                                                   "lines": lines, "final": final})
             try:
-                await send_reliably(self.producer, self.topic, value, self.key,
-                                    give_up_after=self.give_up_after)
+                await self._send(lines, final)
             except KafkaError:
                 self.dropped += len(lines) - (1 if self.dropped else 0)
                 self.down_until = loop.time() + RETRY_S
                 return
-            self.chunk += 1
             self.dropped = 0
+
+    def _encode(self, lines: list[tuple[str, str]], final: bool) -> bytes:
+        return codec.message("TaskLogChunk", {**self.head, "chunk": self.chunk,
+                                              "lines": lines, "final": final})
+
+    async def _send(self, lines: list[tuple[str, str]], final: bool) -> None:
+        """``lines`` as one chunk, or as several when one would exceed ``limit``."""
+        value = self._encode(lines, final)
+        if len(value) > self.limit and len(lines) > 1:
+            half = len(lines) // 2
+            await self._send(lines[:half], False)
+            await self._send(lines[half:], final)
+            return
+        if len(value) > self.limit:  # one line alone: cut to what surely fits
+            stamp, line = lines[0]
+            keep = max(0, len(line) * (self.limit // 2) // len(value))
+            lines = [(stamp, f"{line[:keep]} [shoal: line cut at {keep} of {len(line)} "
+                             "characters to fit one record; the attempt's task.log has it "
+                             "whole]")]
+            value = self._encode(lines, final)
+        await send_reliably(self.producer, self.topic, value, self.key,
+                            give_up_after=self.give_up_after)
+        self.chunk += 1
 
     async def close(self) -> None:
         if self.flusher is not None:

@@ -320,7 +320,8 @@ class Worker:
             if d["dispatch_id"] in self.running or d["dispatch_id"] in self.finished:
                 self.unstarted.get(p.tp, set()).discard(p.offset)
                 continue  # a second copy, queued while the first ran here
-            shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d)
+            shipper = LogShipper(self.producer, self.settings.topic("task-logs"), d,
+                                 limit=self.settings.kafka_max_message_bytes)
             # The dispatch's offset is committed only once its claim is on the broker: a
             # worker killed before that leaves it to be redelivered, not a dispatched
             # attempt nobody runs (there is no lease before a start).
