@@ -120,36 +120,38 @@ async def test_poison_on_every_partition_of_every_topic(stack: Stack):
     for cmd in valid:
         assert (await stack.wait_run(cmd["instance_id"], timeout=120))["state"] == "succeeded"
 
-    def where(d: dict[str, Any]) -> tuple[str, int, int]:
-        return d["topic"], d["partition"], d["offset"]
-
     async def all_dead() -> dict[tuple[str, int, int], dict[str, Any]] | None:
-        letters = {where(d): d for d in await read_all(stack.bootstrap,
+        letters = {_where(d): d for d in await read_all(stack.bootstrap,
                                                        f"{stack.prefix}.dead-letters")}
-        missing = [s for s in sent if where(s) not in letters]
+        missing = [s for s in sent if _where(s) not in letters]
         return None if missing else letters
 
     try:
         letters = await eventually(all_dead, timeout=60, interval=1.0,
                                    what="every poison message in the dead letters")
     except AssertionError:
-        letters = {where(d): d for d in await read_all(stack.bootstrap,
+        letters = {_where(d): d for d in await read_all(stack.bootstrap,
                                                        f"{stack.prefix}.dead-letters")}
         missing = [(s["topic"], s["partition"], s["offset"], s["value"][:60]) for s in sent
-                   if where(s) not in letters]
+                   if _where(s) not in letters]
         print(stack.logs())
         raise AssertionError(f"{len(missing)} poison messages not dead-lettered: {missing}"
                              ) from None
     for s in sent:
-        d = letters[where(s)]
+        d = letters[_where(s)]
         assert d["reason"], d
         assert base64.b64decode(d["value_b64"]) == (s["value"] or b"")[:65536], d
-    reasons = " | ".join(letters[where(s)]["reason"] for s in sent)
+    reasons = " | ".join(letters[_where(s)]["reason"] for s in sent)
     assert "is not a 'uuid'" in reasons and "not JSON" in reasons
     assert "'group' is a required property" in reasons
     assert "sent_at" in reasons
     for p in stack.processes:
         assert p.alive(), f"{p.name} exited:\n{stack.logs()}"
+
+
+def _where(d: dict[str, Any]) -> tuple[str, int, int]:
+    """Where a message (or the input of a dead letter) was on the broker."""
+    return d["topic"], d["partition"], d["offset"]
 
 
 FUTURE = 99  # a schema version no release has written yet
@@ -208,18 +210,15 @@ async def test_a_message_of_a_future_schema_version_is_dead_lettered_with_the_re
         await producer.stop()
     assert (await stack.wait_run(after["instance_id"], timeout=90))["state"] == "succeeded"
 
-    def where(d: dict[str, Any]) -> tuple[str, int, int]:
-        return d["topic"], d["partition"], d["offset"]
-
     async def all_dead() -> dict[tuple[str, int, int], dict[str, Any]] | None:
-        letters = {where(d): d for d in await read_all(stack.bootstrap,
+        letters = {_where(d): d for d in await read_all(stack.bootstrap,
                                                        f"{stack.prefix}.dead-letters")}
-        return letters if all(where(s) in letters for s in sent) else None
+        return letters if all(_where(s) in letters for s in sent) else None
 
     letters = await eventually(all_dead, timeout=60, interval=1.0,
                                what="every future-version message in the dead letters")
     for s in sent:
-        reason = letters[where(s)]["reason"]
+        reason = letters[_where(s)]["reason"]
         assert f"schema_version {FUTURE} is newer than this release reads" in reason, (s, reason)
     future_start = corpora["commands"][0][1]["instance_id"]
     assert (await stack.request("GET", f"/api/v1/runs/{future_start}")).status_code == 404

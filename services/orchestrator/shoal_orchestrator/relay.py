@@ -32,11 +32,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shoal.core.model import TaskFailed
-from shoal.infra import codec, metrics
+from shoal.infra import codec
 from shoal.infra.db import DB_ERRORS
-from shoal.infra.kafka import TOO_LARGE, ensure_topics
+from shoal.infra.kafka import TOO_LARGE, ensure_topics, send_reliably
 from shoal.infra.lifecycle import utcnow_iso
-from shoal.infra.policy import dead_letter
+from shoal.infra.policy import DeadLetters
 from shoal.infra.settings import Settings
 from shoal.infra.store import COMMITTED
 
@@ -143,28 +143,21 @@ class OutboxRelay:
         return len(rows)
 
     async def _refuse(self, refused: list[tuple[asyncpg.Record, KafkaError]]) -> None:
-        """Dead-letter each refused row, and fail the attempt of a refused dispatch; both
-        on the broker before the rows are deleted (again after a crash: deduplicated)."""
-        sends = []
+        """Dead-letter each refused row (the one dead-letter path: logged, counted), and
+        fail the attempt of a refused dispatch; both on the broker before the rows are
+        deleted (again after a crash: deduplicated)."""
+        dead = DeadLetters(self.producer, self.settings.dead_letters_topic, "orchestrator")
         for r, exc in refused:
             value: bytes = r["value"] or b""
-            reason = (f"bug: this record of {len(value)} bytes is larger than the broker "
-                      "accepts (SHOAL_KAFKA_MAX_MESSAGE_BYTES "
-                      f"{self.settings.kafka_max_message_bytes}, or the topic's "
-                      f"max.message.bytes): not sent ({type(exc).__name__}: {exc})")
-            log.error("outbox relay: row %d for %s: %s", r["id"], r["topic"], reason)
-            metrics.DEAD_LETTERS.labels("orchestrator").inc()
-            sends.append(await self.producer.send(
-                self.settings.dead_letters_topic, codec.dumps(dead_letter(
-                    reason=reason, service="orchestrator", topic=r["topic"], partition=-1,
-                    offset=r["id"], key=r["key"], value=value, dead_at=utcnow_iso())),
-                key=r["key"]))
+            await dead.send(
+                f"bug: this record of {len(value)} bytes is larger than the broker accepts "
+                f"(SHOAL_KAFKA_MAX_MESSAGE_BYTES {self.settings.kafka_max_message_bytes}, "
+                f"or the topic's max.message.bytes): not sent ({type(exc).__name__}: {exc})",
+                topic=r["topic"], partition=-1, offset=r["id"], key=r["key"], value=value)
             report = _failed_dispatch(value, len(value))
             if report is not None:
-                sends.append(await self.producer.send(
-                    self.settings.commands_topic, codec.encode_command(report),
-                    key=report.instance_id.encode()))
-        await asyncio.gather(*sends)
+                await send_reliably(self.producer, self.settings.commands_topic,
+                                    codec.encode_command(report), report.instance_id.encode())
 
 
 def _failed_dispatch(value: bytes, size: int) -> TaskFailed | None:
